@@ -1,0 +1,29 @@
+# Everything a fresh machine needs: `make demo` runs the demo, `make test` runs the tests.
+# Both create .venv and install fedtl with the pinned stack (constraints.txt: torch==2.13.0 CPU).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO_DIR ?= demo
+
+.PHONY: install demo test test-fast clean
+
+$(BIN)/.fedtl-installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.fedtl-installed
+
+demo: install
+	$(BIN)/fedtl examples $(DEMO_DIR)
+	$(BIN)/fedtl train-local --config $(DEMO_DIR)/sites/clinic.yaml
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not integration"
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,1 @@
+"""The `fedtl` command line."""

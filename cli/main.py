@@ -1,0 +1,79 @@
+"""`fedtl`: one command for coordinators, sites and people trying it out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fedtl.cli.console import console, fail, progress, setup_logging, write_json
+
+app = typer.Typer(
+    name="fedtl",
+    help="Federated multi-task transfer learning: share a pretrained encoder, keep heads and data private.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from fedtl.shared import __version__
+
+        typer.echo(f"fedtl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    setup_logging(verbose)
+
+
+@app.command("train-local")
+def train_local_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The site's site.yaml.")],
+    encoder: Annotated[Optional[str], typer.Option(help="Override the encoder: minilm, tiny or a model folder.")] = None,
+    fresh: Annotated[bool, typer.Option(help="Ignore stored local heads and encoder; start over.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON to this file ('-': stdout).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train this site's heads and encoder on its own data only: the baseline for the federation."""
+    from fedtl.cli.reports import local_metrics_table, local_summary_json
+    from fedtl.client.head_store import HeadStoreError
+    from fedtl.client.local_training import train_local
+    from fedtl.shared.config import load_site_config
+    from fedtl.shared.data import DataError
+    from fedtl.shared.encoders import EncoderError
+    from fedtl.shared.yamlconfig import ConfigError
+
+    try:
+        site = load_site_config(config)
+        with progress(disable=quiet) as bars:
+            summary = train_local(site, encoder_spec=encoder, fresh=fresh, progress=bars)
+    except (ConfigError, DataError, EncoderError, HeadStoreError, RuntimeError) as exc:
+        fail(str(exc))
+    console.print(local_metrics_table(summary))
+    if json_out is not None:
+        write_json(json_out, local_summary_json(summary))
+
+
+@app.command("examples")
+def examples_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to copy the example sites and data into.")],
+) -> None:
+    """Copy the bundled example sites (configs + data) to a folder you can edit."""
+    from fedtl.shared.examples import copy_examples
+
+    paths = copy_examples(out)
+    for name, path in paths.items():
+        console.print(f"[bold]{name}[/]: {path}")
+    console.print(f"Try: fedtl train-local --config {paths['clinic']}")
+
+
+if __name__ == "__main__":
+    app()

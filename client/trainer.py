@@ -1,0 +1,354 @@
+"""The local trainer: FedRep-style head phase, then encoder phase, over a site's tasks.
+
+1. Head phase: the encoder is frozen, so every text's embedding is computed once and the
+   heads are fitted on those cached features for many cheap epochs (a linear probe).
+2. Encoder phase: encoder and heads train together on the weighted sum of the task losses,
+   one batch of every task per step, AdamW with linear warm-up and decay, clipped gradients.
+3. Keep-best: if fine-tuning ends worse on validation than the probe did, the site keeps
+   the probe's weights (linear probing then fine-tuning, Kumar et al. 2022).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from fedtl.client.loss_weighting import LossWeighting
+from fedtl.shared.config import TrainingConfig
+from fedtl.shared.data import TaskData
+from fedtl.shared.encoders import TextEncoder
+from fedtl.shared.heads import HeadSpec, TaskHead
+
+EMBED_BATCH = 64
+
+
+@dataclass
+class PreparedTask:
+    """A task ready to train: its data, tokenised once, and its head."""
+
+    data: TaskData
+    spec: HeadSpec
+    head: TaskHead
+    train_ids: list[list[int]]
+    val_ids: list[list[int]]
+
+    @property
+    def name(self) -> str:
+        return self.spec.task
+
+
+def prepare_task(data: TaskData, encoder: TextEncoder, max_length: int, head: TaskHead | None = None) -> PreparedTask:
+    spec = HeadSpec.for_data(data, encoder.hidden_size)
+    return PreparedTask(
+        data=data,
+        spec=spec,
+        head=head if head is not None else spec.build(),
+        train_ids=encoder.tokenize(data.train.texts, max_length),
+        val_ids=encoder.tokenize(data.val.texts, max_length),
+    )
+
+
+@dataclass
+class TrainResult:
+    """What one call of ``LocalTrainer.fit`` did. ``metrics[stage][task][metric]``."""
+
+    metrics: dict[str, dict[str, dict[str, float]]]
+    train_loss: dict[str, float]
+    num_examples: int
+    seconds: dict[str, float]
+    steps: dict[str, int]
+    kept: str  # "finetuned", or "probe" when fine-tuning did not beat the frozen-encoder probe
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict[str, dict[str, float]]:
+        return self.metrics["final"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is visible; use device: auto or cpu")
+    return torch.device(name)
+
+
+def resolve_precision(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for mixed precision, or None for plain fp32."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" and device.type != "cuda":
+        raise RuntimeError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+
+
+def mean_primary(metrics: dict[str, dict[str, float]], tasks: list[PreparedTask]) -> float:
+    """One number per site: the mean of each task's primary metric (higher is better)."""
+    return float(np.mean([metrics[t.name][t.spec.primary_metric] for t in tasks]))
+
+
+def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+class LocalTrainer:
+    """Trains a site's heads and (part of) the shared encoder on the site's own data."""
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        tasks: list[PreparedTask],
+        config: TrainingConfig,
+        device: torch.device,
+        autocast_dtype: torch.dtype | None = None,
+        progress: Progress | None = None,
+        encoder_trainable: Callable[[str], bool] = lambda name: True,
+        weighting: LossWeighting | None = None,
+    ):
+        self.encoder = encoder.to(device)
+        self.tasks = tasks
+        self.cfg = config
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.progress = progress
+        self.encoder_trainable = encoder_trainable
+        for task in tasks:
+            task.head.to(device)
+        self.weighting = (weighting or LossWeighting(
+            [t.name for t in tasks],
+            {t.name: t.data.task.loss_weight for t in tasks},
+            learned=config.loss_weighting == "uncertainty",
+        )).to(device)
+        self.scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+
+    # ------------------------------------------------------------ helpers
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _bar(self, description: str, total: int):
+        if self.progress is None:
+            return None
+        return self.progress.add_task(description, total=total)
+
+    def _advance(self, bar, **fields) -> None:
+        if bar is not None and self.progress is not None:
+            self.progress.update(bar, advance=1, **fields)
+
+    def _targets(self, task: PreparedTask, split: str, index: np.ndarray | list[int] | None = None) -> torch.Tensor:
+        y = (task.data.train if split == "train" else task.data.val).targets
+        return torch.as_tensor(y if index is None else y[index]).to(self.device)
+
+    @torch.no_grad()
+    def embed(self, seqs: list[list[int]]) -> torch.Tensor:
+        """Pooled encoder features of token sequences (in their original order), in fp32."""
+        self.encoder.eval()
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths pad less
+        out = torch.empty((len(seqs), self.encoder.hidden_size), device=self.device)
+        for start in range(0, len(order), EMBED_BATCH):
+            chunk = order[start : start + EMBED_BATCH]
+            ids, mask = pad_batch([seqs[i] for i in chunk], self.encoder.pad_token_id, self.device)
+            with self._autocast():
+                out[chunk] = self.encoder(ids, mask).float()
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, val_features: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, float]]:
+        """Validation metrics and loss per task. Features are computed unless given."""
+        results = {}
+        for task in self.tasks:
+            feats = val_features[task.name] if val_features else self.embed(task.val_ids)
+            task.head.eval()
+            outputs = task.head(feats)
+            targets = self._targets(task, "val")
+            metrics = task.spec.metrics(task.spec.predict(outputs), task.data.val.targets)
+            metrics["loss"] = float(task.spec.loss(outputs, targets))
+            results[task.name] = metrics
+        return results
+
+    # ------------------------------------------------------------ phase 1: heads on frozen features
+    def train_heads(self, train_features: dict[str, torch.Tensor]) -> tuple[dict[str, float], int]:
+        cfg, steps = self.cfg, 0
+        losses: dict[str, float] = {}
+        batches = {t.name: math.ceil(len(t.train_ids) / max(cfg.batch_size, 64)) for t in self.tasks}
+        bar = self._bar("heads (frozen encoder)", cfg.head_epochs * sum(batches.values()))
+        for task in self.tasks:
+            feats, targets = train_features[task.name], self._targets(task, "train")
+            opt = torch.optim.AdamW(task.head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+            gen = torch.Generator().manual_seed(cfg.seed)
+            bs = max(cfg.batch_size, 64)  # cached features: bigger batches are free
+            task.head.train()
+            epoch_loss = float("nan")
+            for _ in range(cfg.head_epochs):
+                perm = torch.randperm(len(feats), generator=gen).to(self.device)
+                total = 0.0
+                for start in range(0, len(perm), bs):
+                    idx = perm[start : start + bs]
+                    loss = task.spec.loss(task.head(feats[idx]), targets[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    value = float(loss.detach())
+                    total += value * len(idx)
+                    steps += 1
+                    self._advance(bar, description=f"heads: {task.name} loss {value:.3f}")
+                epoch_loss = total / len(feats)
+            losses[task.name] = epoch_loss
+        return losses, steps
+
+    # ------------------------------------------------------------ phase 2: encoder + heads
+    def _batches(self, task: PreparedTask, rng: random.Random) -> Iterator[list[int]]:
+        """Endless shuffled batches of one task's training indices (smaller tasks cycle)."""
+        n, bs = len(task.train_ids), self.cfg.batch_size
+        while True:
+            order = list(range(n))
+            rng.shuffle(order)
+            for start in range(0, n, bs):
+                yield order[start : start + bs]
+
+    def encoder_parameters(self) -> list[torch.nn.Parameter]:
+        params = []
+        for name, param in self.encoder.named_parameters():
+            param.requires_grad_(self.encoder_trainable(name))
+            if param.requires_grad:
+                params.append(param)
+        return params
+
+    def train_encoder(self) -> tuple[dict[str, float], int]:
+        cfg = self.cfg
+        steps_per_epoch = max(math.ceil(len(t.train_ids) / cfg.batch_size) for t in self.tasks)
+        total_steps = cfg.encoder_epochs * steps_per_epoch
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps)
+        if total_steps == 0:
+            return {}, 0
+        enc_params = self.encoder_parameters()
+        head_params = [p for t in self.tasks for p in t.head.parameters()] + [
+            p for p in self.weighting.parameters() if p.requires_grad
+        ]
+        groups = [{"params": head_params, "lr": cfg.finetune_head_lr}]
+        if enc_params:
+            groups.insert(0, {"params": enc_params, "lr": cfg.encoder_lr})
+        opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, linear_schedule(int(cfg.warmup_ratio * total_steps), total_steps)
+        )
+        rng = random.Random(cfg.seed)
+        streams = {t.name: self._batches(t, rng) for t in self.tasks}
+        sums = {t.name: 0.0 for t in self.tasks}
+        self.encoder.train()
+        for t in self.tasks:
+            t.head.train()
+        bar = self._bar("encoder + heads", total_steps)
+        for step in range(total_steps):
+            losses = {}
+            for task in self.tasks:
+                idx = next(streams[task.name])
+                ids, mask = pad_batch([task.train_ids[i] for i in idx], self.encoder.pad_token_id, self.device)
+                with self._autocast():
+                    outputs = task.head(self.encoder(ids, mask))
+                losses[task.name] = task.spec.loss(outputs, self._targets(task, "train", idx))
+            loss = self.weighting(losses)
+            opt.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(opt)
+            else:
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
+            if self.scaler is not None:
+                self.scaler.step(opt)
+                self.scaler.update()
+            else:
+                opt.step()
+            sched.step()
+            for name, value in losses.items():
+                sums[name] += float(value.detach())
+            self._advance(bar, description=f"encoder + heads: loss {float(loss.detach()):.3f}")
+        self.encoder.eval()
+        return {name: total / total_steps for name, total in sums.items()}, total_steps
+
+    # ------------------------------------------------------------ the whole local round
+    def _snapshot(self) -> dict:
+        return copy.deepcopy({
+            "encoder": {k: v for k, v in self.encoder.state_dict().items()},
+            "heads": {t.name: t.head.state_dict() for t in self.tasks},
+            "weighting": self.weighting.state_dict(),
+        })
+
+    def _restore(self, snap: dict) -> None:
+        self.encoder.load_state_dict(snap["encoder"])
+        for t in self.tasks:
+            t.head.load_state_dict(snap["heads"][t.name])
+        self.weighting.load_state_dict(snap["weighting"])
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        seconds, steps, metrics = {}, {}, {}
+
+        t0 = time.perf_counter()
+        train_feats = {t.name: self.embed(t.train_ids) for t in self.tasks}
+        val_feats = {t.name: self.embed(t.val_ids) for t in self.tasks}
+        metrics["before"] = self.evaluate(val_feats)
+        seconds["embed"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        train_loss, steps["head"] = self.train_heads(train_feats)
+        metrics["probe"] = self.evaluate(val_feats)
+        seconds["head"] = time.perf_counter() - t0
+        del train_feats
+
+        kept = "probe"
+        if cfg.encoder_epochs > 0:
+            snapshot = self._snapshot() if cfg.keep_best else None
+            t0 = time.perf_counter()
+            encoder_loss, steps["encoder"] = self.train_encoder()
+            seconds["encoder"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            metrics["finetuned"] = self.evaluate()
+            seconds["eval"] = time.perf_counter() - t0
+            train_loss.update(encoder_loss)
+            kept = "finetuned"
+            if snapshot is not None and mean_primary(metrics["finetuned"], self.tasks) < mean_primary(
+                metrics["probe"], self.tasks
+            ):
+                self._restore(snapshot)
+                kept = "probe"
+        metrics["final"] = metrics["finetuned"] if kept == "finetuned" else metrics["probe"]
+        return TrainResult(
+            metrics=metrics,
+            train_loss=train_loss,
+            num_examples=sum(len(t.train_ids) for t in self.tasks),
+            seconds=seconds,
+            steps=steps,
+            kept=kept,
+            loss_weights=self.weighting.weights(),
+        )

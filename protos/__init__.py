@@ -1,0 +1,1 @@
+"""Protocol buffers for fedtl's own gRPC APIs (site worker, coordinator hub)."""

@@ -1,0 +1,1 @@
+"""The coordinator side of a federation: ServerApp, strategy, checkpoints, MLflow logging, hub."""

@@ -1,0 +1,135 @@
+"""Site configuration (`site.yaml`), validated at the edge with pydantic.
+
+Relative paths in a config file are resolved against the file's own folder, so a site
+folder can be moved or copied as a whole.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from fedtl.shared.yamlconfig import load_model
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class TaskType(str, Enum):
+    classification = "classification"
+    multilabel = "multilabel"
+    regression = "regression"
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    value = Path(value).expanduser()
+    return value if value.is_absolute() or base is None else (Path(base) / value)
+
+
+class TaskConfig(BaseModel):
+    """One private task at a site: its data, columns, and how it is learned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    type: TaskType
+    data: list[Path] = Field(min_length=1, description="CSV, JSONL or Parquet files with the examples")
+    text_columns: list[str] = Field(min_length=1, description="joined with a space into the input text")
+    target_column: str
+    labels: list[str] | None = Field(
+        default=None, description="the label set (classification/multilabel); default: labels seen in training"
+    )
+    label_separator: str = Field(default="|", min_length=1, description="multilabel: separator inside a cell")
+    validation_split: float = Field(default=0.2, gt=0.0, lt=1.0)
+    validation_data: list[Path] | None = Field(default=None, description="explicit validation files")
+    loss_weight: float = Field(default=1.0, gt=0.0)
+    max_examples: int | None = Field(default=None, gt=1, description="deterministic subsample of the data")
+
+    @field_validator("data", "validation_data", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, (str, Path)) else value
+
+    @field_validator("text_columns", mode="before")
+    @classmethod
+    def _column_or_columns(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("data", "validation_data")
+    @classmethod
+    def _resolve_paths(cls, value: list[Path] | None, info: ValidationInfo) -> list[Path] | None:
+        return None if value is None else [_resolve(p, info) for p in value]
+
+    @model_validator(mode="after")
+    def _labels_fit_type(self) -> TaskConfig:
+        if self.labels is not None:
+            if self.type == TaskType.regression:
+                raise ValueError("'labels' applies to classification and multilabel tasks, not regression")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError("'labels' lists a label twice")
+            if self.type == TaskType.classification and len(self.labels) < 2:
+                raise ValueError("a classification task needs at least 2 labels")
+        return self
+
+
+class TrainingConfig(BaseModel):
+    """Local training at a site: FedRep-style head phase, then encoder phase."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    head_epochs: int = Field(default=30, ge=0, description="epochs over cached frozen-encoder features")
+    encoder_epochs: int = Field(default=1, ge=0, description="epochs training encoder and heads together")
+    batch_size: int = Field(default=32, ge=1)
+    head_lr: float = Field(default=3e-3, gt=0, description="head learning rate in the head phase")
+    encoder_lr: float = Field(default=3e-5, gt=0)
+    finetune_head_lr: float = Field(default=3e-4, gt=0, description="head learning rate in the encoder phase")
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1, description="cap on encoder-phase steps per call")
+    max_length: int = Field(default=128, ge=8, le=4096, description="tokens per input after truncation")
+    seed: int = 0
+    loss_weighting: Literal["static", "uncertainty"] = Field(
+        default="static", description="static: task loss_weight; uncertainty: learned (Kendall et al. 2018)"
+    )
+    keep_best: bool = Field(
+        default=True, description="never end worse on validation than the frozen-encoder probe"
+    )
+
+
+class SiteConfig(BaseModel):
+    """`site.yaml`: one data owner, its private tasks and how it trains."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    state_dir: Path = Field(description="heads, caches and history; relative to this file")
+    encoder: str = Field(default="minilm", description="minilm | tiny | path to a Hugging Face model folder")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tasks: list[TaskConfig] = Field(min_length=1)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _resolve_state_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_task_names(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        seen: set[str] = set()
+        for task in tasks:
+            if task.name in seen:
+                raise ValueError(f"two tasks are named '{task.name}'; task names must be unique")
+            seen.add(task.name)
+        return tasks
+
+
+def load_site_config(path: Path | str) -> SiteConfig:
+    """Read and validate `site.yaml`; errors name the file, line and field."""
+    return load_model(SiteConfig, path)

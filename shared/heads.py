@@ -1,0 +1,110 @@
+"""Private task heads: one small module per task, plus its loss, decoding and metrics.
+
+Heads never leave a site. Each task type knows its loss, how to turn head outputs into
+predictions, its metrics, and which metric says "better" (the primary metric).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedtl.shared import metrics as M
+from fedtl.shared.config import TaskType
+from fedtl.shared.data import TaskData
+
+PRIMARY_METRIC = {
+    TaskType.classification: "macro_f1",
+    TaskType.multilabel: "micro_f1",
+    TaskType.regression: "r2",
+}
+
+
+class TaskHead(nn.Module):
+    """Dropout + linear layer on the pooled encoder output (a linear probe when frozen)."""
+
+    def __init__(self, hidden_size: int, out_features: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(hidden_size, out_features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(features))
+
+
+@dataclass
+class HeadSpec:
+    """Everything needed to rebuild and use a task's head. Stored beside its weights."""
+
+    task: str
+    type: TaskType
+    hidden_size: int
+    labels: list[str] | None = None
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    @classmethod
+    def for_data(cls, data: TaskData, hidden_size: int) -> HeadSpec:
+        return cls(data.task.name, data.task.type, hidden_size, data.labels, data.target_mean, data.target_std)
+
+    @property
+    def out_features(self) -> int:
+        return 1 if self.type == TaskType.regression else len(self.labels or [])
+
+    @property
+    def primary_metric(self) -> str:
+        return PRIMARY_METRIC[self.type]
+
+    def build(self) -> TaskHead:
+        return TaskHead(self.hidden_size, self.out_features)
+
+    def to_json(self) -> dict:
+        return {
+            "task": self.task,
+            "type": self.type.value,
+            "hidden_size": self.hidden_size,
+            "labels": self.labels,
+            "target_mean": self.target_mean,
+            "target_std": self.target_std,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> HeadSpec:
+        return cls(obj["task"], TaskType(obj["type"]), int(obj["hidden_size"]), obj.get("labels"),
+                   float(obj.get("target_mean", 0.0)), float(obj.get("target_std", 1.0)))
+
+    def compatible_with(self, other: HeadSpec) -> bool:
+        return (self.type, self.hidden_size, self.labels) == (other.type, other.hidden_size, other.labels)
+
+    # ---- learning
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        outputs = outputs.float()
+        if self.type == TaskType.classification:
+            return F.cross_entropy(outputs, targets.long())
+        if self.type == TaskType.multilabel:
+            return F.binary_cross_entropy_with_logits(outputs, targets.float())
+        standardised = (targets.float() - self.target_mean) / self.target_std
+        return F.mse_loss(outputs.squeeze(-1), standardised)
+
+    def predict(self, outputs: torch.Tensor) -> np.ndarray:
+        outputs = outputs.detach().float().cpu()
+        if self.type == TaskType.classification:
+            return outputs.argmax(-1).numpy()
+        if self.type == TaskType.multilabel:
+            return (outputs > 0).numpy().astype(np.float32)
+        return (outputs.squeeze(-1) * self.target_std + self.target_mean).numpy()
+
+    def metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        if self.type == TaskType.classification:
+            return {
+                "accuracy": M.accuracy(targets, predictions),
+                "macro_f1": M.macro_f1(targets, predictions, self.out_features),
+            }
+        if self.type == TaskType.multilabel:
+            micro, macro = M.multilabel_f1(targets, predictions)
+            return {"micro_f1": micro, "macro_f1": macro}
+        return M.regression_metrics(targets.astype(np.float64), predictions.astype(np.float64))

@@ -1,0 +1,87 @@
+from pathlib import Path
+
+import pytest
+
+from fedtl.shared.config import SiteConfig, TaskType, load_site_config
+from fedtl.shared.examples import SITES, examples_root
+from fedtl.shared.yamlconfig import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD = """\
+name: hospital_a
+state_dir: state
+tasks:
+  - name: sentiment
+    type: classification
+    data: reviews.csv
+    text_columns: review
+    target_column: label
+"""
+
+
+def test_valid_config_resolves_paths_relative_to_the_file(tmp_path):
+    cfg = load_site_config(write(tmp_path, GOOD))
+    assert isinstance(cfg, SiteConfig)
+    assert cfg.state_dir == tmp_path / "state"
+    assert cfg.tasks[0].data == [tmp_path / "reviews.csv"]
+    assert cfg.tasks[0].text_columns == ["review"]
+    assert cfg.tasks[0].type is TaskType.classification
+    assert cfg.training.seed == 0 and cfg.device == "auto"
+
+
+def test_error_names_file_line_and_field(tmp_path):
+    path = write(tmp_path, GOOD.replace("type: classification", "type: clasification"))
+    with pytest.raises(ConfigError) as err:
+        load_site_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and "line 5" in msg and "tasks.0.type" in msg
+
+
+def test_unknown_key_is_rejected_with_its_line(tmp_path):
+    path = write(tmp_path, GOOD + "  - name: b\n    type: regression\n    data: x.csv\n"
+                 "    text_columns: t\n    target_column: y\n    lr: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_site_config(path)
+    assert "line 14" in str(err.value) and "tasks.1.lr" in str(err.value)
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ("validation_split: 0.2", "validation_split"),
+    ("loss_weight: 1", "loss_weight"),
+])
+def test_out_of_range_values(tmp_path, bad, needle):
+    broken = bad.replace("0.2", "1.5").replace(": 1", ": -1")
+    path = write(tmp_path, GOOD + f"    {broken}\n")
+    with pytest.raises(ConfigError, match=needle):
+        load_site_config(path)
+
+
+def test_duplicate_task_names_and_labels_for_regression(tmp_path):
+    twice = GOOD + GOOD.split("tasks:\n")[1]
+    with pytest.raises(ConfigError, match="unique"):
+        load_site_config(write(tmp_path, twice))
+    reg = GOOD.replace("classification", "regression") + "    labels: [a, b]\n"
+    with pytest.raises(ConfigError, match="labels"):
+        load_site_config(write(tmp_path, reg))
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="line 2"):
+        load_site_config(write(tmp_path, "name: a\n  bad: [\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_site_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="empty"):
+        load_site_config(write(tmp_path, ""))
+
+
+def test_bundled_example_sites_are_valid():
+    for name in SITES:
+        cfg = load_site_config(examples_root() / "sites" / f"{name}.yaml")
+        for task in cfg.tasks:
+            assert all(p.exists() for p in task.data), task.data

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from fedtl.client.local_training import load_site_data, train_local
+from fedtl.client.trainer import LocalTrainer, mean_primary, prepare_task, resolve_precision
+from fedtl.shared.config import load_site_config
+
+
+def build(site_factory, tiny_encoder_factory, **kwargs):
+    cfg = load_site_config(site_factory(**kwargs))
+    encoder = tiny_encoder_factory()
+    tasks = [prepare_task(d, encoder, cfg.training.max_length) for d in load_site_data(cfg)]
+    return cfg, encoder, tasks
+
+
+def test_head_phase_beats_the_untrained_head(site_factory, tiny_encoder_factory):
+    cfg, encoder, tasks = build(site_factory, tiny_encoder_factory, encoder_epochs=0)
+    result = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu")).fit()
+    assert result.metrics["probe"]["label"]["accuracy"] > result.metrics["before"]["label"]["accuracy"] + 0.2
+    assert result.kept == "probe" and "encoder" not in result.steps
+
+
+def test_encoder_phase_moves_the_encoder_and_all_task_types_learn(site_factory, tiny_encoder_factory):
+    cfg, encoder, tasks = build(site_factory, tiny_encoder_factory,
+                                types=("classification", "multilabel", "regression"), encoder_epochs=2)
+    cfg.training.keep_best = False
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    result = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu")).fit()
+    changed = [k for k, v in encoder.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) > 10
+    final = result.final
+    assert final["label"]["accuracy"] > 0.8
+    assert final["tags"]["micro_f1"] > result.metrics["before"]["tags"]["micro_f1"]
+    assert final["score"]["r2"] > 0.5
+    assert set(result.train_loss) == {"label", "tags", "score"}
+    assert result.steps["encoder"] == 2 * 6  # 96 training rows / batch 16, per epoch
+
+
+def test_keep_best_restores_the_probe_when_finetuning_hurts(site_factory, tiny_encoder_factory):
+    cfg, encoder, tasks = build(site_factory, tiny_encoder_factory)
+    cfg.training.encoder_lr = 5.0  # wrecks the encoder on purpose
+    cfg.training.finetune_head_lr = 5.0
+    trainer = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu"))
+    result = trainer.fit()
+    assert mean_primary(result.metrics["finetuned"], tasks) < mean_primary(result.metrics["probe"], tasks)
+    assert result.kept == "probe" and result.final == result.metrics["probe"]
+    assert trainer.evaluate()["label"]["accuracy"] == pytest.approx(result.metrics["probe"]["label"]["accuracy"])
+
+
+def test_training_is_reproducible_on_cpu(site_factory, tiny_encoder_factory):
+    results = []
+    for _ in range(2):
+        cfg, encoder, tasks = build(site_factory, tiny_encoder_factory)
+        results.append(LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu")).fit())
+    assert results[0].metrics == results[1].metrics
+    assert results[0].train_loss == results[1].train_loss
+
+
+def test_uncertainty_weighting_learns_task_weights(site_factory, tiny_encoder_factory):
+    cfg, encoder, tasks = build(site_factory, tiny_encoder_factory, types=("classification", "regression"))
+    cfg.training.loss_weighting = "uncertainty"
+    cfg.training.keep_best = False
+    result = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu")).fit()
+    assert result.loss_weights["label"] != 1.0 and result.loss_weights["score"] != 1.0
+
+
+def test_train_local_saves_heads_and_reloads_them(site_factory):
+    cfg = load_site_config(site_factory(encoder_epochs=0))
+    first = train_local(cfg, fresh=True)
+    heads = cfg.state_dir / "local" / "heads"
+    assert (heads / "label.safetensors").exists() and (heads / "label.json").exists()
+    second = train_local(cfg)  # continues from the stored head
+    assert second.result.metrics["before"]["label"]["accuracy"] == pytest.approx(
+        first.result.final["label"]["accuracy"])
+
+
+def test_precision_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_precision(cpu, "auto") is None and resolve_precision(cpu, "fp32") is None
+    assert resolve_precision(cpu, "bf16") is torch.bfloat16
+    with pytest.raises(RuntimeError, match="fp16 needs a CUDA"):
+        resolve_precision(cpu, "fp16")
