@@ -62,6 +62,52 @@ def train_local_cmd(
         write_json(json_out, local_summary_json(summary))
 
 
+def _tls_files(certs: Optional[Path], insecure: bool):
+    from fedtl.server.coordinator import TLSFiles
+
+    if insecure and certs is not None:
+        fail("choose either --insecure or --certs, not both")
+    if not insecure and certs is None:
+        fail("pass --certs DIR (ca.crt, server.pem, server.key) for TLS, or --insecure on a trusted network")
+    if certs is None:
+        return None
+    files = TLSFiles(certs / "ca.crt", certs / "server.pem", certs / "server.key")
+    for path in (files.ca, files.cert, files.key):
+        if not path.exists():
+            fail(f"{path}: not found (expected ca.crt, server.pem and server.key in {certs})")
+    return files
+
+
+@app.command()
+def coordinator(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The federation's federation.yaml.")],
+    resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in state_dir.")] = False,
+    insecure: Annotated[bool, typer.Option(help="Plain gRPC without TLS (trusted networks, demos).")] = False,
+    certs: Annotated[Optional[Path], typer.Option(help="Folder with ca.crt, server.pem, server.key for TLS.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the round history as JSON here ('-': stdout).")] = None,
+) -> None:
+    """Start the SuperLink and run the federation in federation.yaml; show each round live."""
+    from fedtl.cli.federation import run_coordinator
+
+    raise typer.Exit(run_coordinator(config, resume=resume, tls=_tls_files(certs, insecure), json_out=json_out))
+
+
+@app.command()
+def site(
+    config: Annotated[Path, typer.Option("--config", "-c", help="This site's site.yaml.")],
+    coordinator: Annotated[str, typer.Option(help="The coordinator's Fleet API address, HOST:PORT.")],
+    insecure: Annotated[bool, typer.Option(help="Plain gRPC without TLS (trusted networks, demos).")] = False,
+    root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate that signed the coordinator's.")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="Load this encoder at start instead of site.yaml's.")] = None,
+) -> None:
+    """Run a site daemon: the site worker plus a Flower SuperNode, until SIGTERM or Ctrl-C."""
+    from fedtl.cli.federation import run_site
+
+    if not insecure and root_certificates is None:
+        fail("pass --root-certificates ca.crt for TLS, or --insecure on a trusted network")
+    raise typer.Exit(run_site(config, coordinator, insecure, root_certificates, encoder))
+
+
 @app.command("examples")
 def examples_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to copy the example sites and data into.")],

@@ -54,3 +54,60 @@ def local_summary_json(summary: LocalRunSummary) -> dict[str, Any]:
         "train_loss": r.train_loss,
         "loss_weights": r.loss_weights,
     }
+
+
+# ---------------------------------------------------------------- federation
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f}"
+
+
+def rounds_table(rounds: list[dict[str, Any]], info: dict[str, Any] | None = None, title: str = "federation") -> Table:
+    """The coordinator's live per-round table."""
+    status = (info or {}).get("status", "")
+    table = Table(title=f"{title} {('· ' + status) if status else ''}".strip())
+    for col in ("round", "sites", "failed", "rejected", "train loss", "score", "update norm", "MB down", "MB up", "s"):
+        table.add_column(col, justify="right")
+    for r in rounds:
+        m = r.get("metrics", {})
+        norms = list(r.get("update_norms", {}).values())
+        table.add_row(
+            str(r["round"]),
+            f"{r['accepted']}/{r['sampled']}",
+            str(len(r.get("failed", []))),
+            str(len(r.get("rejected", []))),
+            _fmt(m.get("train_loss")),
+            _fmt(m.get("score")),
+            _fmt(sum(norms) / len(norms)) if norms else "-",
+            _mb(r.get("bytes_down", 0)),
+            _mb(r.get("bytes_up", 0)),
+            f"{r.get('seconds', 0):.1f}",
+        )
+    return table
+
+
+def site_results(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per site: its last train report (and final evaluation, if any) with its baseline."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rounds:
+        for site, entry in r.get("sites", {}).items():
+            out.setdefault(site, {})["train"] = entry["report"]
+            out[site]["last_round"] = r["round"]
+        for site, entry in (r.get("evaluate") or {}).get("sites", {}).items():
+            out.setdefault(site, {})["evaluate"] = entry["report"]
+    return out
+
+
+def sites_table(rounds: list[dict[str, Any]]) -> Table:
+    """Per site and task: local-only baseline vs. the federation (primary metric)."""
+    table = Table(title="per site: local-only baseline vs federated")
+    for col in ("site", "task", "metric", "local-only", "federated", "global encoder", "gain"):
+        table.add_column(col, justify="left" if col in ("site", "task", "metric") else "right")
+    for site, res in sorted(site_results(rounds).items()):
+        report = res.get("train", {})
+        for task, metric in zip(report.get("tasks", []), report.get("primary", [])):
+            base = report.get(f"baseline/{task}/{metric}")
+            fed = report.get(f"val/{task}/{metric}")
+            glob = res.get("evaluate", {}).get(f"val/{task}/{metric}")
+            gain = f"{fed - base:+.3f}" if fed is not None and base is not None else "-"
+            table.add_row(site, task, metric, _fmt(base), _fmt(fed), _fmt(glob), gain)
+    return table

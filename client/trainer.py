@@ -130,6 +130,7 @@ class LocalTrainer:
         progress: Progress | None = None,
         encoder_trainable: Callable[[str], bool] = lambda name: True,
         weighting: LossWeighting | None = None,
+        proximal_mu: float = 0.0,
     ):
         self.encoder = encoder.to(device)
         self.tasks = tasks
@@ -138,6 +139,8 @@ class LocalTrainer:
         self.autocast_dtype = autocast_dtype
         self.progress = progress
         self.encoder_trainable = encoder_trainable
+        self.proximal_mu = proximal_mu  # FedProx: mu/2 * ||w - w_global||^2 on the trained encoder part
+        self.finetuned_encoder: dict[str, torch.Tensor] = {}  # trained tensors, even if keep-best restored
         for task in tasks:
             task.head.to(device)
         self.weighting = (weighting or LossWeighting(
@@ -250,6 +253,7 @@ class LocalTrainer:
         if total_steps == 0:
             return {}, 0
         enc_params = self.encoder_parameters()
+        anchors = [p.detach().clone() for p in enc_params] if self.proximal_mu > 0 else []
         head_params = [p for t in self.tasks for p in t.head.parameters()] + [
             p for p in self.weighting.parameters() if p.requires_grad
         ]
@@ -276,6 +280,10 @@ class LocalTrainer:
                     outputs = task.head(self.encoder(ids, mask))
                 losses[task.name] = task.spec.loss(outputs, self._targets(task, "train", idx))
             loss = self.weighting(losses)
+            if anchors:
+                loss = loss + 0.5 * self.proximal_mu * sum(
+                    (p - a).pow(2).sum() for p, a in zip(enc_params, anchors)
+                )
             opt.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -337,6 +345,9 @@ class LocalTrainer:
             seconds["eval"] = time.perf_counter() - t0
             train_loss.update(encoder_loss)
             kept = "finetuned"
+            self.finetuned_encoder = {
+                name: p.detach().clone() for name, p in self.encoder.named_parameters() if p.requires_grad
+            }
             if snapshot is not None and mean_primary(metrics["finetuned"], self.tasks) < mean_primary(
                 metrics["probe"], self.tasks
             ):

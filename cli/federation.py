@@ -1,0 +1,70 @@
+"""The federation commands' bodies: `fedtl coordinator` and `fedtl site`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from rich.console import Group
+from rich.live import Live
+
+from fedtl.cli.console import console, fail, write_json
+from fedtl.cli.reports import rounds_table, sites_table
+
+log = logging.getLogger(__name__)
+
+
+def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path | None = None) -> int:
+    from fedtl.server.coordinator import Coordinator, CoordinatorError
+    from fedtl.server.history import read_rounds
+    from fedtl.shared.federation_config import load_federation_config
+    from fedtl.shared.yamlconfig import ConfigError
+
+    try:
+        fed = load_federation_config(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    coord = Coordinator(fed, config, tls=tls, resume=resume)
+    info: dict = {}
+    try:
+        coord.start_superlink()
+        coord.submit()
+        with Live(rounds_table([], title=fed.name), console=console, refresh_per_second=2) as live:
+            def refresh(latest: dict) -> None:
+                live.update(rounds_table(read_rounds(coord.state_dir), latest, title=fed.name))
+
+            info = coord.wait(on_poll=refresh)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopping the run and the SuperLink[/]")
+        coord.stop_run()
+        return 130
+    except CoordinatorError as exc:
+        fail(str(exc))
+    finally:
+        coord.shutdown()
+    rounds = read_rounds(coord.state_dir)
+    console.print(sites_table(rounds))
+    if json_out is not None:
+        write_json(json_out, {"run": info, "rounds": rounds})
+    if info.get("status") != "finished:completed":
+        fail(f"the federation ended as {info.get('status')}: {info.get('status-details')} "
+             f"(logs: {coord.state_dir / 'serverapp.log'}, {coord.state_dir / 'superlink.log'})")
+    return 0
+
+
+def run_site(config: Path, coordinator: str, insecure: bool, root_certificates: Path | None,
+             encoder: str | None) -> int:
+    from fedtl.client.head_store import HeadStoreError
+    from fedtl.client.site_daemon import SiteDaemon, SuperNodeSettings
+    from fedtl.shared.config import load_site_config
+    from fedtl.shared.data import DataError
+    from fedtl.shared.encoders import EncoderError
+    from fedtl.shared.yamlconfig import ConfigError
+
+    try:
+        site_cfg = load_site_config(config)
+        daemon = SiteDaemon(site_cfg, SuperNodeSettings(coordinator, insecure, root_certificates), encoder)
+        return daemon.run()
+    except (ConfigError, DataError, EncoderError, HeadStoreError) as exc:
+        fail(str(exc))

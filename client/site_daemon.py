@@ -1,0 +1,114 @@
+"""`fedtl site`: the site worker plus a Flower SuperNode, running until told to stop.
+
+The worker loads the config, data, encoder and heads once and serves them on a unix
+socket; the SuperNode connects out to the coordinator and runs the thin ClientApp shim for
+each message. If the SuperNode exits (say the coordinator restarted and it gave up), the
+daemon starts a new one, so the site rejoins by itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedtl.client.worker import SiteWorker, serve
+from fedtl.shared.config import SiteConfig
+from fedtl.shared.processes import child_env, free_port, start, stop, tool
+
+log = logging.getLogger(__name__)
+UNIX_PATH_MAX = 100
+
+
+def socket_path(state_dir: Path) -> Path:
+    """The worker's socket inside state_dir, or in a private temp folder if that path is too long."""
+    path = state_dir.resolve() / "worker.sock"
+    if len(str(path)) <= UNIX_PATH_MAX:
+        return path
+    tag = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"fedtl-{tag}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / "worker.sock"
+
+
+@dataclass
+class SuperNodeSettings:
+    coordinator: str
+    insecure: bool = True
+    root_certificates: Path | None = None
+    auth_private_key: Path | None = None
+    port: int | None = None
+
+
+class SiteDaemon:
+    def __init__(self, config: SiteConfig, supernode: SuperNodeSettings, encoder: str | None = None):
+        self.config = config
+        self.settings = supernode
+        self.encoder = encoder
+        self.stop_event = threading.Event()
+        self.server = None
+        self.supernode = None
+        self.socket = socket_path(config.state_dir)
+        self.log_path = config.state_dir / "supernode.log"
+
+    def start_worker(self) -> SiteWorker:
+        worker = SiteWorker(self.config, self.encoder)
+        self.server = serve(worker, self.socket)
+        log.info("site %s: worker listening on %s", self.config.name, self.socket)
+        return worker
+
+    def _supernode_cmd(self) -> list[str]:
+        s = self.settings
+        cmd = [tool("flower-supernode"), "--superlink", s.coordinator, "--port", str(s.port or free_port()),
+               "--node-config", f"socket='{self.socket}' site='{self.config.name}'"]
+        if s.insecure:
+            cmd.append("--insecure")
+        if s.root_certificates is not None:
+            cmd += ["--root-certificates", str(s.root_certificates)]
+        if s.auth_private_key is not None:
+            cmd += ["--auth-supernode-private-key", str(s.auth_private_key)]
+        return cmd
+
+    def start_supernode(self) -> None:
+        self.supernode = start(self._supernode_cmd(), self.log_path, env=child_env())
+        log.info("site %s: SuperNode (pid %d) connecting to %s", self.config.name, self.supernode.pid,
+                 self.settings.coordinator)
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; restart the SuperNode whenever it exits."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+        self.start_worker()
+        self.start_supernode()
+        backoff = 1.0
+        try:
+            while not self.stop_event.wait(1.0):
+                if self.supernode is not None and self.supernode.poll() is not None:
+                    log.warning("site %s: SuperNode exited with code %s; reconnecting in %.0fs (log: %s)",
+                                self.config.name, self.supernode.returncode, backoff, self.log_path)
+                    if self.stop_event.wait(backoff):
+                        break
+                    backoff = min(backoff * 2, 30.0)
+                    self.start_supernode()
+                elif self.supernode is not None:
+                    backoff = 1.0
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        stop(self.supernode)
+        self.supernode = None
+        if self.server is not None:
+            self.server.stop(grace=5).wait()
+            self.server = None
+        try:
+            self.socket.unlink()
+        except FileNotFoundError:
+            pass
+        log.info("site %s: stopped", self.config.name)

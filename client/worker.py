@@ -1,0 +1,289 @@
+"""The site worker: a long-lived process that keeps the encoder, data and heads warm.
+
+Flower starts a fresh ClientApp process for every message, and importing torch plus
+transformers alone takes seconds. The worker pays that once per daemon start; the thin
+ClientApp shim (``fedtl.client.shim``) forwards each round's message here over a local
+unix socket and returns the reply.
+
+What leaves the worker in a reply: the encoder delta for the update mode's tensors, the
+number of examples, metrics and timings. Never heads, never data.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+
+from fedtl.client.head_store import HeadStore
+from fedtl.client.local_training import load_site_data, prepare_tasks
+from fedtl.client.loss_weighting import LossWeighting
+from fedtl.client.trainer import LocalTrainer, PreparedTask, mean_primary, resolve_device, resolve_precision
+from fedtl.shared.atomic import write_json_atomic
+from fedtl.shared.config import SiteConfig
+from fedtl.shared.encoders import load_encoder
+from fedtl.shared.records import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, REPORT, digest, flatten, from_record, l2_norm, to_record
+from fedtl.shared.update_modes import UpdateMode, exchanged_names
+from fedtl.v1 import site_pb2, site_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+]
+
+
+@dataclass
+class Timing:
+    """When the shim's process started and when its handler got the message (unix time)."""
+
+    process_started_at: float = 0.0
+    received_at: float = 0.0
+
+
+class SiteWorker:
+    """Holds one site's encoder, tokenised tasks and heads; handles train/evaluate messages."""
+
+    def __init__(self, config: SiteConfig, encoder_spec: str | None = None):
+        self.config = config
+        self.root = config.state_dir / "federated"
+        self.store = HeadStore(self.root / "heads")
+        self.device = resolve_device(config.device)
+        self.autocast = resolve_precision(self.device, config.precision)
+        self.datas = load_site_data(config)
+        self.lock = threading.Lock()
+        self.rounds_done = 0
+        self.baseline: dict[str, dict[str, float]] | None = self._read_json(self.root / "baseline.json")
+        self._load_encoder(encoder_spec or config.encoder, seed=0)
+
+    # ------------------------------------------------------------ state
+    @staticmethod
+    def _read_json(path: Path) -> Any:
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _load_encoder(self, spec: str, seed: int) -> None:
+        """Load the pretrained encoder (``seed`` only matters for ``tiny``: it must match the coordinator's)."""
+        t0 = time.perf_counter()
+        self.encoder = load_encoder(spec, seed=seed).to(self.device)
+        self.encoder.eval()
+        self.encoder_spec, self.encoder_seed = spec, seed
+        self.param_names = [n for n, _ in self.encoder.named_parameters()]
+        self.tasks: list[PreparedTask] = prepare_tasks(
+            self.datas, self.encoder, self.store, self.config.training.max_length
+        )
+        self.weighting = LossWeighting(
+            [t.name for t in self.tasks],
+            {t.name: t.data.task.loss_weight for t in self.tasks},
+            learned=self.config.training.loss_weighting == "uncertainty",
+        )
+        log.info("site %s: encoder %s ready on %s in %.1fs", self.config.name, spec, self.device,
+                 time.perf_counter() - t0)
+
+    @property
+    def num_examples(self) -> int:
+        return sum(len(t.train_ids) for t in self.tasks)
+
+    def status(self) -> site_pb2.StatusReply:
+        return site_pb2.StatusReply(
+            site=self.config.name, tasks=[t.name for t in self.tasks], encoder=self.encoder_spec,
+            device=str(self.device), rounds_done=self.rounds_done, ready=True,
+        )
+
+    # ------------------------------------------------------------ messages
+    def handle(self, message_type: str, content: RecordDict, timing: Timing) -> RecordDict:
+        with self.lock:  # one message at a time: the model is shared state
+            if message_type == "train":
+                return self.train(content, timing)
+            if message_type == "evaluate":
+                return self.evaluate(content)
+            raise ValueError(f"site worker cannot handle message type {message_type!r}")
+
+    def _ensure_encoder(self, config: ConfigRecord) -> None:
+        """Hold the same pretrained encoder as the coordinator."""
+        spec = str(config.get("encoder", self.encoder_spec))
+        seed = int(config.get("encoder-seed", self.encoder_seed))
+        if (spec, seed) != (self.encoder_spec, self.encoder_seed):
+            log.info("coordinator uses encoder %s (seed %d); switching from %s", spec, seed, self.encoder_spec)
+            self._load_encoder(spec, seed)
+            self.rounds_done = 0
+
+    def _apply_global(self, config: ConfigRecord, content: RecordDict) -> tuple[UpdateMode, dict[str, np.ndarray]]:
+        """Load the coordinator's encoder tensors into the local encoder; return them."""
+        self._ensure_encoder(config)
+        mode = UpdateMode.parse(str(config["update-mode"]))
+        arrays = from_record(content[ARRAYS])
+        expected = exchanged_names(self.param_names, mode)
+        if sorted(arrays) != expected:
+            extra, missing = sorted(set(arrays) - set(expected)), sorted(set(expected) - set(arrays))
+            raise ValueError(f"coordinator sent tensors that do not fit update mode {mode}: "
+                             f"unexpected {extra[:3]}, missing {missing[:3]}")
+        params = dict(self.encoder.named_parameters())
+        with torch.no_grad():
+            for name, value in arrays.items():
+                if tuple(value.shape) != tuple(params[name].shape):
+                    raise ValueError(f"tensor {name}: shape {value.shape} from the coordinator, "
+                                     f"{tuple(params[name].shape)} here")
+                params[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+        return mode, arrays
+
+    def _training_config(self, config: ConfigRecord, round_: int):
+        updates: dict[str, Any] = {"seed": self.config.training.seed + round_, "keep_best": True}
+        if "encoder-epochs" in config:
+            updates["encoder_epochs"] = int(config["encoder-epochs"])
+        if "max-steps" in config:
+            updates["max_steps"] = int(config["max-steps"])
+        return self.config.training.model_copy(update=updates)
+
+    def _probe(self, training) -> dict[str, dict[str, float]]:
+        """Heads fitted on frozen features of the current encoder, on copies (nothing is saved)."""
+        copies = [replace(t, head=copy.deepcopy(t.head)) for t in self.tasks]
+        cfg = training.model_copy(update={"encoder_epochs": 0})
+        result = LocalTrainer(self.encoder, copies, cfg, self.device, self.autocast).fit()
+        return result.metrics["probe"]
+
+    def _ensure_baseline(self, training) -> dict[str, dict[str, float]]:
+        """Local-only baseline: a head fitted on the frozen *pretrained* encoder, once per site."""
+        if self.baseline is None:
+            t0 = time.perf_counter()
+            self.baseline = self._probe(training)
+            write_json_atomic(self.root / "baseline.json", self.baseline)
+            log.info("site %s: local-only baseline recorded in %.1fs", self.config.name, time.perf_counter() - t0)
+        return self.baseline
+
+    def train(self, content: RecordDict, timing: Timing) -> RecordDict:
+        config = content[CONFIG]
+        round_ = int(config.get("server-round", 0))
+        training = self._training_config(config, round_)
+        self._ensure_encoder(config)
+        if self.baseline is None and self.rounds_done == 0:
+            self._ensure_baseline(training)  # the encoder is still the pretrained one here
+        mode, global_arrays = self._apply_global(config, content)
+        names = set(global_arrays)
+
+        start = time.time()
+        trainer = LocalTrainer(
+            self.encoder, self.tasks, training, self.device, self.autocast,
+            encoder_trainable=names.__contains__, weighting=self.weighting,
+            proximal_mu=float(config.get("proximal-mu", 0.0)),
+        )
+        result = trainer.fit()
+        trained = trainer.finetuned_encoder or dict(self.encoder.named_parameters())
+        delta = {n: trained[n].detach().float().cpu().numpy() - global_arrays[n] for n in sorted(names)}
+
+        for task in self.tasks:
+            self.store.save(task.spec, task.head.state_dict(),
+                            {"round": round_, "metrics": result.final[task.name], "mode": "federated"})
+        self.rounds_done += 1
+        seconds = dict(result.seconds, total=time.time() - start)
+        startup = start - timing.process_started_at if timing.process_started_at else float("nan")
+        norm = l2_norm(delta)
+        self._append_history({
+            "round": round_, "run_id": int(config.get("run-id", 0)), "received": digest(global_arrays),
+            "sent": digest(delta), "heads": self._heads_digest(), "kept": result.kept, "update_norm": norm,
+            "metrics": result.final, "seconds": seconds, "startup_seconds": startup,
+        })
+
+        metrics = MetricRecord({
+            NUM_EXAMPLES: result.num_examples,
+            "train_loss": float(np.mean(list(result.train_loss.values()))),
+            "score": mean_primary(result.final, self.tasks),
+            "score_global": mean_primary(result.metrics["probe"], self.tasks),
+            "update_norm": norm,
+            "seconds": seconds["total"],
+            "startup_seconds": startup if np.isfinite(startup) else -1.0,
+        })
+        report = self._report(result.kept, {
+            "val": result.final, "probe": result.metrics["probe"], "before": result.metrics["before"],
+            "baseline": self.baseline or {}, "train_loss": result.train_loss, "seconds": seconds,
+        })
+        return RecordDict({ARRAYS: to_record(delta), METRICS: metrics, REPORT: report})
+
+    def evaluate(self, content: RecordDict) -> RecordDict:
+        """Score the global encoder here: heads refitted on its frozen features (copies)."""
+        config = content[CONFIG]
+        training = self._training_config(config, int(config.get("server-round", 0)))
+        self._apply_global(config, content)
+        start = time.time()
+        metrics = self._probe(training)
+        num_val = sum(len(t.val_ids) for t in self.tasks)
+        record = MetricRecord({
+            NUM_EXAMPLES: num_val,
+            "score": mean_primary(metrics, self.tasks),
+            "seconds": time.time() - start,
+        })
+        return RecordDict({METRICS: record, REPORT: self._report("", {"val": metrics})})
+
+    # ------------------------------------------------------------ helpers
+    def _report(self, kept: str, sections: dict[str, Any]) -> ConfigRecord:
+        report: dict[str, Any] = {
+            "site": self.config.name,
+            "tasks": [t.name for t in self.tasks],
+            "primary": [t.spec.primary_metric for t in self.tasks],
+            "device": str(self.device),
+            "encoder": self.encoder_spec,
+            "kept": kept,
+        }
+        report.update(flatten(sections))
+        return ConfigRecord(report)
+
+    def _heads_digest(self) -> str:
+        return digest({f"{t.name}.{k}": v.detach().cpu().numpy() for t in self.tasks
+                       for k, v in t.head.state_dict().items()})
+
+    def _append_history(self, entry: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / "history.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+# ---------------------------------------------------------------- gRPC service
+class _Servicer(site_pb2_grpc.SiteWorkerServicer):
+    def __init__(self, worker: SiteWorker):
+        self.worker = worker
+
+    def Handle(self, request: site_pb2.HandleRequest, context: grpc.ServicerContext) -> site_pb2.HandleReply:
+        content = recorddict_from_proto(ProtoRecordDict.FromString(request.content))
+        try:
+            reply = self.worker.handle(request.message_type, content,
+                                       Timing(request.process_started_at, request.received_at))
+        except Exception as exc:  # the round goes on without this site; the reason reaches the coordinator
+            log.exception("site %s failed to handle a %s message", self.worker.config.name, request.message_type)
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        return site_pb2.HandleReply(content=recorddict_to_proto(reply).SerializeToString())
+
+    def Status(self, request: site_pb2.StatusRequest, context: grpc.ServicerContext) -> site_pb2.StatusReply:
+        return self.worker.status()
+
+
+def serve(worker: SiteWorker, socket_path: Path) -> grpc.Server:
+    """Serve the worker on a unix socket only its owner may use (mode 0600)."""
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    if socket_path.exists():
+        socket_path.unlink()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
+    site_pb2_grpc.add_SiteWorkerServicer_to_server(_Servicer(worker), server)
+    old_umask = os.umask(0o177)  # the socket is created 0600, with no window where others may connect
+    try:
+        server.add_insecure_port(f"unix://{socket_path}")
+        server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(socket_path, 0o600)
+    return server

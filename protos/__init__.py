@@ -1,1 +1,0 @@
-"""Protocol buffers for fedtl's own gRPC APIs (site worker, coordinator hub)."""

@@ -1,0 +1,64 @@
+"""Global encoder checkpoints: Hugging Face folders written atomically, plus resume state.
+
+``<state_dir>/checkpoints/round-0003/`` holds ``model.safetensors``, ``config.json`` and the
+tokenizer, so ``load_encoder(path)`` (or ``transformers.AutoModel``) loads it directly.
+``<state_dir>/checkpoints/latest.json`` names the newest one; ``--resume`` starts from it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedtl.shared.atomic import write_json_atomic
+from fedtl.shared.encoders import TextEncoder
+from fedtl.shared.records import digest
+
+PREFIX = "backbone."
+
+
+def apply_arrays(encoder: TextEncoder, arrays: dict[str, np.ndarray]) -> None:
+    params = dict(encoder.named_parameters())
+    with torch.no_grad():
+        for name, value in arrays.items():
+            params[name].copy_(torch.from_numpy(np.asarray(value)))
+
+
+def save_checkpoint(root: Path, round_: int, encoder: TextEncoder, arrays: dict[str, np.ndarray],
+                    keep: int = 3) -> Path:
+    """Write the full global encoder after ``round_``; keep the newest ``keep`` checkpoints."""
+    apply_arrays(encoder, arrays)
+    folder = root / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"round-{round_:04d}"
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".round-{round_:04d}."))
+    try:
+        encoder.backbone.save_pretrained(tmp, safe_serialization=True)
+        encoder.tokenizer.save_pretrained(tmp)
+        (tmp / "fedtl.json").write_text(json.dumps({"round": round_, "encoder": encoder.name,
+                                                    "digest": digest(arrays)}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_json_atomic(folder / "latest.json", {"round": round_, "path": final.name, "digest": digest(arrays),
+                                               "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    for old in sorted(folder.glob("round-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: Path) -> tuple[int, Path] | None:
+    meta = root / "checkpoints" / "latest.json"
+    if not meta.exists():
+        return None
+    info = json.loads(meta.read_text())
+    return int(info["round"]), root / "checkpoints" / info["path"]

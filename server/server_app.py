@@ -1,0 +1,41 @@
+"""fedtl's Flower ServerApp: load federation.yaml and run the round loop.
+
+The coordinator CLI submits this app to its SuperLink with ``config-path`` and
+``state-dir`` in the run config; Flower runs it in a process on the coordinator host.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedtl.server.history import HistoryWriter
+from fedtl.server.rounds import FederationRun
+from fedtl.shared.federation_config import load_federation_config
+
+app = ServerApp()
+
+
+def _log_to_file(state_dir: Path) -> None:
+    handler = logging.FileHandler(state_dir / "serverapp.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("fedtl")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config_path = str(context.run_config.get("config-path", ""))
+    if not config_path:
+        raise RuntimeError("run config 'config-path' is empty; start federations with `fedtl coordinator`")
+    fed = load_federation_config(config_path)
+    state_dir = Path(str(context.run_config.get("state-dir") or fed.state_dir))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _log_to_file(state_dir)
+    observers = [HistoryWriter(state_dir, context.run_id)]
+    FederationRun(fed, state_dir, run_id=context.run_id, resume=bool(context.run_config.get("resume", 0)),
+                  observers=observers).run(grid)

@@ -1,0 +1,64 @@
+"""Check every site's encoder update before it reaches aggregation.
+
+A bad update (wrong names, shapes or dtypes, NaN/inf, too large a norm, nonsense example
+count) is rejected with a reason and logged; the round goes on with the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Message
+
+from fedtl.shared.records import ARRAYS, METRICS, NUM_EXAMPLES, REPORT, from_record, l2_norm
+
+
+@dataclass
+class Verdict:
+    node_id: int
+    site: str
+    ok: bool
+    reason: str = ""
+    norm: float = 0.0
+    delta: dict[str, np.ndarray] | None = None
+
+
+def site_name(msg: Message) -> str:
+    try:
+        return str(msg.content[REPORT]["site"])
+    except Exception:
+        return f"node-{msg.metadata.src_node_id}"
+
+
+def check_update(msg: Message, expected: Mapping[str, np.ndarray], max_norm: float | None) -> Verdict:
+    node = msg.metadata.src_node_id
+    if msg.has_error():
+        return Verdict(node, f"node-{node}", False, f"site failed: {msg.error.reason}")
+    site = site_name(msg)
+    content = msg.content
+    if ARRAYS not in content.array_records or METRICS not in content.metric_records:
+        return Verdict(node, site, False, "reply lacks the encoder update or its metrics")
+    n = content[METRICS].get(NUM_EXAMPLES)
+    if not isinstance(n, int) or n <= 0:
+        return Verdict(node, site, False, f"num-examples must be a positive integer, got {n!r}")
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in content[METRICS].values()):
+        return Verdict(node, site, False, "metrics hold a non-finite value")
+    delta = from_record(content[ARRAYS])
+    extra = sorted(set(delta) - set(expected))
+    missing = sorted(set(expected) - set(delta))
+    if extra or missing:
+        return Verdict(node, site, False, f"unexpected tensors {extra[:3]} / missing tensors {missing[:3]}")
+    for name, ref in expected.items():
+        got = delta[name]
+        if got.shape != ref.shape:
+            return Verdict(node, site, False, f"tensor {name}: shape {got.shape}, expected {ref.shape}")
+        if got.dtype != ref.dtype:
+            return Verdict(node, site, False, f"tensor {name}: dtype {got.dtype}, expected {ref.dtype}")
+        if not np.isfinite(got).all():
+            return Verdict(node, site, False, f"tensor {name} holds NaN or inf")
+    norm = l2_norm(delta)
+    if max_norm is not None and norm > max_norm:
+        return Verdict(node, site, False, f"update norm {norm:.3g} exceeds max_update_norm {max_norm:.3g}", norm)
+    return Verdict(node, site, True, "", norm, delta)

@@ -1,0 +1,82 @@
+"""Federation configuration (`federation.yaml`), validated at the edge with pydantic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from fedtl.shared.config import Name, _resolve
+from fedtl.shared.update_modes import UpdateMode
+from fedtl.shared.yamlconfig import load_model
+
+StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "trimmed_mean", "median"]
+
+
+class StrategyConfig(BaseModel):
+    """How the coordinator combines encoder updates (Flower's Message API strategies)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrategyName = "fedavg"
+    proximal_mu: float = Field(default=0.01, ge=0, description="fedprox: weight of the proximal term at sites")
+    eta: float = Field(default=0.01, gt=0, description="fedadam/fedyogi: server learning rate")
+    eta_l: float = Field(default=0.01, gt=0, description="fedadam/fedyogi: client learning rate (informational)")
+    beta_1: float = Field(default=0.9, ge=0, lt=1)
+    beta_2: float = Field(default=0.99, ge=0, lt=1)
+    tau: float = Field(default=1e-9, gt=0, description="fedadam/fedyogi: adaptivity")
+    trim_beta: float = Field(default=0.2, gt=0, lt=0.5, description="trimmed_mean: fraction cut at each end")
+
+
+class SuperLinkConfig(BaseModel):
+    """Where the coordinator's Flower SuperLink listens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fleet_address: str = Field(default="0.0.0.0:9092", description="sites connect here (gRPC)")
+    control_host: str = Field(default="127.0.0.1", description="Flower's Control/Runtime HTTP API host")
+    control_port: int = Field(default=9093, ge=1, le=65535)
+
+
+class FederationConfig(BaseModel):
+    """`federation.yaml`: the encoder, the rounds and how updates are combined."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name = "fedtl"
+    encoder: str = Field(default="minilm", description="minilm | tiny | path to a Hugging Face model folder")
+    update_mode: str = Field(default="full", description="full | last:N | bias")
+    rounds: int = Field(default=3, ge=1)
+    min_sites: int = Field(default=2, ge=1, description="sites needed to start and to aggregate a round")
+    fraction: float = Field(default=1.0, gt=0, le=1, description="share of connected sites sampled per round")
+    round_timeout: float = Field(default=900.0, gt=0, description="seconds to wait for a round's replies")
+    wait_for_sites: float = Field(default=600.0, gt=0, description="seconds to wait for min_sites at start")
+    evaluate_every: int = Field(default=0, ge=0, description="separate evaluate exchange every k rounds (0: only at the end)")
+    final_evaluate: bool = True
+    checkpoint_every: int = Field(default=1, ge=1)
+    max_update_norm: float | None = Field(default=None, gt=0, description="reject updates with a larger L2 norm")
+    encoder_epochs: int | None = Field(default=None, ge=0, description="override the sites' encoder epochs per round")
+    max_steps: int | None = Field(default=None, ge=1, description="cap on a site's encoder steps per round")
+    seed: int = 0
+    state_dir: Path = Field(default=Path("coordinator"), description="checkpoints and round history")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    superlink: SuperLinkConfig = Field(default_factory=SuperLinkConfig)
+
+    @field_validator("update_mode")
+    @classmethod
+    def _valid_mode(cls, value: str) -> str:
+        return str(UpdateMode.parse(value))
+
+    @field_validator("state_dir")
+    @classmethod
+    def _resolve_state_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @property
+    def mode(self) -> UpdateMode:
+        return UpdateMode.parse(self.update_mode)
+
+
+def load_federation_config(path: Path | str) -> FederationConfig:
+    return load_model(FederationConfig, path)
