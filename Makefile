@@ -16,8 +16,7 @@ $(BIN)/.fedtl-installed: pyproject.toml constraints.txt
 install: $(BIN)/.fedtl-installed
 
 demo: install
-	$(BIN)/fedtl examples $(DEMO_DIR)
-	$(BIN)/fedtl train-local --config $(DEMO_DIR)/sites/clinic.yaml
+	$(BIN)/fedtl demo --workdir $(DEMO_DIR)
 
 test: install
 	$(BIN)/python -m pytest

@@ -99,13 +99,48 @@ def site(
     insecure: Annotated[bool, typer.Option(help="Plain gRPC without TLS (trusted networks, demos).")] = False,
     root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate that signed the coordinator's.")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="Load this encoder at start instead of site.yaml's.")] = None,
+    threads: Annotated[Optional[int], typer.Option(envvar="FEDTL_THREADS", help="CPU threads for training.")] = None,
 ) -> None:
     """Run a site daemon: the site worker plus a Flower SuperNode, until SIGTERM or Ctrl-C."""
     from fedtl.cli.federation import run_site
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
     if not insecure and root_certificates is None:
         fail("pass --root-certificates ca.crt for TLS, or --insecure on a trusted network")
     raise typer.Exit(run_site(config, coordinator, insecure, root_certificates, encoder))
+
+
+@app.command()
+def demo(
+    rounds: Annotated[Optional[int], typer.Option(help="Federated rounds (default 3).")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="minilm (default), tiny, or a Hugging Face model folder.")] = None,
+    update: Annotated[Optional[str], typer.Option(help="Update mode: full, last:N (default last:2) or bias.")] = None,
+    site: Annotated[Optional[list[Path]], typer.Option("--site", help="A site.yaml; repeat for more sites. Default: the bundled examples.")] = None,
+    federation: Annotated[Optional[Path], typer.Option(help="A federation.yaml for the other settings.")] = None,
+    workdir: Annotated[Path, typer.Option(help="Where the demo keeps sites, state and logs.")] = Path("fedtl-demo"),
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON here ('-': stdout).")] = None,
+) -> None:
+    """Run a real federation on this machine: a SuperLink and one daemon per site, on 127.0.0.1."""
+    from fedtl.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(workdir, list(site or []), federation, rounds, encoder, update, json_out))
+
+
+@app.command()
+def ui(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="A federation.yaml: use its MLflow store.")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: ./mlflow.db).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for the UI.")] = 5000,
+) -> None:
+    """Open the MLflow UI on the federation's tracking store; prints its URL."""
+    from fedtl.cli.mlflow_ui import run_ui
+
+    raise typer.Exit(run_ui(config, tracking_uri, host, port))
 
 
 @app.command("examples")

@@ -98,10 +98,16 @@ def site_results(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def sites_table(rounds: list[dict[str, Any]]) -> Table:
-    """Per site and task: local-only baseline vs. the federation (primary metric)."""
+    """Per site and task: local-only baseline vs. the federation (primary metric).
+
+    "federated": the site's own validation metric after its last round (global encoder +
+    its heads, trained locally); "global encoder": the final evaluation (heads refitted on
+    the final global encoder); "site keeps": the model the site serves, never worse than
+    its baseline.
+    """
     table = Table(title="per site: local-only baseline vs federated")
-    for col in ("site", "task", "metric", "local-only", "federated", "global encoder", "gain"):
-        table.add_column(col, justify="left" if col in ("site", "task", "metric") else "right")
+    for col in ("site", "task", "metric", "local-only", "federated", "global encoder", "gain", "site keeps"):
+        table.add_column(col, justify="left" if col in ("site", "task", "metric", "site keeps") else "right")
     for site, res in sorted(site_results(rounds).items()):
         report = res.get("train", {})
         for task, metric in zip(report.get("tasks", []), report.get("primary", [])):
@@ -109,5 +115,5 @@ def sites_table(rounds: list[dict[str, Any]]) -> Table:
             fed = report.get(f"val/{task}/{metric}")
             glob = res.get("evaluate", {}).get(f"val/{task}/{metric}")
             gain = f"{fed - base:+.3f}" if fed is not None and base is not None else "-"
-            table.add_row(site, task, metric, _fmt(base), _fmt(fed), _fmt(glob), gain)
+            table.add_row(site, task, metric, _fmt(base), _fmt(fed), _fmt(glob), gain, report.get("site_model", ""))
     return table

@@ -19,14 +19,14 @@ from fedtl.client.head_store import HeadStore, HeadStoreError
 from fedtl.client.trainer import LocalTrainer, PreparedTask, TrainResult, prepare_task, resolve_device, resolve_precision
 from fedtl.shared.atomic import write_bytes_atomic, write_json_atomic
 from fedtl.shared.config import SiteConfig
-from fedtl.shared.data import TaskData, load_task_data
+from fedtl.shared.data import TaskData, load_site_tasks
 from fedtl.shared.encoders import TextEncoder, load_encoder
 
 log = logging.getLogger(__name__)
 
 
 def load_site_data(config: SiteConfig) -> list[TaskData]:
-    return [load_task_data(task, seed=config.training.seed) for task in config.tasks]
+    return load_site_tasks(config.tasks, seed=config.training.seed)
 
 
 def prepare_tasks(datas: list[TaskData], encoder: TextEncoder, store: HeadStore | None, max_length: int) -> list[PreparedTask]:

@@ -75,7 +75,7 @@ class SiteDaemon:
         return cmd
 
     def start_supernode(self) -> None:
-        self.supernode = start(self._supernode_cmd(), self.log_path, env=child_env())
+        self.supernode = start(self._supernode_cmd(), self.log_path, env=child_env(), die_with_parent=True)
         log.info("site %s: SuperNode (pid %d) connecting to %s", self.config.name, self.supernode.pid,
                  self.settings.coordinator)
 

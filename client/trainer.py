@@ -108,6 +108,19 @@ def mean_primary(metrics: dict[str, dict[str, float]], tasks: list[PreparedTask]
     return float(np.mean([metrics[t.name][t.spec.primary_metric] for t in tasks]))
 
 
+def share_groups(tasks: list[PreparedTask]) -> list[list[PreparedTask]]:
+    """Tasks over identical inputs (same texts, same split) share features and forward passes."""
+    groups: list[list[PreparedTask]] = []
+    for task in tasks:
+        for group in groups:
+            if group[0].train_ids == task.train_ids and group[0].val_ids == task.val_ids:
+                group.append(task)
+                break
+        else:
+            groups.append([task])
+    return groups
+
+
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
@@ -134,6 +147,7 @@ class LocalTrainer:
     ):
         self.encoder = encoder.to(device)
         self.tasks = tasks
+        self.groups = share_groups(tasks)
         self.cfg = config
         self.device = device
         self.autocast_dtype = autocast_dtype
@@ -182,12 +196,21 @@ class LocalTrainer:
                 out[chunk] = self.encoder(ids, mask).float()
         return out
 
+    def features(self, split: str) -> dict[str, torch.Tensor]:
+        """Pooled features of every task's split, computed once per group of shared inputs."""
+        out = {}
+        for group in self.groups:
+            feats = self.embed(group[0].train_ids if split == "train" else group[0].val_ids)
+            out.update({t.name: feats for t in group})
+        return out
+
     @torch.no_grad()
     def evaluate(self, val_features: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, float]]:
         """Validation metrics and loss per task. Features are computed unless given."""
+        val_features = val_features or self.features("val")
         results = {}
         for task in self.tasks:
-            feats = val_features[task.name] if val_features else self.embed(task.val_ids)
+            feats = val_features[task.name]
             task.head.eval()
             outputs = task.head(feats)
             targets = self._targets(task, "val")
@@ -228,7 +251,7 @@ class LocalTrainer:
 
     # ------------------------------------------------------------ phase 2: encoder + heads
     def _batches(self, task: PreparedTask, rng: random.Random) -> Iterator[list[int]]:
-        """Endless shuffled batches of one task's training indices (smaller tasks cycle)."""
+        """Endless shuffled batches of one task group's training indices (smaller groups cycle)."""
         n, bs = len(task.train_ids), self.cfg.batch_size
         while True:
             order = list(range(n))
@@ -246,7 +269,7 @@ class LocalTrainer:
 
     def train_encoder(self) -> tuple[dict[str, float], int]:
         cfg = self.cfg
-        steps_per_epoch = max(math.ceil(len(t.train_ids) / cfg.batch_size) for t in self.tasks)
+        steps_per_epoch = max(math.ceil(len(g[0].train_ids) / cfg.batch_size) for g in self.groups)
         total_steps = cfg.encoder_epochs * steps_per_epoch
         if cfg.max_steps is not None:
             total_steps = min(total_steps, cfg.max_steps)
@@ -265,7 +288,7 @@ class LocalTrainer:
             opt, linear_schedule(int(cfg.warmup_ratio * total_steps), total_steps)
         )
         rng = random.Random(cfg.seed)
-        streams = {t.name: self._batches(t, rng) for t in self.tasks}
+        streams = [self._batches(group[0], rng) for group in self.groups]
         sums = {t.name: 0.0 for t in self.tasks}
         self.encoder.train()
         for t in self.tasks:
@@ -273,12 +296,14 @@ class LocalTrainer:
         bar = self._bar("encoder + heads", total_steps)
         for step in range(total_steps):
             losses = {}
-            for task in self.tasks:
-                idx = next(streams[task.name])
-                ids, mask = pad_batch([task.train_ids[i] for i in idx], self.encoder.pad_token_id, self.device)
+            for group, stream in zip(self.groups, streams):  # one batch per group: one forward, all its heads
+                idx = next(stream)
+                ids, mask = pad_batch([group[0].train_ids[i] for i in idx], self.encoder.pad_token_id, self.device)
                 with self._autocast():
-                    outputs = task.head(self.encoder(ids, mask))
-                losses[task.name] = task.spec.loss(outputs, self._targets(task, "train", idx))
+                    feats = self.encoder(ids, mask)
+                    outputs = {task.name: task.head(feats) for task in group}
+                for task in group:
+                    losses[task.name] = task.spec.loss(outputs[task.name], self._targets(task, "train", idx))
             loss = self.weighting(losses)
             if anchors:
                 loss = loss + 0.5 * self.proximal_mu * sum(
@@ -323,8 +348,8 @@ class LocalTrainer:
         seconds, steps, metrics = {}, {}, {}
 
         t0 = time.perf_counter()
-        train_feats = {t.name: self.embed(t.train_ids) for t in self.tasks}
-        val_feats = {t.name: self.embed(t.val_ids) for t in self.tasks}
+        train_feats = self.features("train")
+        val_feats = self.features("val")
         metrics["before"] = self.evaluate(val_feats)
         seconds["embed"] = time.perf_counter() - t0
 

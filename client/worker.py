@@ -149,18 +149,26 @@ class SiteWorker:
             updates["max_steps"] = int(config["max-steps"])
         return self.config.training.model_copy(update=updates)
 
-    def _probe(self, training) -> dict[str, dict[str, float]]:
-        """Heads fitted on frozen features of the current encoder, on copies (nothing is saved)."""
+    def _probe(self, training) -> tuple[dict[str, dict[str, float]], list[PreparedTask]]:
+        """Heads fitted on frozen features of the current encoder, on copies of the heads."""
         copies = [replace(t, head=copy.deepcopy(t.head)) for t in self.tasks]
         cfg = training.model_copy(update={"encoder_epochs": 0})
         result = LocalTrainer(self.encoder, copies, cfg, self.device, self.autocast).fit()
-        return result.metrics["probe"]
+        return result.metrics["probe"], copies
 
     def _ensure_baseline(self, training) -> dict[str, dict[str, float]]:
-        """Local-only baseline: a head fitted on the frozen *pretrained* encoder, once per site."""
+        """Local-only baseline: heads fitted on the frozen *pretrained* encoder, once per site.
+
+        Its heads are kept under ``baseline/``: if the federation ever serves this site worse
+        than that, the site keeps the baseline model (pretrained encoder + these heads).
+        """
         if self.baseline is None:
             t0 = time.perf_counter()
-            self.baseline = self._probe(training)
+            self.baseline, heads = self._probe(training)
+            store = HeadStore(self.root / "baseline")
+            for task in heads:
+                store.save(task.spec, task.head.state_dict(), {"metrics": self.baseline[task.name],
+                                                               "mode": "baseline", "encoder": self.encoder_spec})
             write_json_atomic(self.root / "baseline.json", self.baseline)
             log.info("site %s: local-only baseline recorded in %.1fs", self.config.name, time.perf_counter() - t0)
         return self.baseline
@@ -182,6 +190,7 @@ class SiteWorker:
             proximal_mu=float(config.get("proximal-mu", 0.0)),
         )
         result = trainer.fit()
+        site_model, site_metrics = self._choose_site_model(result.final, round_)
         trained = trainer.finetuned_encoder or dict(self.encoder.named_parameters())
         delta = {n: trained[n].detach().float().cpu().numpy() - global_arrays[n] for n in sorted(names)}
 
@@ -203,15 +212,30 @@ class SiteWorker:
             "train_loss": float(np.mean(list(result.train_loss.values()))),
             "score": mean_primary(result.final, self.tasks),
             "score_global": mean_primary(result.metrics["probe"], self.tasks),
+            "score_site": mean_primary(site_metrics, self.tasks),
             "update_norm": norm,
             "seconds": seconds["total"],
             "startup_seconds": startup if np.isfinite(startup) else -1.0,
         })
         report = self._report(result.kept, {
             "val": result.final, "probe": result.metrics["probe"], "before": result.metrics["before"],
+            "site": site_metrics,
             "baseline": self.baseline or {}, "train_loss": result.train_loss, "seconds": seconds,
         })
+        report["site_model"] = site_model
         return RecordDict({ARRAYS: to_record(delta), METRICS: metrics, REPORT: report})
+
+    def _choose_site_model(self, federated: dict[str, dict[str, float]], round_: int):
+        """The model this site should serve: the federated one, unless its baseline validates better."""
+        chosen, metrics = "federated", federated
+        if self.baseline is not None and mean_primary(self.baseline, self.tasks) > mean_primary(federated, self.tasks):
+            chosen, metrics = "baseline", self.baseline
+        write_json_atomic(self.root / "site_model.json", {
+            "model": chosen, "round": round_, "metrics": metrics,
+            "heads": str(self.root / ("baseline" if chosen == "baseline" else "heads")),
+            "encoder": "pretrained " + self.encoder_spec if chosen == "baseline" else "global encoder of this round",
+        })
+        return chosen, metrics
 
     def evaluate(self, content: RecordDict) -> RecordDict:
         """Score the global encoder here: heads refitted on its frozen features (copies)."""
@@ -219,7 +243,7 @@ class SiteWorker:
         training = self._training_config(config, int(config.get("server-round", 0)))
         self._apply_global(config, content)
         start = time.time()
-        metrics = self._probe(training)
+        metrics, _ = self._probe(training)
         num_val = sum(len(t.val_ids) for t in self.tasks)
         record = MetricRecord({
             NUM_EXAMPLES: num_val,

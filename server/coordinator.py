@@ -53,6 +53,15 @@ class Coordinator:
         self.flwr_home = self.state_dir / "flwr"
         self.superlink: subprocess.Popen | None = None
         self.run_id: int | None = None
+        self.tracking_uri = self._tracking_uri()
+
+    def _tracking_uri(self) -> str:
+        """Resolved here, where the operator runs the command (the ServerApp runs elsewhere)."""
+        from fedtl.server.tracking import default_tracking_uri
+
+        if not self.fed.mlflow.enabled:
+            return ""
+        return self.fed.mlflow.tracking_uri or default_tracking_uri(Path.cwd())
 
     # ------------------------------------------------------------ SuperLink
     def _env(self) -> dict[str, str]:
@@ -107,7 +116,7 @@ class Coordinator:
         shutil.copytree(app_dir(), app, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__init__.py", "__pycache__"))
         run_config = (f"config-path='{self.config_path}' state-dir='{self.state_dir}' "
-                      f"resume={1 if self.resume else 0}")
+                      f"resume={1 if self.resume else 0} tracking-uri='{self.tracking_uri}'")
         payload = self._flwr("run", str(app), CONNECTION, "--run-config", run_config)
         self.run_id = int(payload["run-id"])
         log.info("submitted federation '%s' as Flower run %d", self.fed.name, self.run_id)

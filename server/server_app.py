@@ -37,5 +37,14 @@ def main(grid: Grid, context: Context) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     _log_to_file(state_dir)
     observers = [HistoryWriter(state_dir, context.run_id)]
+    tracking_uri = str(context.run_config.get("tracking-uri", ""))
+    if fed.mlflow.enabled and tracking_uri:
+        from fedtl.server.tracking import MlflowTracker
+
+        observers.append(MlflowTracker(
+            tracking_uri, fed.mlflow.experiment, state_dir, run_name=f"{fed.name}-{context.run_id}",
+            registered_model=fed.mlflow.registered_model, config_path=Path(config_path),
+            checkpoint_every=fed.mlflow.checkpoint_every,
+        ))
     FederationRun(fed, state_dir, run_id=context.run_id, resume=bool(context.run_config.get("resume", 0)),
                   observers=observers).run(grid)

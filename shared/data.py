@@ -258,16 +258,21 @@ def _pick(raw: _Raw, index: np.ndarray) -> _Raw:
     return _Raw([raw.texts[i] for i in index], [raw.targets[i] for i in index], [raw.origin[i] for i in index])
 
 
-def load_task_data(task: TaskConfig, seed: int = 0) -> TaskData:
-    """Read, validate, split and encode one task's data."""
+def _split_for(task: TaskConfig, raw: _Raw, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(raw.texts) < 2:
+        raise DataError(task.data[0], "need at least 2 examples to hold out a validation split")
+    strata = raw.targets if task.type == TaskType.classification else None
+    return split_indices(len(raw.texts), task.validation_split, seed, strata)
+
+
+def load_task_data(task: TaskConfig, seed: int = 0,
+                   split: tuple[np.ndarray, np.ndarray] | None = None) -> TaskData:
+    """Read, validate, split and encode one task's data (``split``: precomputed row indices)."""
     raw = _subsample(_read_task_files(task, task.data), task.max_examples, seed)
     if task.validation_data:
         train_raw, val_raw = raw, _read_task_files(task, task.validation_data)
     else:
-        if len(raw.texts) < 2:
-            raise DataError(task.data[0], "need at least 2 examples to hold out a validation split")
-        strata = raw.targets if task.type == TaskType.classification else None
-        train_idx, val_idx = split_indices(len(raw.texts), task.validation_split, seed, strata)
+        train_idx, val_idx = split if split is not None else _split_for(task, raw, seed)
         train_raw, val_raw = _pick(raw, train_idx), _pick(raw, val_idx)
 
     labels: list[str] | None = None
@@ -293,3 +298,28 @@ def load_task_data(task: TaskConfig, seed: int = 0) -> TaskData:
         data.target_mean = float(train_y.mean())
         data.target_std = float(train_y.std()) or 1.0
     return data
+
+
+def _split_key(task: TaskConfig) -> tuple:
+    return tuple(str(p) for p in task.data), task.validation_split, task.max_examples
+
+
+def load_site_tasks(tasks: list[TaskConfig], seed: int = 0) -> list[TaskData]:
+    """Load a site's tasks. Tasks reading the same files share one train/validation split.
+
+    Otherwise a text one task validates on could be trained on through another task of the
+    same site, and its validation metric would flatter. The shared split is stratified by
+    the group's first classification task. Shared inputs also let the trainer run the
+    encoder once per batch for all of the group's heads.
+    """
+    groups: dict[tuple, list[TaskConfig]] = {}
+    for task in tasks:
+        if not task.validation_data:
+            groups.setdefault(_split_key(task), []).append(task)
+    splits = {}
+    for key, members in groups.items():
+        if len(members) > 1:
+            lead = next((t for t in members if t.type == TaskType.classification), members[0])
+            raw = _subsample(_read_task_files(lead, lead.data), lead.max_examples, seed)
+            splits[key] = _split_for(lead, raw, seed)
+    return [load_task_data(t, seed, None if t.validation_data else splits.get(_split_key(t))) for t in tasks]

@@ -39,6 +39,27 @@ class SuperLinkConfig(BaseModel):
     control_port: int = Field(default=9093, ge=1, le=65535)
 
 
+class MlflowConfig(BaseModel):
+    """Where and how the coordinator logs the federation to MLflow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    tracking_uri: str | None = Field(
+        default=None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db where the coordinator starts")
+    experiment: str = Field(default="fedtl", min_length=1)
+    registered_model: str | None = Field(default="fedtl-encoder", description="register the final encoder; null: don't")
+    checkpoint_every: int = Field(default=0, ge=0, description="also log checkpoints every k rounds (0: final only)")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _resolve_sqlite(cls, value: str | None, info: ValidationInfo) -> str | None:
+        prefix = "sqlite:///"
+        if value and value.startswith(prefix) and not value[len(prefix):].startswith("/"):
+            return prefix + str(_resolve(Path(value[len(prefix):]), info).resolve())
+        return value
+
+
 class FederationConfig(BaseModel):
     """`federation.yaml`: the encoder, the rounds and how updates are combined."""
 
@@ -62,6 +83,7 @@ class FederationConfig(BaseModel):
     state_dir: Path = Field(default=Path("coordinator"), description="checkpoints and round history")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     superlink: SuperLinkConfig = Field(default_factory=SuperLinkConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
     @field_validator("update_mode")
     @classmethod

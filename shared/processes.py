@@ -64,13 +64,24 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen |
         time.sleep(0.2)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the parent dies (Linux), so no orphan outlives it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def start(cmd: list[str], log_path: Path, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> subprocess.Popen:
+          cwd: Path | None = None, die_with_parent: bool = False) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     try:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env or child_env(), cwd=cwd, start_new_session=True)
+                                env=env or child_env(), cwd=cwd, start_new_session=True,
+                                preexec_fn=_die_with_parent if die_with_parent else None)
     finally:
         log.close()
 

@@ -139,3 +139,17 @@ def test_max_examples_subsamples_deterministically(tmp_path):
     a = load_task_data(task(tmp_path, max_examples=30), seed=1)
     b = load_task_data(task(tmp_path, max_examples=30), seed=1)
     assert len(a.train) + len(a.val) == 30 and a.train.texts == b.train.texts
+
+
+def test_tasks_over_the_same_file_share_one_split(tmp_path):
+    from fedtl.shared.data import load_site_tasks
+
+    write_csv(tmp_path / "data.csv", synthetic_rows(60))
+    cls = task(tmp_path)
+    reg = TaskConfig.model_validate({"name": "r", "type": "regression", "data": "data.csv", "text_columns": "text",
+                                     "target_column": "score"}, context={"base_dir": tmp_path})
+    a, b = load_site_tasks([cls, reg], seed=5)
+    assert a.train.texts == b.train.texts and a.val.texts == b.val.texts
+    assert not set(a.val.texts) & set(b.train.texts)
+    alone = load_task_data(reg, seed=5)  # on its own, the regression task splits differently
+    assert alone.val.texts != b.val.texts

@@ -80,3 +80,13 @@ def test_precision_resolution():
     assert resolve_precision(cpu, "bf16") is torch.bfloat16
     with pytest.raises(RuntimeError, match="fp16 needs a CUDA"):
         resolve_precision(cpu, "fp16")
+
+
+def test_tasks_sharing_inputs_share_each_encoder_forward(site_factory, tiny_encoder_factory):
+    cfg, encoder, tasks = build(site_factory, tiny_encoder_factory, types=("classification", "regression"))
+    trainer = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu"))
+    assert [len(g) for g in trainer.groups] == [2]
+    calls = []
+    encoder.register_forward_hook(lambda *args: calls.append(1))
+    trainer.train_encoder()
+    assert len(calls) == 6  # 96 rows / batch 16, one forward per step for both heads

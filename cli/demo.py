@@ -1,0 +1,157 @@
+"""`fedtl demo`: a real federation on this machine, start to finish, in one command.
+
+A SuperLink plus one site daemon (worker + SuperNode) per site, all as real processes on
+127.0.0.1, then the rounds, then a per-site comparison with each site's local-only
+baseline. Every process it starts is stopped before it returns.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.live import Live
+
+from fedtl.cli.console import console, fail, write_json
+from fedtl.cli.reports import rounds_table, site_results, sites_table
+from fedtl.shared.processes import free_port, start, stop, tool
+
+DEMO_DEFAULTS: dict[str, Any] = {
+    "name": "demo",
+    "encoder": "minilm",
+    "update_mode": "last:2",
+    "rounds": 3,
+    "round_timeout": 900,
+    "wait_for_sites": 300,
+    "evaluate_every": 0,
+    "final_evaluate": True,
+    "max_steps": 12,
+}
+
+
+def demo_federation(workdir: Path, n_sites: int, base: dict[str, Any], overrides: dict[str, Any]) -> Path:
+    """Write the demo's federation.yaml: loopback ports chosen now, state under workdir."""
+    config = {**DEMO_DEFAULTS, **base, **{k: v for k, v in overrides.items() if v is not None}}
+    config["min_sites"] = n_sites
+    mlflow = dict(config.get("mlflow") or {})
+    mlflow.setdefault("tracking_uri", f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
+    mlflow.setdefault("experiment", "fedtl-demo")
+    config["mlflow"] = mlflow
+    config["state_dir"] = str((workdir / "coordinator").resolve())
+    config["superlink"] = {"fleet_address": f"127.0.0.1:{free_port()}", "control_host": "127.0.0.1",
+                           "control_port": free_port()}
+    path = workdir / "federation.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _site_names(paths: list[Path]) -> list[str]:
+    from fedtl.shared.config import load_site_config
+
+    names = [load_site_config(p).name for p in paths]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        fail(f"two site configs use the name {dupes[0]!r}; every site needs its own name")
+    return names
+
+
+def summary_json(rounds: list[dict[str, Any]], run: dict[str, Any], seconds: float) -> dict[str, Any]:
+    sites = {}
+    for site, res in site_results(rounds).items():
+        report = res.get("train", {})
+        tasks = {}
+        for task, metric in zip(report.get("tasks", []), report.get("primary", [])):
+            tasks[task] = {
+                "primary_metric": metric,
+                "baseline": report.get(f"baseline/{task}/{metric}"),
+                "federated": report.get(f"val/{task}/{metric}"),
+                "global_encoder": res.get("evaluate", {}).get(f"val/{task}/{metric}"),
+            }
+        sites[site] = {"tasks": tasks, "last_round": res.get("last_round"), "site_keeps": report.get("site_model")}
+    per_round = [{k: r.get(k) for k in ("round", "seconds", "sampled", "accepted", "failed", "rejected",
+                                         "bytes_down", "bytes_up", "metrics", "update_norms", "update_cosine")}
+                 | {"sites": {s: e["metrics"] for s, e in r.get("sites", {}).items()}} for r in rounds]
+    return {"status": run.get("status"), "seconds": seconds, "sites": sites, "rounds": per_round}
+
+
+def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: int | None,
+             encoder: str | None, update: str | None, json_out: Path | None) -> int:
+    from fedtl.server.coordinator import Coordinator, CoordinatorError
+    from fedtl.server.history import read_rounds
+    from fedtl.shared.examples import copy_examples
+    from fedtl.shared.federation_config import load_federation_config
+    from fedtl.shared.yamlconfig import ConfigError, read_yaml
+
+    started = time.monotonic()
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not sites:
+        sites = list(copy_examples(workdir).values())
+        console.print(f"bundled example sites copied to {workdir}")
+    try:
+        names = _site_names(sites)
+        base = read_yaml(federation)[0] or {} if federation else {}
+        fed_path = demo_federation(workdir, len(sites), base,
+                                   {"rounds": rounds, "encoder": encoder, "update_mode": update})
+        fed = load_federation_config(fed_path)
+    except ConfigError as exc:
+        fail(str(exc))
+
+    threads = str(max(1, (os.cpu_count() or 1) // len(sites)))
+    procs: dict[str, subprocess.Popen] = {}
+    coord = Coordinator(fed, fed_path)
+    info: dict[str, Any] = {}
+    try:
+        coord.start_superlink()
+        for name, path in zip(names, sites):
+            cmd = [tool("fedtl"), "site", "--config", str(path), "--coordinator", fed.superlink.fleet_address,
+                   "--insecure", "--encoder", fed.encoder]
+            env = dict(os.environ, OMP_NUM_THREADS=threads, FEDTL_THREADS=threads)
+            procs[name] = start(cmd, workdir / "logs" / f"{name}.log", env=_with_path(env))
+        console.print(f"started {len(procs)} sites ({', '.join(names)}) and a SuperLink on "
+                      f"{fed.superlink.fleet_address}; logs in {workdir / 'logs'}")
+        coord.submit()
+        with Live(rounds_table([], title=fed.name), console=console, refresh_per_second=2) as live:
+            def refresh(latest: dict) -> None:
+                for name, proc in procs.items():
+                    if proc.poll() is not None:
+                        raise CoordinatorError(f"site {name} exited with code {proc.returncode}; "
+                                               f"see {workdir / 'logs' / (name + '.log')}")
+                live.update(rounds_table(read_rounds(coord.state_dir), latest, title=fed.name))
+
+            info = coord.wait(on_poll=refresh)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopping every process the demo started[/]")
+        coord.stop_run()
+        return 130
+    except CoordinatorError as exc:
+        coord.stop_run()
+        fail(str(exc))
+    finally:
+        for proc in procs.values():
+            stop(proc)
+        coord.shutdown()
+
+    history = read_rounds(coord.state_dir)
+    console.print(sites_table(history))
+    seconds = time.monotonic() - started
+    console.print(f"demo finished in {seconds:.0f}s: {info.get('status')}; state in {workdir}")
+    if fed.mlflow.enabled:
+        console.print(f"MLflow run in {coord.tracking_uri}: see it with  fedtl ui --tracking-uri {coord.tracking_uri}")
+    if json_out is not None:
+        write_json(json_out, summary_json(history, info, seconds))
+    if info.get("status") != "finished:completed":
+        fail(f"the federation ended as {info.get('status')}: {info.get('status-details')}")
+    return 0
+
+
+def _with_path(env: dict[str, str]) -> dict[str, str]:
+    from fedtl.shared.processes import child_env
+
+    merged = child_env()
+    merged.update({k: v for k, v in env.items() if k != "PATH"})
+    return merged

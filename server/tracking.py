@@ -1,0 +1,304 @@
+"""MLflow logging for a federation: one run, every round, and nothing lost in an outage.
+
+The coordinator logs; sites never need MLflow credentials. Every tracking operation is
+appended to a journal on disk (``state_dir/mlflow_journal.jsonl``) and then sent; if the
+tracking server is down or slow, operations stay in the journal, training goes on, a
+warning says so, and the next flush (after the next round, at the end, or at the next
+coordinator start) sends them in order. Artifacts are copied next to the journal first,
+so a later flush still finds them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fedtl.shared.records import flatten
+
+log = logging.getLogger(__name__)
+
+# Fail fast when the server is down (MLflow's defaults retry for minutes).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+BATCH = 900  # MLflow accepts up to 1000 metrics per log_batch
+
+
+def default_tracking_uri(base: Path) -> str:
+    """MLFLOW_TRACKING_URI if set, else an embedded SQLite store in ``base``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(base / 'mlflow.db').resolve()}"
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """For an embedded SQLite store, keep artifacts beside the database file."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri[len("sqlite:///"):]).parent / "mlartifacts")
+    return None
+
+
+class Journal:
+    """Pending tracking operations, in order, on disk."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.Lock()
+
+    def append(self, op: dict[str, Any]) -> None:
+        with self.lock, self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(op, default=float) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def pending(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def rewrite(self, ops: list[dict[str, Any]]) -> None:
+        from fedtl.shared.atomic import write_text_atomic
+
+        with self.lock:
+            write_text_atomic(self.path, "".join(json.dumps(op, default=float) + "\n" for op in ops))
+
+
+class MlflowTracker:
+    """A RoundObserver that mirrors the federation into one MLflow run."""
+
+    def __init__(self, tracking_uri: str, experiment: str, state_dir: Path, run_name: str,
+                 registered_model: str | None, config_path: Path | None = None, checkpoint_every: int = 0):
+        self.uri = tracking_uri
+        self.experiment = experiment
+        self.state_dir = state_dir
+        self.run_name = run_name
+        self.registered_model = registered_model
+        self.config_path = config_path
+        self.checkpoint_every = checkpoint_every
+        self.journal = Journal(state_dir / "mlflow_journal.jsonl")
+        self.artifacts = state_dir / "mlflow_artifacts"
+        self.meta_path = state_dir / "mlflow_run.json"
+        meta = json.loads(self.meta_path.read_text()) if self.meta_path.exists() else {}
+        self.run_id: str | None = meta.get("run_id")
+        self.outage_since: float | None = None
+        self.history: list[dict[str, Any]] = []
+        self.baselines_logged: set[str] = set()
+
+    # ------------------------------------------------------------ sending
+    def _client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    def _ensure_run(self, client) -> str:
+        if self.run_id is None:
+            exp = client.get_experiment_by_name(self.experiment)
+            exp_id = exp.experiment_id if exp else client.create_experiment(
+                self.experiment, artifact_location=artifact_root_for(self.uri))
+            run = client.create_run(exp_id, run_name=self.run_name, tags={"fedtl.status": "running"})
+            self.run_id = run.info.run_id
+            from fedtl.shared.atomic import write_json_atomic
+
+            write_json_atomic(self.meta_path, {"run_id": self.run_id, "experiment_id": exp_id,
+                                               "tracking_uri": self.uri})
+        return self.run_id
+
+    def _apply(self, client, run_id: str, op: dict[str, Any]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        kind = op["op"]
+        if kind == "params":
+            items = [Param(k, str(v)[:6000]) for k, v in op["params"].items()]
+            for i in range(0, len(items), 100):
+                client.log_batch(run_id, params=items[i:i + 100])
+        elif kind == "metrics":
+            items = [Metric(k, float(v), int(op["time"] * 1000), int(op["step"])) for k, v in op["metrics"].items()]
+            for i in range(0, len(items), BATCH):
+                client.log_batch(run_id, metrics=items[i:i + BATCH])
+        elif kind == "tags":
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in op["tags"].items()])
+        elif kind == "artifact":
+            path = Path(op["path"])
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), op.get("artifact_path"))
+            elif path.exists():
+                client.log_artifact(run_id, str(path), op.get("artifact_path"))
+            else:
+                log.warning("artifact %s is gone; not logged", path)
+        elif kind == "register":
+            self._register(client, run_id, op["name"], op["artifact_path"])
+        elif kind == "terminate":
+            client.set_terminated(run_id, op["status"])
+        else:
+            raise ValueError(f"unknown tracking operation {kind!r}")
+
+    def _register(self, client, run_id: str, name: str, artifact_path: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.create_registered_model(name, description="fedtl global encoder (Hugging Face folder)")
+        except MlflowException as exc:
+            if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                raise
+        source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        version = client.create_model_version(name, source, run_id=run_id,
+                                              description=f"global encoder after federation run {self.run_name}")
+        client.set_tag(run_id, "fedtl.registered_model", f"{name}/{version.version}")
+
+    def flush(self) -> bool:
+        """Send pending operations in order; True when none are left."""
+        ops = self.journal.pending()
+        if not ops:
+            return True
+        done = 0
+        try:
+            client = self._client()
+            run_id = self._ensure_run(client)
+            for op in ops:
+                self._apply(client, run_id, op)
+                done += 1
+        except Exception as exc:  # any failure: keep the rest for later, never stop training
+            self.journal.rewrite(ops[done:])
+            if self.outage_since is None:
+                self.outage_since = time.time()
+            log.warning("MLflow at %s unavailable (%s: %s); %d operations buffered in %s, will retry",
+                        self.uri, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "",
+                        len(ops) - done, self.journal.path)
+            return False
+        self.journal.rewrite([])
+        if self.outage_since is not None:
+            log.warning("MLflow is back: %d buffered operations written", len(ops))
+            self.outage_since = None
+        return True
+
+    # ------------------------------------------------------------ enqueueing
+    def _enqueue(self, op: dict[str, Any]) -> None:
+        self.journal.append(op)
+
+    def _artifact(self, path: Path, artifact_path: str | None, copy: bool = True) -> None:
+        if copy:
+            dest = self.artifacts / (artifact_path or "") / path.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                shutil.copytree(path, dest, dirs_exist_ok=True)
+            else:
+                shutil.copy2(path, dest)
+            path = dest
+        self._enqueue({"op": "artifact", "path": str(path), "artifact_path": artifact_path})
+
+    # ------------------------------------------------------------ observer
+    def start(self, info: dict[str, Any]) -> None:
+        from importlib.metadata import version
+
+        config = info["config"]
+        params = flatten({k: v for k, v in config.items() if k not in ("superlink",)}, sep=".")
+        params.update({k: v for k, v in config.items() if isinstance(v, (str, bool)) or v is None})
+        params.update({f"strategy.{k}": v for k, v in info.get("strategy_settings", {}).items()})
+        for pkg in ("fedtl", "flwr", "torch", "transformers", "mlflow"):
+            try:
+                params[f"version.{pkg}"] = version(pkg)
+            except Exception:
+                pass
+        params["encoder_parameters_exchanged"] = info.get("encoder_parameters")
+        if info.get("start_round", 1) == 1:
+            self._enqueue({"op": "params", "params": {k: ("" if v is None else v) for k, v in params.items()}})
+            if self.config_path is not None and self.config_path.exists():
+                self._artifact(self.config_path, "config")
+        self._enqueue({"op": "tags", "tags": {
+            "fedtl.coordinator_host": socket.gethostname(), "fedtl.flower_run_id": info.get("run_id"),
+            "fedtl.status": "running", "mlflow.note.content": f"fedtl federation '{config['name']}'",
+        }})
+        self.flush()
+
+    def round(self, record: dict[str, Any]) -> None:
+        rnd = record["round"]
+        metrics = round_metrics(record, self.baselines_logged)
+        self._enqueue({"op": "metrics", "step": rnd, "time": time.time(), "metrics": metrics})
+        sites = sorted(record.get("sites", {}))
+        self._enqueue({"op": "tags", "tags": {"fedtl.sites": ",".join(sites), "fedtl.rounds_done": rnd}})
+        self.history.append(record)
+        plots = self.state_dir / "plots"
+        from fedtl.server.plots import interference_heatmap, site_metric_plot
+
+        if record.get("update_cosine"):
+            path = interference_heatmap(record["update_cosine"], rnd, plots / f"interference-round-{rnd:03d}.png")
+            self._artifact(path, "interference")
+        path = site_metric_plot(self.history, plots / "site_metrics.png")
+        self._artifact(path, "plots")
+        if record.get("checkpoint") and self.checkpoint_every and rnd % self.checkpoint_every == 0:
+            self._artifact(Path(record["checkpoint"]), f"checkpoints/round-{rnd:04d}", copy=False)
+        self.flush()
+
+    def finish(self, status: str, summary: dict[str, Any]) -> None:
+        final = None
+        for record in reversed(self.history):
+            if record.get("checkpoint"):
+                final = Path(record["checkpoint"])
+                break
+        if status == "completed" and final is not None:
+            self._artifact(final, "encoder", copy=True)
+            if self.registered_model:
+                self._enqueue({"op": "register", "name": self.registered_model,
+                               "artifact_path": f"encoder/{final.name}"})
+        self._enqueue({"op": "tags", "tags": {"fedtl.status": status, **{f"fedtl.summary.{k}": v
+                                                                         for k, v in summary.items()}}})
+        self._enqueue({"op": "terminate", "status": "FINISHED" if status == "completed" else "FAILED"})
+        deadline = time.monotonic() + float(os.environ.get("FEDTL_MLFLOW_FINAL_WAIT", "120"))
+        while not self.flush() and time.monotonic() < deadline:
+            time.sleep(5)
+        if self.journal.pending():
+            log.warning("MLflow still unreachable: %d operations stay in %s and are sent when the "
+                        "coordinator next starts with this state_dir (fedtl coordinator --resume)",
+                        len(self.journal.pending()), self.journal.path)
+
+
+def round_metrics(record: dict[str, Any], baselines_logged: set[str]) -> dict[str, float]:
+    """Everything MLflow charts for one round, with `/`-separated names that group in the UI."""
+    out: dict[str, float] = {}
+    agg = record.get("metrics", {})
+    for key in ("train_loss", "score", "score_global", "score_site", "update_norm", "seconds"):
+        if key in agg:
+            out[f"federation/{key}_mean"] = agg[key]
+    out.update({
+        "federation/sites_sampled": record["sampled"], "federation/sites_answered": record["answered"],
+        "federation/sites_accepted": record["accepted"], "federation/sites_failed": len(record["failed"]),
+        "federation/sites_rejected": len(record["rejected"]), "federation/bytes_down": record["bytes_down"],
+        "federation/bytes_up": record["bytes_up"], "federation/round_seconds": record["seconds"],
+        "federation/aggregation_seconds": record["aggregation_seconds"],
+        "federation/aggregated": 1.0 if record["aggregated"] else 0.0,
+    })
+    for site, norm in record.get("update_norms", {}).items():
+        out[f"site/{site}/update_norm"] = norm
+    for site, entry in record.get("sites", {}).items():
+        report, m = entry["report"], entry["metrics"]
+        out[f"site/{site}/num_examples"] = m.get("num-examples", 0)
+        out[f"site/{site}/seconds"] = m.get("seconds", 0)
+        out[f"site/{site}/startup_seconds"] = m.get("startup_seconds", 0)
+        for task, primary in zip(report.get("tasks", []), report.get("primary", [])):
+            for key, value in report.items():
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    continue
+                if key.startswith(f"val/{task}/"):
+                    out[f"site/{site}/{task}/val_{key.rsplit('/', 1)[1]}"] = value
+                elif key == f"train_loss/{task}":
+                    out[f"site/{site}/{task}/train_loss"] = value
+                elif key.startswith(f"baseline/{task}/") and f"{site}/{task}" not in baselines_logged:
+                    out[f"site/{site}/{task}/baseline_{key.rsplit('/', 1)[1]}"] = value
+            base, fed = report.get(f"baseline/{task}/{primary}"), report.get(f"val/{task}/{primary}")
+            if isinstance(base, (int, float)) and isinstance(fed, (int, float)):
+                out[f"site/{site}/{task}/transfer_gain"] = fed - base
+            baselines_logged.add(f"{site}/{task}")
+    evaluation = record.get("evaluate") or {}
+    for key, value in evaluation.get("metrics", {}).items():
+        out[f"evaluate/{key}"] = value
+    for site, entry in evaluation.get("sites", {}).items():
+        for key, value in entry["report"].items():
+            if key.startswith("val/") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                _, task, metric = key.split("/", 2)
+                out[f"evaluate/{site}/{task}/{metric}"] = value
+    return {k: float(v) for k, v in out.items() if v is not None}

@@ -1,0 +1,131 @@
+"""Run real federations in tests: `fedtl coordinator` and `fedtl site` as real processes.
+
+Every process the harness starts gets its own process group and is stopped (by that
+group) when the test ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedtl.shared.processes import free_port, start, stop
+from tests.conftest import make_site
+
+
+def fedtl_cmd(*args: str) -> list[str]:
+    exe = Path(sys.executable).with_name("fedtl")
+    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "fedtl.cli.main", *args]
+
+
+@dataclass
+class Federation:
+    root: Path
+    fleet_port: int = field(default_factory=free_port)
+    control_port: int = field(default_factory=free_port)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.fleet_port}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "coordinator"
+
+    def write_config(self, **settings: Any) -> Path:
+        config = {
+            "name": "test", "encoder": "tiny", "update_mode": "full", "rounds": 2, "min_sites": 2,
+            "round_timeout": 120, "wait_for_sites": 120, "state_dir": str(self.state_dir),
+            "superlink": {"fleet_address": self.address, "control_port": self.control_port},
+            "mlflow": {"tracking_uri": self.tracking_uri, "experiment": "tests", "registered_model": "test-encoder"},
+        }
+        config.update(settings)
+        path = self.root / "federation.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def add_site(self, name: str, **kwargs: Any) -> Path:
+        return make_site(self.root / name, name=name, **kwargs)
+
+    def start_site(self, name: str) -> subprocess.Popen:
+        cmd = fedtl_cmd("site", "--config", str(self.root / name / "site.yaml"),
+                        "--coordinator", self.address, "--insecure")
+        proc = start(cmd, self.root / f"{name}.log", cwd=self.root)
+        self.procs[name] = proc
+        return proc
+
+    def start_coordinator(self, *extra: str) -> subprocess.Popen:
+        cmd = fedtl_cmd("coordinator", "--config", str(self.root / "federation.yaml"), "--insecure",
+                        "--json", str(self.root / "result.json"), *extra)
+        proc = start(cmd, self.root / "coordinator.log", cwd=self.root)
+        self.procs["coordinator"] = proc
+        return proc
+
+    def wait_coordinator(self, timeout: float) -> int:
+        proc = self.procs["coordinator"]
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"coordinator still running after {timeout}s:\n{self.log('coordinator')}") from None
+
+    def rounds(self) -> list[dict[str, Any]]:
+        path = self.state_dir / "rounds.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def wait_for_round(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.rounds()) < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"round {n} not done after {timeout}s:\n{self.log('coordinator')}")
+            if self.procs["coordinator"].poll() is not None:
+                raise AssertionError(f"coordinator exited early:\n{self.log('coordinator')}")
+            time.sleep(0.5)
+
+    def wait_for_log(self, path: Path, needle: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not (path.exists() and needle in path.read_text(errors="replace")):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{needle!r} not in {path} after {timeout}s")
+            time.sleep(0.2)
+
+    def site_history(self, name: str) -> list[dict[str, Any]]:
+        path = self.root / name / "state" / "federated" / "history.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        text = path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        server = self.state_dir / "serverapp.log"
+        if name == "coordinator" and server.exists():
+            text += "\n--- serverapp.log\n" + server.read_text(errors="replace")[-3000:]
+        return text
+
+    def kill(self, name: str) -> None:
+        stop(self.procs[name], sig=signal.SIGKILL, timeout=10)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            stop(proc)
+
+
+def live_group_members(proc: subprocess.Popen) -> bool:
+    import os
+
+    try:
+        os.killpg(proc.pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

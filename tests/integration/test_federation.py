@@ -1,0 +1,191 @@
+"""Real federations: a Flower SuperLink and SuperNodes as separate processes on loopback,
+fedtl site workers behind the ClientApp shim, the tiny encoder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedtl.server.wire_log import read_wire_log
+from fedtl.shared.encoders import load_encoder
+from tests.integration.harness import Federation
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One federation, two sites with different tasks, two rounds, run to completion."""
+    fed = Federation(tmp_path_factory.mktemp("federation"))
+    fed.add_site("site_a", types=("classification",))
+    fed.add_site("site_b", types=("regression", "multilabel"), seed=1)
+    fed.write_config(rounds=2, min_sites=2)
+    try:
+        fed.start_site("site_a")
+        fed.start_site("site_b")
+        fed.start_coordinator()
+        code = fed.wait_coordinator(400)
+        assert code == 0, fed.log("coordinator")
+        yield fed
+    finally:
+        fed.stop_all()
+
+
+def test_rounds_ran_and_the_global_encoder_changed(finished):
+    rounds = finished.rounds()
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["accepted"] == 2 and r["aggregated"] for r in rounds)
+    status = json.loads((finished.state_dir / "status.json").read_text())
+    assert status["status"] == "completed"
+    digests = [status["info"]["initial_digest"]] + [r["global_digest"] for r in rounds]
+    assert len(set(digests)) == 3  # changed in every round
+
+    pretrained = load_encoder("tiny").state_dict()
+    trained = load_encoder(rounds[-1]["checkpoint"]).state_dict()
+    changed = [k for k in pretrained if not torch.equal(pretrained[k], trained[k])]
+    assert len(changed) > 10
+    result = json.loads((finished.root / "result.json").read_text())
+    assert result["run"]["status"] == "finished:completed"
+
+
+def test_heads_live_in_each_sites_state_dir_and_changed(finished):
+    for site, tasks in (("site_a", ["label"]), ("site_b", ["score", "tags"])):
+        heads = finished.root / site / "state" / "federated" / "heads"
+        for task in tasks:
+            assert (heads / f"{task}.safetensors").exists() and (heads / f"{task}.json").exists()
+        history = finished.site_history(site)
+        assert [h["round"] for h in history] == [1, 2]
+        assert history[0]["heads"] != history[1]["heads"]
+    assert not (finished.root / "site_b" / "state" / "federated" / "heads" / "label.json").exists()
+
+
+def test_metrics_arrived_per_site_and_task(finished):
+    rounds = finished.rounds()
+    for r in rounds:
+        assert set(r["sites"]) == {"site_a", "site_b"}
+        assert r["metrics"]["train_loss"] > 0 and 0 <= r["metrics"]["score"] <= 1
+        report_a = r["sites"]["site_a"]["report"]
+        assert "val/label/accuracy" in report_a and "baseline/label/macro_f1" in report_a
+        assert "val/score/r2" in r["sites"]["site_b"]["report"]
+        assert r["bytes_down"] > 0 and r["bytes_up"] > 0
+        assert set(r["update_cosine"]) == {"site_a", "site_b"}
+    final_eval = rounds[-1]["evaluate"]
+    assert set(final_eval["sites"]) == {"site_a", "site_b"}
+    # per-round start-up at the site (shim process start -> training) is measured and reported
+    assert all(r["sites"][s]["metrics"]["startup_seconds"] > 0 for r in rounds for s in r["sites"])
+
+
+def _strings(obj):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+
+
+def test_privacy_no_head_tensor_and_no_input_text_crosses_the_wire(finished):
+    entries = read_wire_log(finished.state_dir / "wire_log.jsonl")
+    assert {(e["direction"], e["message_type"]) for e in entries} == {
+        ("down", "train"), ("up", "train"), ("down", "evaluate"), ("up", "evaluate")}
+    assert sum(e["direction"] == "up" for e in entries) == 6  # 2 sites x (2 train + 1 evaluate)
+
+    encoder_names = {n for n, _ in load_encoder("tiny").named_parameters()}
+    head_names = set()
+    for site in ("site_a", "site_b"):
+        for meta in (finished.root / site / "state" / "federated" / "heads").glob("*.safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(meta, "pt") as f:
+                head_names |= {f"{meta.stem}.{k}" for k in f.keys()} | set(f.keys())
+    assert head_names
+    for entry in entries:
+        for record in entry.get("arrays", {}).values():
+            assert set(record) <= encoder_names, set(record) - encoder_names
+            assert not set(record) & head_names
+
+    texts = []
+    for site in ("site_a", "site_b"):
+        with (finished.root / site / "data.csv").open() as fh:
+            texts += [row["text"] for row in csv.DictReader(fh)]
+    wire_strings = list(_strings(entries))
+    dump = "\n".join(wire_strings)
+    leaked = [t for t in texts if t in dump]
+    assert not leaked, leaked[:3]
+    # and no cell of the data travels on its own either (labels are names of classes: allowed in reports)
+    assert not set(texts) & set(wire_strings)
+
+
+def test_late_joiner_starts_from_the_current_global_encoder(tmp_path):
+    fed = Federation(tmp_path)
+    fed.add_site("early", types=("classification",))
+    fed.add_site("late", types=("regression",), seed=2)
+    fed.write_config(rounds=3, min_sites=1, final_evaluate=False)
+    try:
+        fed.start_site("early")
+        fed.start_coordinator()
+        fed.wait_for_round(1, timeout=240)
+        fed.start_site("late")
+        assert fed.wait_coordinator(400) == 0, fed.log("coordinator")
+    finally:
+        fed.stop_all()
+    rounds = fed.rounds()
+    assert set(rounds[0]["sites"]) == {"early"}
+    late = fed.site_history("late")
+    assert late, fed.log("late")
+    first = late[0]["round"]
+    assert first >= 2 and "late" in rounds[first - 1]["sites"]
+    # it received exactly the global encoder the coordinator held after the previous round
+    assert late[0]["received"] == rounds[first - 2]["global_digest"]
+
+
+def _supernode_pids(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "flower-supernode" in cmd and marker in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_a_site_killed_mid_round_does_not_stop_the_round(tmp_path):
+    fed = Federation(tmp_path)
+    fed.add_site("steady", types=("classification",))
+    fed.add_site("doomed", types=("classification",), n=3000, encoder_epochs=4, seed=3)
+    fed.write_config(rounds=2, min_sites=1, round_timeout=25, final_evaluate=False)
+    try:
+        fed.start_site("steady")
+        fed.start_site("doomed")
+        fed.wait_for_log(fed.root / "doomed.log", "worker listening", timeout=120)
+        fed.start_coordinator()
+        fed.wait_for_log(fed.state_dir / "serverapp.log", "round 1: sent the encoder", timeout=240)
+        time.sleep(3.0)  # the doomed site is now training on its big data set
+        doomed_marker = str(fed.root / "doomed")
+        assert _supernode_pids(doomed_marker)
+        fed.kill("doomed")
+        assert fed.wait_coordinator(300) == 0, fed.log("coordinator")
+        deadline = time.time() + 15
+        while _supernode_pids(doomed_marker) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _supernode_pids(doomed_marker), "the killed site's SuperNode outlived it"
+    finally:
+        fed.stop_all()
+    rounds = fed.rounds()
+    assert [r["round"] for r in rounds] == [1, 2]
+    first = rounds[0]
+    assert set(first["sites"]) == {"steady"} and first["aggregated"]
+    assert first["sampled"] == 2 and first["failed"], first
+    assert fed.site_history("doomed") == [] or all(h["round"] != 1 for h in fed.site_history("doomed"))
