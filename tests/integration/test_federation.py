@@ -77,6 +77,12 @@ def test_metrics_arrived_per_site_and_task(finished):
         assert set(r["update_cosine"]) == {"site_a", "site_b"}
     final_eval = rounds[-1]["evaluate"]
     assert set(final_eval["sites"]) == {"site_a", "site_b"}
+    for r in rounds:  # a site never serves a model worse than its local-only baseline
+        for entry in r["sites"].values():
+            assert entry["report"]["site_model"] in ("federated", "baseline")
+            assert entry["metrics"]["score_site"] >= entry["metrics"]["score"] - 1e-9
+    site_model = json.loads((finished.root / "site_a" / "state" / "federated" / "site_model.json").read_text())
+    assert site_model["model"] in ("federated", "baseline") and site_model["round"] == 2
     # per-round start-up at the site (shim process start -> training) is measured and reported
     assert all(r["sites"][s]["metrics"]["startup_seconds"] > 0 for r in rounds for s in r["sites"])
 
@@ -189,3 +195,34 @@ def test_a_site_killed_mid_round_does_not_stop_the_round(tmp_path):
     assert set(first["sites"]) == {"steady"} and first["aggregated"]
     assert first["sampled"] == 2 and first["failed"], first
     assert fed.site_history("doomed") == [] or all(h["round"] != 1 for h in fed.site_history("doomed"))
+
+
+def test_mlflow_run_holds_every_round_artifacts_and_a_registered_model(finished):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(finished.tracking_uri)
+    exp = client.get_experiment_by_name("tests")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["fedtl.status"] == "completed"
+    assert run.data.params["encoder"] == "tiny" and run.data.params["strategy.name"] == "fedavg"
+    assert "version.flwr" in run.data.params and run.data.tags["fedtl.sites"] == "site_a,site_b"
+    steps = lambda key: [m.step for m in client.get_metric_history(run.info.run_id, key)]  # noqa: E731
+    for key in ("federation/train_loss_mean", "federation/sites_answered", "federation/bytes_up",
+                "federation/round_seconds", "federation/aggregation_seconds", "site/site_a/update_norm",
+                "site/site_a/label/val_macro_f1", "site/site_b/score/val_r2", "site/site_b/tags/train_loss",
+                "site/site_a/label/transfer_gain"):
+        assert steps(key) == [1, 2], key
+    assert steps("site/site_a/label/baseline_macro_f1") == [1]
+    assert steps("evaluate/site_b/score/r2") == [2]
+
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "plots", "interference", "encoder"} <= top
+    encoder_files = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.info.run_id, "encoder/round-0002")}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= encoder_files
+    [version] = client.search_model_versions("name='test-encoder'")
+    assert version.run_id == run.info.run_id and version.source.endswith("encoder/round-0002")
+    # the registered encoder is a loadable Hugging Face folder
+    local = client.download_artifacts(run.info.run_id, "encoder/round-0002", str(finished.root / "dl"))
+    assert load_encoder(local).hidden_size == 32
