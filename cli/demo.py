@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.live import Live
-
 from fedtl.cli.console import console, fail, write_json
-from fedtl.cli.reports import rounds_table, site_results, sites_table
+from fedtl.cli.federation import follow_run
+from fedtl.cli.reports import site_results, sites_table
 from fedtl.shared.processes import free_port, start, stop, tool
 
 DEMO_DEFAULTS: dict[str, Any] = {
@@ -115,15 +114,13 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
         console.print(f"started {len(procs)} sites ({', '.join(names)}) and a SuperLink on "
                       f"{fed.superlink.fleet_address}; logs in {workdir / 'logs'}")
         coord.submit()
-        with Live(rounds_table([], title=fed.name), console=console, refresh_per_second=2) as live:
-            def refresh(latest: dict) -> None:
-                for name, proc in procs.items():
-                    if proc.poll() is not None:
-                        raise CoordinatorError(f"site {name} exited with code {proc.returncode}; "
-                                               f"see {workdir / 'logs' / (name + '.log')}")
-                live.update(rounds_table(read_rounds(coord.state_dir), latest, title=fed.name))
+        def sites_alive() -> None:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise CoordinatorError(f"site {name} exited with code {proc.returncode}; "
+                                           f"see {workdir / 'logs' / (name + '.log')}")
 
-            info = coord.wait(on_poll=refresh)
+        info = follow_run(coord, fed.name, check=sites_alive)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping every process the demo started[/]")
         coord.stop_run()

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from rich.console import Group
 from rich.live import Live
 
 from fedtl.cli.console import console, fail, write_json
 from fedtl.cli.reports import rounds_table, sites_table
 
 log = logging.getLogger(__name__)
+
+
+def follow_run(coord, title: str, check=None) -> dict:
+    """Wait for the run to finish, showing the per-round table live; ``check()`` may raise."""
+    from fedtl.server.history import read_rounds
+
+    with Live(rounds_table([], title=title), console=console, refresh_per_second=2) as live:
+        def refresh(latest: dict) -> None:
+            if check is not None:
+                check()
+            live.update(rounds_table(read_rounds(coord.state_dir), latest, title=title))
+
+        return coord.wait(on_poll=refresh)
 
 
 def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path | None = None) -> int:
@@ -30,11 +41,7 @@ def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path
     try:
         coord.start_superlink()
         coord.submit()
-        with Live(rounds_table([], title=fed.name), console=console, refresh_per_second=2) as live:
-            def refresh(latest: dict) -> None:
-                live.update(rounds_table(read_rounds(coord.state_dir), latest, title=fed.name))
-
-            info = coord.wait(on_poll=refresh)
+        info = follow_run(coord, fed.name)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping the run and the SuperLink[/]")
         coord.stop_run()

@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from rich.progress import Progress
 from safetensors.torch import load_file, save
 

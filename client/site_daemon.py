@@ -13,7 +13,6 @@ import logging
 import signal
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -174,12 +174,15 @@ class SiteWorker:
         return self.baseline
 
     def train(self, content: RecordDict, timing: Timing) -> RecordDict:
+        handled_at = time.time()  # per-round start-up ends here: the warm worker has the message
         config = content[CONFIG]
         round_ = int(config.get("server-round", 0))
         training = self._training_config(config, round_)
         self._ensure_encoder(config)
+        baseline_seconds = 0.0
         if self.baseline is None and self.rounds_done == 0:
             self._ensure_baseline(training)  # the encoder is still the pretrained one here
+            baseline_seconds = time.time() - handled_at
         mode, global_arrays = self._apply_global(config, content)
         names = set(global_arrays)
 
@@ -198,8 +201,8 @@ class SiteWorker:
             self.store.save(task.spec, task.head.state_dict(),
                             {"round": round_, "metrics": result.final[task.name], "mode": "federated"})
         self.rounds_done += 1
-        seconds = dict(result.seconds, total=time.time() - start)
-        startup = start - timing.process_started_at if timing.process_started_at else float("nan")
+        seconds = dict(result.seconds, total=time.time() - start, baseline=baseline_seconds)
+        startup = handled_at - timing.process_started_at if timing.process_started_at else float("nan")
         norm = l2_norm(delta)
         self._append_history({
             "round": round_, "run_id": int(config.get("run-id", 0)), "received": digest(global_arrays),

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedtl.shared.records import flatten
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +180,8 @@ class MlflowTracker:
         self.journal.append(op)
 
     def _artifact(self, path: Path, artifact_path: str | None, copy: bool = True) -> None:
+        """Log a file under ``artifact_path``, or a folder as ``artifact_path/<folder name>``."""
+        is_dir = path.is_dir()
         if copy:
             dest = self.artifacts / (artifact_path or "") / path.name
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +190,8 @@ class MlflowTracker:
             else:
                 shutil.copy2(path, dest)
             path = dest
+        if is_dir:
+            artifact_path = f"{artifact_path}/{path.name}" if artifact_path else path.name
         self._enqueue({"op": "artifact", "path": str(path), "artifact_path": artifact_path})
 
     # ------------------------------------------------------------ observer
@@ -196,8 +199,7 @@ class MlflowTracker:
         from importlib.metadata import version
 
         config = info["config"]
-        params = flatten({k: v for k, v in config.items() if k not in ("superlink",)}, sep=".")
-        params.update({k: v for k, v in config.items() if isinstance(v, (str, bool)) or v is None})
+        params = flatten_params({k: v for k, v in config.items() if k != "superlink"})
         params.update({f"strategy.{k}": v for k, v in info.get("strategy_settings", {}).items()})
         for pkg in ("fedtl", "flwr", "torch", "transformers", "mlflow"):
             try:
@@ -231,7 +233,7 @@ class MlflowTracker:
         path = site_metric_plot(self.history, plots / "site_metrics.png")
         self._artifact(path, "plots")
         if record.get("checkpoint") and self.checkpoint_every and rnd % self.checkpoint_every == 0:
-            self._artifact(Path(record["checkpoint"]), f"checkpoints/round-{rnd:04d}", copy=False)
+            self._artifact(Path(record["checkpoint"]), "checkpoints", copy=False)
         self.flush()
 
     def finish(self, status: str, summary: dict[str, Any]) -> None:
@@ -255,6 +257,18 @@ class MlflowTracker:
             log.warning("MLflow still unreachable: %d operations stay in %s and are sent when the "
                         "coordinator next starts with this state_dir (fedtl coordinator --resume)",
                         len(self.journal.pending()), self.journal.path)
+
+
+def flatten_params(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"strategy": {"name": "fedavg"}} -> {"strategy.name": "fedavg"}; every scalar leaf kept."""
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten_params(value, name))
+        else:
+            out[name] = value
+    return out
 
 
 def round_metrics(record: dict[str, Any], baselines_logged: set[str]) -> dict[str, float]:

@@ -1,0 +1,42 @@
+from pathlib import Path
+
+from fedtl.server.tracking import Journal, artifact_root_for, flatten_params, round_metrics
+
+
+def test_params_keep_every_scalar_leaf():
+    params = flatten_params({"name": "f", "rounds": 3, "strategy": {"name": "fedprox", "mu": 0.1},
+                             "max_update_norm": None, "final_evaluate": True})
+    assert params == {"name": "f", "rounds": 3, "strategy.name": "fedprox", "strategy.mu": 0.1,
+                      "max_update_norm": None, "final_evaluate": True}
+
+
+def test_journal_keeps_order_and_survives_rewrites(tmp_path):
+    journal = Journal(tmp_path / "j.jsonl")
+    for i in range(3):
+        journal.append({"op": "metrics", "i": i})
+    assert [op["i"] for op in journal.pending()] == [0, 1, 2]
+    journal.rewrite(journal.pending()[1:])
+    assert [op["i"] for op in journal.pending()] == [1, 2]
+
+
+def test_sqlite_artifacts_live_beside_the_database():
+    assert artifact_root_for("sqlite:////data/fed/mlflow.db") == str(Path("/data/fed/mlartifacts"))
+    assert artifact_root_for("http://mlflow:5000") is None
+
+
+def test_round_metrics_names_and_baseline_once():
+    record = {
+        "round": 1, "sampled": 2, "answered": 2, "accepted": 2, "failed": [], "rejected": [{"site": "x"}],
+        "bytes_down": 10, "bytes_up": 8, "seconds": 3.0, "aggregation_seconds": 0.1, "aggregated": True,
+        "metrics": {"train_loss": 0.5, "score": 0.7}, "update_norms": {"a": 0.2},
+        "sites": {"a": {"metrics": {"num-examples": 5, "seconds": 1.0, "startup_seconds": 0.1},
+                        "report": {"tasks": ["t"], "primary": ["r2"], "val/t/r2": 0.6, "baseline/t/r2": 0.4,
+                                   "train_loss/t": 0.3, "site_model": "federated"}}},
+    }
+    logged: set[str] = set()
+    first = round_metrics(record, logged)
+    assert first["federation/sites_rejected"] == 1 and first["federation/train_loss_mean"] == 0.5
+    assert first["site/a/t/val_r2"] == 0.6 and first["site/a/t/baseline_r2"] == 0.4
+    assert abs(first["site/a/t/transfer_gain"] - 0.2) < 1e-9 and first["site/a/update_norm"] == 0.2
+    second = round_metrics(dict(record, round=2), logged)
+    assert "site/a/t/baseline_r2" not in second and "site/a/t/val_r2" in second
