@@ -94,10 +94,6 @@ class SiteWorker:
         log.info("site %s: encoder %s ready on %s in %.1fs", self.config.name, spec, self.device,
                  time.perf_counter() - t0)
 
-    @property
-    def num_examples(self) -> int:
-        return sum(len(t.train_ids) for t in self.tasks)
-
     def status(self) -> site_pb2.StatusReply:
         return site_pb2.StatusReply(
             site=self.config.name, tasks=[t.name for t in self.tasks], encoder=self.encoder_spec,
@@ -196,6 +192,7 @@ class SiteWorker:
         site_model, site_metrics = self._choose_site_model(result.final, round_)
         trained = trainer.finetuned_encoder or dict(self.encoder.named_parameters())
         delta = {n: trained[n].detach().float().cpu().numpy() - global_arrays[n] for n in sorted(names)}
+        _inject_fault(delta)
 
         for task in self.tasks:
             self.store.save(task.spec, task.head.state_dict(),
@@ -278,6 +275,14 @@ class SiteWorker:
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def _inject_fault(delta: dict[str, np.ndarray]) -> None:
+    """Fault injection for tests and drills: FEDTL_INJECT_FAULT=nan_update poisons the update."""
+    if os.environ.get("FEDTL_INJECT_FAULT") == "nan_update" and delta:
+        first = next(iter(delta))
+        delta[first] = np.full_like(delta[first], np.nan)
+        log.warning("FEDTL_INJECT_FAULT=nan_update: sending a NaN update on purpose")
 
 
 # ---------------------------------------------------------------- gRPC service

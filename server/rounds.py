@@ -26,7 +26,7 @@ from fedtl.server.validation import Verdict, check_update, site_name
 from fedtl.server.wire_log import WireLog
 from fedtl.shared.encoders import TextEncoder, load_encoder
 from fedtl.shared.federation_config import FederationConfig
-from fedtl.shared.records import ARRAYS, METRICS, REPORT, digest, from_record, nbytes, to_record
+from fedtl.shared.records import ARRAYS, METRICS, REPORT, digest, from_record, record_nbytes, to_record
 from fedtl.shared.update_modes import exchanged_names
 
 log = logging.getLogger(__name__)
@@ -174,12 +174,10 @@ class FederationRun:
 
         verdicts = [check_update(m, global_arrays, fed.max_update_norm) for m in replies]
         answered = {m.metadata.src_node_id for m in replies}
-        failed = [{"site": v.site, "reason": v.reason} for v in verdicts if not v.ok and v.delta is None
-                  and v.reason.startswith("site failed")]
+        failed = [{"site": v.site, "reason": v.reason} for v in verdicts if v.kind == "failed"]
         failed += [{"site": f"node-{n}", "reason": f"no reply within round_timeout ({fed.round_timeout:.0f}s)"}
                    for n in sorted(sampled - answered)]
-        rejected = [{"site": v.site, "reason": v.reason} for v in verdicts
-                    if not v.ok and not v.reason.startswith("site failed")]
+        rejected = [{"site": v.site, "reason": v.reason} for v in verdicts if v.kind == "rejected"]
         for entry in rejected:
             log.warning("round %d: rejected the update of %s: %s", rnd, entry["site"], entry["reason"])
         for entry in failed:
@@ -207,8 +205,9 @@ class FederationRun:
                         "the global encoder is unchanged", rnd, len(accepted), fed.min_sites)
         agg_seconds = time.perf_counter() - agg_started
 
-        bytes_down = sum(nbytes(from_record(m.content[ARRAYS])) for m in messages)
-        bytes_up = sum(nbytes(v.delta) for v in verdicts if v.delta is not None)
+        bytes_down = sum(record_nbytes(m.content[ARRAYS]) for m in messages)
+        bytes_up = sum(record_nbytes(m.content[ARRAYS]) for m in replies
+                       if not m.has_error() and ARRAYS in m.content.array_records)
         record = {
             "round": rnd,
             "started_at": started,

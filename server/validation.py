@@ -17,12 +17,18 @@ from fedtl.shared.records import ARRAYS, METRICS, NUM_EXAMPLES, REPORT, from_rec
 
 @dataclass
 class Verdict:
+    """``kind``: accepted, failed (the site reported an error) or rejected (its update is bad)."""
+
     node_id: int
     site: str
-    ok: bool
+    kind: str
     reason: str = ""
     norm: float = 0.0
     delta: dict[str, np.ndarray] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "accepted"
 
 
 def site_name(msg: Message) -> str:
@@ -35,30 +41,30 @@ def site_name(msg: Message) -> str:
 def check_update(msg: Message, expected: Mapping[str, np.ndarray], max_norm: float | None) -> Verdict:
     node = msg.metadata.src_node_id
     if msg.has_error():
-        return Verdict(node, f"node-{node}", False, f"site failed: {msg.error.reason}")
+        return Verdict(node, f"node-{node}", "failed", f"site failed: {msg.error.reason}")
     site = site_name(msg)
     content = msg.content
     if ARRAYS not in content.array_records or METRICS not in content.metric_records:
-        return Verdict(node, site, False, "reply lacks the encoder update or its metrics")
+        return Verdict(node, site, "rejected", "reply lacks the encoder update or its metrics")
     n = content[METRICS].get(NUM_EXAMPLES)
     if not isinstance(n, int) or n <= 0:
-        return Verdict(node, site, False, f"num-examples must be a positive integer, got {n!r}")
-    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in content[METRICS].values()):
-        return Verdict(node, site, False, "metrics hold a non-finite value")
+        return Verdict(node, site, "rejected", f"num-examples must be a positive integer, got {n!r}")
     delta = from_record(content[ARRAYS])
     extra = sorted(set(delta) - set(expected))
     missing = sorted(set(expected) - set(delta))
     if extra or missing:
-        return Verdict(node, site, False, f"unexpected tensors {extra[:3]} / missing tensors {missing[:3]}")
+        return Verdict(node, site, "rejected", f"unexpected tensors {extra[:3]} / missing tensors {missing[:3]}")
     for name, ref in expected.items():
         got = delta[name]
         if got.shape != ref.shape:
-            return Verdict(node, site, False, f"tensor {name}: shape {got.shape}, expected {ref.shape}")
+            return Verdict(node, site, "rejected", f"tensor {name}: shape {got.shape}, expected {ref.shape}")
         if got.dtype != ref.dtype:
-            return Verdict(node, site, False, f"tensor {name}: dtype {got.dtype}, expected {ref.dtype}")
+            return Verdict(node, site, "rejected", f"tensor {name}: dtype {got.dtype}, expected {ref.dtype}")
         if not np.isfinite(got).all():
-            return Verdict(node, site, False, f"tensor {name} holds NaN or inf")
+            return Verdict(node, site, "rejected", f"tensor {name} holds NaN or inf")
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in content[METRICS].values()):
+        return Verdict(node, site, "rejected", "metrics hold a non-finite value")
     norm = l2_norm(delta)
     if max_norm is not None and norm > max_norm:
-        return Verdict(node, site, False, f"update norm {norm:.3g} exceeds max_update_norm {max_norm:.3g}", norm)
-    return Verdict(node, site, True, "", norm, delta)
+        return Verdict(node, site, "rejected", f"update norm {norm:.3g} exceeds max_update_norm {max_norm:.3g}", norm)
+    return Verdict(node, site, "accepted", "", norm, delta)

@@ -28,6 +28,11 @@ def nbytes(arrays: Mapping[str, np.ndarray]) -> int:
     return int(sum(a.nbytes for a in arrays.values()))
 
 
+def record_nbytes(record: ArrayRecord) -> int:
+    """Serialised size of an ArrayRecord's arrays (what crosses the wire), without converting them."""
+    return int(sum(len(array.data) for array in record.values()))
+
+
 def digest(arrays: Mapping[str, np.ndarray]) -> str:
     """A short fingerprint of named tensors (names, dtypes, shapes and values)."""
     h = hashlib.sha256()

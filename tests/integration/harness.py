@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from fedtl.shared.processes import free_port, start, stop
+from fedtl.shared.processes import child_env, free_port, start, stop
 from tests.conftest import make_site
 
 
@@ -60,10 +60,10 @@ class Federation:
     def add_site(self, name: str, **kwargs: Any) -> Path:
         return make_site(self.root / name, name=name, **kwargs)
 
-    def start_site(self, name: str) -> subprocess.Popen:
+    def start_site(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         cmd = fedtl_cmd("site", "--config", str(self.root / name / "site.yaml"),
                         "--coordinator", self.address, "--insecure")
-        proc = start(cmd, self.root / f"{name}.log", cwd=self.root)
+        proc = start(cmd, self.root / f"{name}.log", cwd=self.root, env=child_env(env) if env else None)
         self.procs[name] = proc
         return proc
 

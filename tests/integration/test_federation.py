@@ -225,3 +225,24 @@ def test_mlflow_run_holds_every_round_artifacts_and_a_registered_model(finished)
     # the registered encoder is a loadable Hugging Face folder
     local = client.download_artifacts(run.info.run_id, "encoder/round-0002", str(finished.root / "dl"))
     assert load_encoder(local).hidden_size == 32
+
+
+def test_a_nan_update_is_rejected_and_logged_and_the_round_goes_on(tmp_path):
+    fed = Federation(tmp_path)
+    fed.add_site("honest", types=("classification",))
+    fed.add_site("broken", types=("classification",), seed=4)
+    fed.write_config(rounds=1, min_sites=1, final_evaluate=False)
+    try:
+        fed.start_site("honest")
+        fed.start_site("broken", env={"FEDTL_INJECT_FAULT": "nan_update"})
+        fed.start_coordinator()
+        assert fed.wait_coordinator(300) == 0, fed.log("coordinator")
+    finally:
+        fed.stop_all()
+    [record] = fed.rounds()
+    assert record["accepted"] == 1 and set(record["sites"]) == {"honest"} and record["aggregated"]
+    assert record["rejected"] == [{"site": "broken", "reason": record["rejected"][0]["reason"]}]
+    assert "NaN" in record["rejected"][0]["reason"]
+    assert "rejected the update of broken" in (fed.state_dir / "serverapp.log").read_text()
+    trained = load_encoder(record["checkpoint"]).state_dict()
+    assert all(torch.isfinite(v).all() for v in trained.values() if v.is_floating_point())
