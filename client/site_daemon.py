@@ -13,15 +13,17 @@ import logging
 import signal
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedtl.client.worker import SiteWorker, serve
 from fedtl.shared.config import SiteConfig
-from fedtl.shared.processes import child_env, free_port, start, stop, tool
+from fedtl.shared.processes import child_env, free_port, port_open, start, stop, tool
 
 log = logging.getLogger(__name__)
 UNIX_PATH_MAX = 100
+STUCK_AFTER = 20.0  # seconds of failed connection attempts, while the coordinator answers, before a restart
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -54,6 +56,8 @@ class SiteDaemon:
         self.supernode = None
         self.socket = socket_path(config.state_dir)
         self.log_path = config.state_dir / "supernode.log"
+        self._log_offset = 0
+        self._failing_since: float | None = None
 
     def start_worker(self) -> SiteWorker:
         worker = SiteWorker(self.config, self.encoder)
@@ -74,9 +78,36 @@ class SiteDaemon:
         return cmd
 
     def start_supernode(self) -> None:
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._failing_since = None
         self.supernode = start(self._supernode_cmd(), self.log_path, env=child_env(), die_with_parent=True)
         log.info("site %s: SuperNode (pid %d) connecting to %s", self.config.name, self.supernode.pid,
                  self.settings.coordinator)
+
+    def supernode_stuck(self, now: float | None = None) -> bool:
+        """Is the SuperNode failing to connect although the coordinator answers?
+
+        Flower 1.39's SuperNode can lose its heartbeat thread when its SuperLink restarts
+        ("Heartbeat sender is not running") and then retries forever without re-registering.
+        Its log is the only sign, so the daemon reads what the SuperNode wrote since the last
+        look and restarts it once the failures have lasted STUCK_AFTER seconds.
+        """
+        now = time.monotonic() if now is None else now
+        if self.log_path.exists():
+            with self.log_path.open("rb") as fh:
+                fh.seek(self._log_offset)
+                text = fh.read().decode(errors="replace")
+                self._log_offset = fh.tell()
+            ok = max(text.rfind("Connection successful"), text.rfind("SuperNode ID:"))
+            failed = text.rfind("Connection attempt failed")
+            if failed > ok:
+                self._failing_since = self._failing_since or now
+            elif ok >= 0:
+                self._failing_since = None
+        if self._failing_since is None or now - self._failing_since < STUCK_AFTER:
+            return False
+        host, _, port = self.settings.coordinator.rpartition(":")
+        return port_open(host.strip("[]") or "127.0.0.1", int(port))
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; restart the SuperNode whenever it exits."""
@@ -93,6 +124,11 @@ class SiteDaemon:
                     if self.stop_event.wait(backoff):
                         break
                     backoff = min(backoff * 2, 30.0)
+                    self.start_supernode()
+                elif self.supernode is not None and self.supernode_stuck():
+                    log.warning("site %s: the SuperNode keeps failing to connect although the coordinator "
+                                "answers; restarting it (log: %s)", self.config.name, self.log_path)
+                    stop(self.supernode)
                     self.start_supernode()
                 elif self.supernode is not None:
                     backoff = 1.0

@@ -62,3 +62,23 @@ def latest_checkpoint(root: Path) -> tuple[int, Path] | None:
         return None
     info = json.loads(meta.read_text())
     return int(info["round"]), root / "checkpoints" / info["path"]
+
+
+def load_checkpoint_into(encoder: TextEncoder, folder: Path, required: list[str]) -> None:
+    """Load a checkpoint's weights into an encoder built from the federation's base encoder.
+
+    Loading the folder with ``AutoModel`` could add layers the sites do not have (BERT's
+    pooler, say); loading into the configured encoder keeps both sides' tensors identical.
+    """
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"checkpoint {folder} holds no .safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(file))
+    result = encoder.backbone.load_state_dict(state, strict=False)
+    missing = sorted(PREFIX + k for k in result.missing_keys if PREFIX + k in set(required))
+    if missing:
+        raise ValueError(f"checkpoint {folder} lacks tensors the federation exchanges: {missing[:3]}")

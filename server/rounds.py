@@ -20,7 +20,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from fedtl.server.checkpoints import latest_checkpoint, save_checkpoint
+from fedtl.server.checkpoints import latest_checkpoint, load_checkpoint_into, save_checkpoint
 from fedtl.server.strategies import build_strategy, strategy_settings
 from fedtl.server.validation import Verdict, check_update, site_name
 from fedtl.server.wire_log import WireLog
@@ -111,15 +111,14 @@ class FederationRun:
 
     def _initial(self) -> tuple[TextEncoder, dict[str, np.ndarray], int]:
         fed = self.fed
+        encoder = load_encoder(fed.encoder, seed=fed.seed)  # the sites' architecture, exactly
+        names = exchanged_names([n for n, _ in encoder.named_parameters()], fed.mode)
         found = latest_checkpoint(self.state_dir) if self.resume else None
+        done = 0
         if found is not None:
             done, path = found
-            encoder = load_encoder(str(path))
-            encoder.name = fed.encoder
+            load_checkpoint_into(encoder, path, names)
             log.info("resuming after round %d from %s", done, path)
-        else:
-            done, encoder = 0, load_encoder(fed.encoder, seed=fed.seed)
-        names = exchanged_names([n for n, _ in encoder.named_parameters()], fed.mode)
         params = dict(encoder.named_parameters())
         arrays = {n: params[n].detach().cpu().numpy().astype(np.float32, copy=True) for n in names}
         return encoder, arrays, done

@@ -246,3 +246,32 @@ def test_a_nan_update_is_rejected_and_logged_and_the_round_goes_on(tmp_path):
     assert "rejected the update of broken" in (fed.state_dir / "serverapp.log").read_text()
     trained = load_encoder(record["checkpoint"]).state_dict()
     assert all(torch.isfinite(v).all() for v in trained.values() if v.is_floating_point())
+
+
+def test_site_rejoins_a_restarted_coordinator_which_resumes_from_its_checkpoint(tmp_path):
+    from mlflow import MlflowClient
+
+    fed = Federation(tmp_path)
+    fed.add_site("solo", types=("classification",))
+    fed.write_config(rounds=1, min_sites=1, final_evaluate=False)
+    try:
+        fed.start_site("solo")
+        fed.start_coordinator()
+        assert fed.wait_coordinator(300) == 0, fed.log("coordinator")
+        first = fed.rounds()[0]
+        fed.write_config(rounds=2, min_sites=1, final_evaluate=False)
+        fed.start_coordinator("--resume")  # same ports: the site's daemon reconnects by itself
+        assert fed.wait_coordinator(400) == 0, fed.log("coordinator")
+        assert fed.procs["solo"].poll() is None  # the site daemon kept running across both runs
+    finally:
+        fed.stop_all()
+    rounds = fed.rounds()
+    assert [r["round"] for r in rounds] == [1, 2]
+    history = fed.site_history("solo")
+    assert [h["round"] for h in history] == [1, 2] and history[0]["run_id"] != history[1]["run_id"]
+    assert history[1]["received"] == first["global_digest"]  # resumed from round 1's encoder
+    client = MlflowClient(fed.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert len(runs) == 1  # the resumed federation continues its MLflow run
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "federation/round_seconds")]
+    assert steps == [1, 2]

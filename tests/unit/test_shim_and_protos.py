@@ -27,3 +27,34 @@ def test_generated_proto_code_is_up_to_date(tmp_path):
         committed = ROOT / "protos" / path.relative_to(tmp_path)
         assert committed.exists(), f"{committed} missing: run python scripts/gen_protos.py"
         assert filecmp.cmp(path, committed, shallow=False), f"{committed} is stale: run python scripts/gen_protos.py"
+
+
+def test_site_daemon_detects_a_stuck_supernode(tmp_path, monkeypatch):
+    import socket
+
+    from fedtl.client import site_daemon
+    from fedtl.client.site_daemon import STUCK_AFTER, SiteDaemon, SuperNodeSettings
+    from fedtl.shared.config import load_site_config
+    from tests.conftest import make_site
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    daemon = SiteDaemon(load_site_config(make_site(tmp_path / "s")), SuperNodeSettings(f"127.0.0.1:{port}"))
+    daemon.log_path.parent.mkdir(parents=True, exist_ok=True)
+    daemon.log_path.write_text("INFO: SuperNode ID: 1\n")
+    assert not daemon.supernode_stuck(now=0.0)
+    with daemon.log_path.open("a") as fh:
+        fh.write("WARNING: Connection attempt failed, retrying in 3.2 seconds\n")
+    assert not daemon.supernode_stuck(now=1.0)           # failing, but not for long
+    assert daemon.supernode_stuck(now=1.0 + STUCK_AFTER)  # long enough, and the coordinator answers
+    with daemon.log_path.open("a") as fh:
+        fh.write("INFO: Connection successful after 2.15 seconds and 3 tries.\n")
+    assert not daemon.supernode_stuck(now=100.0)          # recovered by itself
+    with daemon.log_path.open("a") as fh:
+        fh.write("WARNING: Connection attempt failed, retrying in 3.2 seconds\n")
+    daemon.supernode_stuck(now=200.0)
+    listener.close()
+    monkeypatch.setattr(site_daemon, "port_open", lambda host, port: False)
+    assert not daemon.supernode_stuck(now=200.0 + STUCK_AFTER)  # coordinator down: let Flower retry
