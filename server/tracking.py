@@ -87,6 +87,7 @@ class MlflowTracker:
         self.outage_since: float | None = None
         self.history: list[dict[str, Any]] = []
         self.baselines_logged: set[str] = set()
+        self.params_logged: set[str] = set()
 
     # ------------------------------------------------------------ sending
     def _client(self):
@@ -223,6 +224,17 @@ class MlflowTracker:
         self._enqueue({"op": "metrics", "step": rnd, "time": time.time(), "metrics": metrics})
         sites = sorted(record.get("sites", {}))
         self._enqueue({"op": "tags", "tags": {"fedtl.sites": ",".join(sites), "fedtl.rounds_done": rnd}})
+        new_sites = {site: entry["report"] for site, entry in record.get("sites", {}).items()
+                     if f"sites.{site}.tasks" not in self.params_logged}
+        if new_sites:  # a site's task list, the first time it takes part
+            params = {}
+            for site, report in new_sites.items():
+                params[f"sites.{site}.tasks"] = ",".join(report.get("tasks", []))
+                params[f"sites.{site}.primary_metrics"] = ",".join(report.get("primary", []))
+                params[f"sites.{site}.device"] = report.get("device", "")
+                params[f"sites.{site}.first_round"] = rnd
+            self.params_logged.update(params)
+            self._enqueue({"op": "params", "params": params})
         self.history.append(record)
         plots = self.state_dir / "plots"
         from fedtl.server.plots import interference_heatmap, site_metric_plot

@@ -121,11 +121,15 @@ class Federation:
             stop(proc)
 
 
-def live_group_members(proc: subprocess.Popen) -> bool:
-    import os
-
-    try:
-        os.killpg(proc.pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+def pids_matching(*needles: str) -> list[int]:
+    """PIDs of running processes whose command line contains every needle."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if all(n in cmd for n in needles):
+                pids.append(int(entry.name))
+    return pids

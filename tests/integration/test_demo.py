@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
-
 import pytest
 
 from tests.conftest import make_site
-from tests.integration.harness import fedtl_cmd
+from tests.integration.harness import fedtl_cmd, pids_matching
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
-def _processes_mentioning(marker: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if marker in cmd:
-                found.append(f"{entry.name}: {cmd[:120]}")
-    return found
 
 
 def test_demo_with_user_sites_runs_and_cleans_up(tmp_path):
@@ -48,8 +35,8 @@ def test_demo_with_user_sites_runs_and_cleans_up(tmp_path):
     assert data["sites"]["alpha"]["site_keeps"] in ("federated", "baseline")
     assert [r["round"] for r in data["rounds"]] == [1, 2]
     assert all(r["bytes_down"] > 0 and r["accepted"] == 3 for r in data["rounds"])
-    assert (workdir / "mlflow.db").exists()
-    assert not _processes_mentioning(str(workdir)), "the demo left processes running"
+    _check_mlflow_store(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert not pids_matching(str(workdir)), "the demo left processes running"
 
 
 def test_demo_refuses_two_sites_with_one_name(tmp_path):
@@ -58,3 +45,23 @@ def test_demo_refuses_two_sites_with_one_name(tmp_path):
     proc = subprocess.run(fedtl_cmd("demo", "--encoder", "tiny", "--site", str(a), "--site", str(b),
                                     "--workdir", str(tmp_path / "w")), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "same" in (proc.stdout + proc.stderr)
+
+
+def _check_mlflow_store(uri: str) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("fedtl-demo")
+    [run] = client.search_runs([exp.experiment_id])
+    params = run.data.params
+    assert params["sites.beta.tasks"] == "score,tags" and params["encoder"] == "tiny"
+    assert params["update_mode"] == "last:2" and "version.torch" in params and "seed" in params
+    history = lambda key: [m.step for m in client.get_metric_history(run.info.run_id, key)]  # noqa: E731
+    for key in ("federation/score_mean", "federation/sites_sampled", "federation/sites_failed",
+                "federation/bytes_down", "federation/aggregation_seconds", "site/gamma/update_norm",
+                "site/beta/tags/val_micro_f1", "site/beta/score/train_loss", "site/alpha/label/transfer_gain"):
+        assert history(key) == [1, 2], key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "plots", "interference", "encoder"} <= artifacts
+    [version] = client.search_model_versions("name='fedtl-encoder'")
+    assert version.run_id == run.info.run_id

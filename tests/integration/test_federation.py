@@ -4,16 +4,16 @@ fedtl site workers behind the ClientApp shim, the tiny encoder."""
 from __future__ import annotations
 
 import csv
+import os
 import json
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from fedtl.server.wire_log import read_wire_log
 from fedtl.shared.encoders import load_encoder
-from tests.integration.harness import Federation
+from tests.integration.harness import Federation, pids_matching
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -153,17 +153,6 @@ def test_late_joiner_starts_from_the_current_global_encoder(tmp_path):
     assert late[0]["received"] == rounds[first - 2]["global_digest"]
 
 
-def _supernode_pids(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "flower-supernode" in cmd and marker in cmd:
-                pids.append(int(entry.name))
-    return pids
 
 
 def test_a_site_killed_mid_round_does_not_stop_the_round(tmp_path):
@@ -179,13 +168,13 @@ def test_a_site_killed_mid_round_does_not_stop_the_round(tmp_path):
         fed.wait_for_log(fed.state_dir / "serverapp.log", "round 1: sent the encoder", timeout=240)
         time.sleep(3.0)  # the doomed site is now training on its big data set
         doomed_marker = str(fed.root / "doomed")
-        assert _supernode_pids(doomed_marker)
+        assert pids_matching("flower-supernode", doomed_marker)
         fed.kill("doomed")
         assert fed.wait_coordinator(300) == 0, fed.log("coordinator")
         deadline = time.time() + 15
-        while _supernode_pids(doomed_marker) and time.time() < deadline:
+        while pids_matching("flower-supernode", doomed_marker) and time.time() < deadline:
             time.sleep(0.5)
-        assert not _supernode_pids(doomed_marker), "the killed site's SuperNode outlived it"
+        assert not pids_matching("flower-supernode", doomed_marker), "the killed site's SuperNode outlived it"
     finally:
         fed.stop_all()
     rounds = fed.rounds()
@@ -275,3 +264,31 @@ def test_site_rejoins_a_restarted_coordinator_which_resumes_from_its_checkpoint(
     assert len(runs) == 1  # the resumed federation continues its MLflow run
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "federation/round_seconds")]
     assert steps == [1, 2]
+
+
+
+
+def test_ctrl_c_stops_the_coordinator_and_sigterm_stops_a_site(tmp_path):
+    import signal
+
+    fed = Federation(tmp_path)
+    fed.add_site("solo", types=("classification",))
+    fed.write_config(rounds=20, min_sites=1, final_evaluate=False)
+    try:
+        site = fed.start_site("solo")
+        coordinator = fed.start_coordinator()
+        fed.wait_for_round(1, timeout=240)
+        os.kill(coordinator.pid, signal.SIGINT)  # Ctrl-C
+        assert coordinator.wait(timeout=90) == 130
+        assert not pids_matching("flower-superlink", f"127.0.0.1:{fed.fleet_port}"), \
+            "the SuperLink outlived the coordinator"
+        assert len(fed.rounds()) < 20
+        os.kill(site.pid, signal.SIGTERM)
+        assert site.wait(timeout=60) == 0
+        deadline = time.time() + 15
+        while pids_matching("flower-", str(fed.root / "solo")) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not pids_matching("flower-", str(fed.root / "solo")), "the site's SuperNode outlived it"
+        assert "stopped" in fed.log("solo")
+    finally:
+        fed.stop_all()
