@@ -223,13 +223,13 @@ class LocalTrainer:
     def train_heads(self, train_features: dict[str, torch.Tensor]) -> tuple[dict[str, float], int]:
         cfg, steps = self.cfg, 0
         losses: dict[str, float] = {}
-        batches = {t.name: math.ceil(len(t.train_ids) / max(cfg.batch_size, 64)) for t in self.tasks}
-        bar = self._bar("heads (frozen encoder)", cfg.head_epochs * sum(batches.values()))
+        bs = max(cfg.batch_size, 64)  # cached features: bigger batches are free
+        batches = sum(math.ceil(len(t.train_ids) / bs) for t in self.tasks)
+        bar = self._bar("heads (frozen encoder)", cfg.head_epochs * batches)
         for task in self.tasks:
             feats, targets = train_features[task.name], self._targets(task, "train")
             opt = torch.optim.AdamW(task.head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
             gen = torch.Generator().manual_seed(cfg.seed)
-            bs = max(cfg.batch_size, 64)  # cached features: bigger batches are free
             task.head.train()
             epoch_loss = float("nan")
             for _ in range(cfg.head_epochs):
