@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -13,7 +14,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True)
+# In a terminal Rich measures the width; in logs and pipes it would assume 80 columns and
+# truncate the summary tables, so give those 120 unless COLUMNS says otherwise.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", "120")))
 
 
 def setup_logging(verbose: bool = False) -> None:

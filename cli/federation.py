@@ -69,6 +69,9 @@ def run_site(config: Path, coordinator: str, insecure: bool, root_certificates: 
     from fedtl.shared.encoders import EncoderError
     from fedtl.shared.yamlconfig import ConfigError
 
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        fail(f"--coordinator {coordinator!r}: expected HOST:PORT, e.g. coordinator.example.org:9092")
     try:
         site_cfg = load_site_config(config)
         daemon = SiteDaemon(site_cfg, SuperNodeSettings(coordinator, insecure, root_certificates), encoder)

@@ -143,6 +143,24 @@ def ui(
     raise typer.Exit(run_ui(config, tracking_uri, host, port))
 
 
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Option(help="Folder for ca.crt, ca.key, server.pem, server.key.")],
+    host: Annotated[list[str], typer.Option("--host", help="DNS name or IP sites use to reach the coordinator; repeat.")],
+    days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
+) -> None:
+    """Make a development CA and a TLS certificate for the coordinator (not for production PKI)."""
+    from fedtl.shared.certs import generate_dev_certs
+
+    try:
+        paths = generate_dev_certs(out, host, days)
+    except ValueError as exc:
+        fail(str(exc))
+    console.print(f"coordinator: fedtl coordinator --config federation.yaml --certs {out}")
+    console.print(f"each site:   fedtl site --config site.yaml --coordinator HOST:9092 --root-certificates {paths['ca']}")
+    console.print(f"[yellow]keep {paths['ca_key']} private; copy only {paths['ca'].name} to the sites[/]")
+
+
 @app.command("examples")
 def examples_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to copy the example sites and data into.")],

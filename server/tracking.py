@@ -164,11 +164,13 @@ class MlflowTracker:
                 done += 1
         except Exception as exc:  # any failure: keep the rest for later, never stop training
             self.journal.rewrite(ops[done:])
-            if self.outage_since is None:
+            first = self.outage_since is None
+            if first:
                 self.outage_since = time.time()
-            log.warning("MLflow at %s unavailable (%s: %s); %d operations buffered in %s, will retry",
-                        self.uri, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "",
-                        len(ops) - done, self.journal.path)
+            log.log(logging.WARNING if first else logging.INFO,  # warn once per outage, then keep count
+                    "MLflow at %s unavailable (%s: %s); %d operations buffered in %s, will retry",
+                    self.uri, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "",
+                    len(ops) - done, self.journal.path)
             return False
         self.journal.rewrite([])
         if self.outage_since is not None:

@@ -60,15 +60,21 @@ class Federation:
     def add_site(self, name: str, **kwargs: Any) -> Path:
         return make_site(self.root / name, name=name, **kwargs)
 
+    certs: Path | None = None  # set: run over TLS with this folder's dev CA and server certificate
+
+    def _tls_site(self) -> list[str]:
+        return ["--root-certificates", str(self.certs / "ca.crt")] if self.certs else ["--insecure"]
+
     def start_site(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         cmd = fedtl_cmd("site", "--config", str(self.root / name / "site.yaml"),
-                        "--coordinator", self.address, "--insecure")
+                        "--coordinator", self.address, *self._tls_site())
         proc = start(cmd, self.root / f"{name}.log", cwd=self.root, env=child_env(env) if env else None)
         self.procs[name] = proc
         return proc
 
     def start_coordinator(self, *extra: str) -> subprocess.Popen:
-        cmd = fedtl_cmd("coordinator", "--config", str(self.root / "federation.yaml"), "--insecure",
+        tls = ["--certs", str(self.certs)] if self.certs else ["--insecure"]
+        cmd = fedtl_cmd("coordinator", "--config", str(self.root / "federation.yaml"), *tls,
                         "--json", str(self.root / "result.json"), *extra)
         proc = start(cmd, self.root / "coordinator.log", cwd=self.root)
         self.procs["coordinator"] = proc

@@ -292,3 +292,26 @@ def test_ctrl_c_stops_the_coordinator_and_sigterm_stops_a_site(tmp_path):
         assert "stopped" in fed.log("solo")
     finally:
         fed.stop_all()
+
+
+def test_federation_over_tls_with_dev_certificates(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedtl.cli.main import app
+
+    result = CliRunner().invoke(app, ["certs", "--out", str(tmp_path / "certs"), "--host", "127.0.0.1",
+                                      "--host", "localhost"])
+    assert result.exit_code == 0, result.output
+    assert oct((tmp_path / "certs" / "server.key").stat().st_mode & 0o777) == "0o600"
+    fed = Federation(tmp_path)
+    fed.certs = tmp_path / "certs"
+    fed.add_site("secure", types=("classification",))
+    fed.write_config(rounds=1, min_sites=1, final_evaluate=False)
+    try:
+        fed.start_site("secure")
+        fed.start_coordinator()
+        assert fed.wait_coordinator(300) == 0, fed.log("coordinator")
+    finally:
+        fed.stop_all()
+    assert fed.rounds()[0]["accepted"] == 1
+    assert "--insecure" not in " ".join(fed.procs["secure"].args)

@@ -73,3 +73,10 @@ def test_running_an_example_in_place_is_refused():
 
     result = runner.invoke(app, ["train-local", "--config", str(examples_root() / "sites" / "lexicon.yaml")])
     assert result.exit_code == 1 and "fedtl examples" in result.output
+
+
+@pytest.mark.parametrize("address", ["localhost", "host:port", "host:70000", ":9092"])
+def test_site_rejects_a_malformed_coordinator_address(tmp_path, address):
+    config = make_site(tmp_path / "site")
+    result = runner.invoke(app, ["site", "--config", str(config), "--coordinator", address, "--insecure"])
+    assert result.exit_code == 1 and "HOST:PORT" in result.output
