@@ -87,6 +87,17 @@ class Federation:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"coordinator still running after {timeout}s:\n{self.log('coordinator')}") from None
 
+    def run_to_completion(self, *sites: str, timeout: float = 300,
+                          env: dict[str, dict[str, str]] | None = None) -> None:
+        """Start the sites and the coordinator, assert the coordinator exits 0, stop everything."""
+        try:
+            for name in sites:
+                self.start_site(name, (env or {}).get(name))
+            self.start_coordinator()
+            assert self.wait_coordinator(timeout) == 0, self.log("coordinator")
+        finally:
+            self.stop_all()
+
     def rounds(self) -> list[dict[str, Any]]:
         path = self.state_dir / "rounds.jsonl"
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []

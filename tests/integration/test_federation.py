@@ -25,15 +25,8 @@ def finished(tmp_path_factory):
     fed.add_site("site_a", types=("classification",))
     fed.add_site("site_b", types=("regression", "multilabel"), seed=1)
     fed.write_config(rounds=2, min_sites=2)
-    try:
-        fed.start_site("site_a")
-        fed.start_site("site_b")
-        fed.start_coordinator()
-        code = fed.wait_coordinator(400)
-        assert code == 0, fed.log("coordinator")
-        yield fed
-    finally:
-        fed.stop_all()
+    fed.run_to_completion("site_a", "site_b", timeout=400)
+    return fed
 
 
 def test_rounds_ran_and_the_global_encoder_changed(finished):
@@ -221,13 +214,7 @@ def test_a_nan_update_is_rejected_and_logged_and_the_round_goes_on(tmp_path):
     fed.add_site("honest", types=("classification",))
     fed.add_site("broken", types=("classification",), seed=4)
     fed.write_config(rounds=1, min_sites=1, final_evaluate=False)
-    try:
-        fed.start_site("honest")
-        fed.start_site("broken", env={"FEDTL_INJECT_FAULT": "nan_update"})
-        fed.start_coordinator()
-        assert fed.wait_coordinator(300) == 0, fed.log("coordinator")
-    finally:
-        fed.stop_all()
+    fed.run_to_completion("honest", "broken", env={"broken": {"FEDTL_INJECT_FAULT": "nan_update"}})
     [record] = fed.rounds()
     assert record["accepted"] == 1 and set(record["sites"]) == {"honest"} and record["aggregated"]
     assert record["rejected"] == [{"site": "broken", "reason": record["rejected"][0]["reason"]}]
@@ -307,11 +294,6 @@ def test_federation_over_tls_with_dev_certificates(tmp_path):
     fed.certs = tmp_path / "certs"
     fed.add_site("secure", types=("classification",))
     fed.write_config(rounds=1, min_sites=1, final_evaluate=False)
-    try:
-        fed.start_site("secure")
-        fed.start_coordinator()
-        assert fed.wait_coordinator(300) == 0, fed.log("coordinator")
-    finally:
-        fed.stop_all()
+    fed.run_to_completion("secure")
     assert fed.rounds()[0]["accepted"] == 1
     assert "--insecure" not in " ".join(fed.procs["secure"].args)

@@ -56,12 +56,7 @@ def test_mlflow_ui_shows_the_federation_run_and_its_round_charts(tmp_path):
     fed = Federation(tmp_path)
     fed.add_site("clinic_x", types=("classification",))
     fed.write_config(rounds=2, min_sites=1, final_evaluate=False, name="uitest")
-    try:
-        fed.start_site("clinic_x")
-        fed.start_coordinator()
-        assert fed.wait_coordinator(300) == 0, fed.log("coordinator")
-    finally:
-        fed.stop_all()
+    fed.run_to_completion("clinic_x")
     client = MlflowClient(fed.tracking_uri)
     exp = client.get_experiment_by_name("tests")
     run = client.search_runs([exp.experiment_id])[0]
