@@ -77,8 +77,8 @@ def wait_for_sites(grid: Grid, count: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < count:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(nodes)} of the {count} sites needed (min_sites) connected within "
-                               f"{timeout:.0f}s; start more sites or lower min_sites")
+            raise RuntimeError(f"only {len(nodes)} of the {count} sites needed (min_sites, min_available_sites) "
+                               f"connected within {timeout:.0f}s; start more sites or lower those settings")
         time.sleep(1.0)
     return nodes
 
@@ -161,7 +161,7 @@ class FederationRun:
                      wire: WireLog) -> dict[str, Any]:
         fed = self.fed
         started = time.time()
-        wait_for_sites(grid, fed.min_sites, fed.wait_for_sites)
+        wait_for_sites(grid, fed.sites_to_start, fed.wait_for_sites)
         messages = list(strategy.configure_train(rnd, to_record(global_arrays), self._round_config(), grid))
         for msg in messages:
             wire.record("down", rnd, msg)

@@ -31,7 +31,7 @@ def strategy_settings(fed: FederationConfig) -> dict[str, object]:
         "fraction_evaluate": 1.0,
         "min_train_nodes": fed.min_sites,
         "min_evaluate_nodes": 1,
-        "min_available_nodes": fed.min_sites,
+        "min_available_nodes": fed.sites_to_start,
         "proximal_mu": s.proximal_mu,
         "eta": s.eta,
         "eta_l": s.eta_l,

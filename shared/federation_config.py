@@ -70,6 +70,8 @@ class FederationConfig(BaseModel):
     update_mode: str = Field(default="full", description="full | last:N | bias")
     rounds: int = Field(default=3, ge=1)
     min_sites: int = Field(default=2, ge=1, description="sites needed to start and to aggregate a round")
+    min_available_sites: int | None = Field(
+        default=None, ge=1, description="sites that must be connected before a round starts (default: min_sites)")
     fraction: float = Field(default=1.0, gt=0, le=1, description="share of connected sites sampled per round")
     round_timeout: float = Field(default=900.0, gt=0, description="seconds to wait for a round's replies")
     wait_for_sites: float = Field(default=600.0, gt=0, description="seconds to wait for min_sites at start")
@@ -94,6 +96,10 @@ class FederationConfig(BaseModel):
     @classmethod
     def _resolve_state_dir(cls, value: Path, info: ValidationInfo) -> Path:
         return _resolve(value, info)
+
+    @property
+    def sites_to_start(self) -> int:
+        return max(self.min_sites, self.min_available_sites or 0)
 
     @property
     def mode(self) -> UpdateMode:

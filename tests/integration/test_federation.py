@@ -152,7 +152,8 @@ def test_a_site_killed_mid_round_does_not_stop_the_round(tmp_path):
     fed = Federation(tmp_path)
     fed.add_site("steady", types=("classification",))
     fed.add_site("doomed", types=("classification",), n=3000, encoder_epochs=4, seed=3)
-    fed.write_config(rounds=2, min_sites=1, round_timeout=25, final_evaluate=False)
+    # both sites must be connected before round 1 starts; one answer is enough to aggregate
+    fed.write_config(rounds=1, min_sites=1, min_available_sites=2, round_timeout=25, final_evaluate=False)
     try:
         fed.start_site("steady")
         fed.start_site("doomed")
@@ -170,9 +171,7 @@ def test_a_site_killed_mid_round_does_not_stop_the_round(tmp_path):
         assert not pids_matching("flower-supernode", doomed_marker), "the killed site's SuperNode outlived it"
     finally:
         fed.stop_all()
-    rounds = fed.rounds()
-    assert [r["round"] for r in rounds] == [1, 2]
-    first = rounds[0]
+    [first] = fed.rounds()
     assert set(first["sites"]) == {"steady"} and first["aggregated"]
     assert first["sampled"] == 2 and first["failed"], first
     assert fed.site_history("doomed") == [] or all(h["round"] != 1 for h in fed.site_history("doomed"))
