@@ -54,3 +54,13 @@ def write_json(target: Path, payload: Any) -> None:
         from fedtl.shared.atomic import write_text_atomic
 
         write_text_atomic(target, text + "\n")
+
+
+def sigterm_as_interrupt() -> None:
+    """Let SIGTERM (systemd, kill, container stop) run the same clean shutdown as Ctrl-C."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fedtl.cli.console import console, fail, write_json
+from fedtl.cli.console import console, fail, sigterm_as_interrupt, write_json
 from fedtl.cli.federation import follow_run
 from fedtl.cli.reports import site_results, sites_table
 from fedtl.shared.processes import free_port, start, stop, tool
@@ -104,13 +104,14 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
     procs: dict[str, subprocess.Popen] = {}
     coord = Coordinator(fed, fed_path)
     info: dict[str, Any] = {}
+    sigterm_as_interrupt()
     try:
         coord.start_superlink()
         for name, path in zip(names, sites):
             cmd = [tool("fedtl"), "site", "--config", str(path), "--coordinator", fed.superlink.fleet_address,
                    "--insecure", "--encoder", fed.encoder]
             env = dict(os.environ, OMP_NUM_THREADS=threads, FEDTL_THREADS=threads)
-            procs[name] = start(cmd, workdir / "logs" / f"{name}.log", env=_with_path(env))
+            procs[name] = start(cmd, workdir / "logs" / f"{name}.log", env=_with_path(env), die_with_parent=True)
         console.print(f"started {len(procs)} sites ({', '.join(names)}) and a SuperLink on "
                       f"{fed.superlink.fleet_address}; logs in {workdir / 'logs'}")
         coord.submit()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.live import Live
 
-from fedtl.cli.console import console, fail, write_json
+from fedtl.cli.console import console, fail, sigterm_as_interrupt, write_json
 from fedtl.cli.reports import rounds_table, sites_table
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path
         fail(str(exc))
     coord = Coordinator(fed, config, tls=tls, resume=resume)
     info: dict = {}
+    sigterm_as_interrupt()
     try:
         coord.start_superlink()
         coord.submit()

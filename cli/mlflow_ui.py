@@ -42,7 +42,7 @@ def run_ui(config: Path | None, tracking_uri: str | None, host: str, port: int) 
     if root:
         cmd += ["--default-artifact-root", root]
     log_path = Path.cwd() / "mlflow-ui.log"
-    proc = start(cmd, log_path)
+    proc = start(cmd, log_path, die_with_parent=True)
     try:
         wait_for_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1", port, 90, proc, "mlflow server", log_path)
         console.print(f"MLflow UI: [bold]http://{host}:{port}[/]  (store {uri}; Ctrl-C to stop)")

@@ -78,7 +78,7 @@ class Coordinator:
             cmd += ["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert),
                     "--ssl-keyfile", str(self.tls.key)]
         log_path = self.state_dir / "superlink.log"
-        self.superlink = start(cmd, log_path, env=self._env())
+        self.superlink = start(cmd, log_path, env=self._env(), die_with_parent=True)
         log.info("SuperLink (pid %d): sites connect to %s", self.superlink.pid, s.fleet_address)
         fleet_host, fleet_port = _split_address(s.fleet_address)
         probe = "127.0.0.1" if fleet_host in ("0.0.0.0", "::") else fleet_host

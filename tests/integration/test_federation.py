@@ -269,6 +269,18 @@ def test_ctrl_c_stops_the_coordinator_and_sigterm_stops_a_site(tmp_path):
         assert not pids_matching("flower-superlink", f"127.0.0.1:{fed.fleet_port}"), \
             "the SuperLink outlived the coordinator"
         assert len(fed.rounds()) < 20
+        # SIGTERM (systemd, kill) stops a coordinator as cleanly as Ctrl-C: no SuperLink left behind
+        coordinator = fed.start_coordinator()
+        fed.wait_for_log(fed.state_dir / "superlink.log", "", timeout=60)
+        deadline = time.time() + 60
+        while not pids_matching("flower-superlink", f"127.0.0.1:{fed.fleet_port}") and time.time() < deadline:
+            time.sleep(0.5)
+        os.kill(coordinator.pid, signal.SIGTERM)
+        assert coordinator.wait(timeout=90) == 130
+        deadline = time.time() + 15
+        while pids_matching("flower-superlink", f"127.0.0.1:{fed.fleet_port}") and time.time() < deadline:
+            time.sleep(0.5)
+        assert not pids_matching("flower-superlink", f"127.0.0.1:{fed.fleet_port}")
         os.kill(site.pid, signal.SIGTERM)
         assert site.wait(timeout=60) == 0
         deadline = time.time() + 15
