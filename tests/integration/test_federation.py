@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import json
 import time
 
@@ -127,13 +128,19 @@ def test_late_joiner_starts_from_the_current_global_encoder(tmp_path):
     fed = Federation(tmp_path)
     fed.add_site("early", types=("classification",))
     fed.add_site("late", types=("regression",), seed=2)
-    fed.write_config(rounds=3, min_sites=1, final_evaluate=False)
+    fed.write_config(rounds=20, min_sites=1, final_evaluate=False)
     try:
         fed.start_site("early")
-        fed.start_coordinator()
+        coordinator = fed.start_coordinator()
         fed.wait_for_round(1, timeout=240)
         fed.start_site("late")
-        assert fed.wait_coordinator(400) == 0, fed.log("coordinator")
+        deadline = time.time() + 300  # however long the late site takes to start, it joins a later round
+        while not fed.site_history("late") and time.time() < deadline:
+            assert coordinator.poll() is None, fed.log("coordinator")
+            time.sleep(0.5)
+        fed.wait_for_round(fed.site_history("late")[0]["round"], timeout=120)
+        os.kill(coordinator.pid, signal.SIGINT)  # enough rounds: stop the federation
+        assert coordinator.wait(timeout=90) == 130
     finally:
         fed.stop_all()
     rounds = fed.rounds()
