@@ -219,7 +219,7 @@ def test_a_nan_update_is_rejected_and_logged_and_the_round_goes_on(tmp_path):
     fed = Federation(tmp_path)
     fed.add_site("honest", types=("classification",))
     fed.add_site("broken", types=("classification",), seed=4)
-    fed.write_config(rounds=1, min_sites=1, final_evaluate=False)
+    fed.write_config(rounds=1, min_sites=1, min_available_sites=2, final_evaluate=False)
     fed.run_to_completion("honest", "broken", env={"broken": {"FEDTL_INJECT_FAULT": "nan_update"}})
     [record] = fed.rounds()
     assert record["accepted"] == 1 and set(record["sites"]) == {"honest"} and record["aggregated"]
