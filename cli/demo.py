@@ -17,7 +17,7 @@ import yaml
 from fedtl.cli.console import console, fail, sigterm_as_interrupt, write_json
 from fedtl.cli.federation import follow_run
 from fedtl.cli.reports import site_results, sites_table
-from fedtl.shared.processes import free_port, start, stop, tool
+from fedtl.shared.processes import child_env, free_port, start, stop, tool
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "name": "demo",
@@ -110,8 +110,8 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
         for name, path in zip(names, sites):
             cmd = [tool("fedtl"), "site", "--config", str(path), "--coordinator", fed.superlink.fleet_address,
                    "--insecure", "--encoder", fed.encoder]
-            env = dict(os.environ, OMP_NUM_THREADS=threads, FEDTL_THREADS=threads)
-            procs[name] = start(cmd, workdir / "logs" / f"{name}.log", env=_with_path(env), die_with_parent=True)
+            env = child_env({"OMP_NUM_THREADS": threads, "FEDTL_THREADS": threads})
+            procs[name] = start(cmd, workdir / "logs" / f"{name}.log", env=env, die_with_parent=True)
         console.print(f"started {len(procs)} sites ({', '.join(names)}) and a SuperLink on "
                       f"{fed.superlink.fleet_address}; logs in {workdir / 'logs'}")
         coord.submit()
@@ -145,11 +145,3 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
     if info.get("status") != "finished:completed":
         fail(f"the federation ended as {info.get('status')}: {info.get('status-details')}")
     return 0
-
-
-def _with_path(env: dict[str, str]) -> dict[str, str]:
-    from fedtl.shared.processes import child_env
-
-    merged = child_env()
-    merged.update({k: v for k, v in env.items() if k != "PATH"})
-    return merged

@@ -24,9 +24,6 @@ def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in record.items()}
 
 
-def nbytes(arrays: Mapping[str, np.ndarray]) -> int:
-    return int(sum(a.nbytes for a in arrays.values()))
-
 
 def record_nbytes(record: ArrayRecord) -> int:
     """Serialised size of an ArrayRecord's arrays (what crosses the wire), without converting them."""
@@ -56,15 +53,4 @@ def flatten(nested: Mapping[str, object], prefix: str = "", sep: str = "/") -> d
             out.update(flatten(value, name, sep))
         elif isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
             out[name] = float(value)
-    return out
-
-
-def unflatten(flat: Mapping[str, object], sep: str = "/") -> dict:
-    out: dict = {}
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split(sep)
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
     return out
