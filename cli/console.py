@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -56,11 +58,43 @@ def write_json(target: Path, payload: Any) -> None:
         write_text_atomic(target, text + "\n")
 
 
-def sigterm_as_interrupt() -> None:
-    """Let SIGTERM (systemd, kill, container stop) run the same clean shutdown as Ctrl-C."""
+STOP_GRACE = 8.0  # seconds a clean stop may take before everything is killed
+
+
+def handle_stop_signals(on_stop: Callable[[], None] | None = None, grace: float = STOP_GRACE) -> None:
+    """Ctrl-C and SIGTERM (systemd, kill, container stop) stop this command cleanly, and fast.
+
+    The first signal calls ``on_stop`` (default: raise KeyboardInterrupt in the main thread,
+    so the command's own shutdown runs) and arms a watchdog: whatever the shutdown is stuck
+    on, after ``grace`` seconds every child process is killed and the command exits 130. A
+    second signal does that at once.
+    """
     import signal
+    import threading
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+    from fedtl.shared import processes
 
-    signal.signal(signal.SIGTERM, interrupt)
+    state = {"signals": 0}
+
+    def kill_now() -> None:
+        processes.kill_all()
+        os._exit(130)
+
+    def watchdog() -> None:
+        time.sleep(grace)
+        console.print(f"[red]still stopping after {grace:.0f}s: killing every process this command started[/]")
+        kill_now()
+
+    def handler(signum, frame):
+        state["signals"] += 1
+        if state["signals"] > 1:
+            console.print("[red]second interrupt: killing every process this command started[/]")
+            kill_now()
+        console.print(f"[yellow]stopping (within {grace:.0f}s; press Ctrl-C again to kill at once)[/]")
+        threading.Thread(target=watchdog, name="fedtl-stop-watchdog", daemon=True).start()
+        if on_stop is None:
+            raise KeyboardInterrupt
+        on_stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)

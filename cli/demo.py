@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fedtl.cli.console import console, fail, sigterm_as_interrupt, write_json
+
+from fedtl.cli.console import console, fail, handle_stop_signals, write_json
 from fedtl.cli.federation import follow_run
 from fedtl.cli.reports import site_results, sites_table
-from fedtl.shared.processes import child_env, free_port, start, stop, tool
+from fedtl.shared.processes import become_subreaper, child_env, free_port, start, stop_many, tool
+from fedtl.shared.protocol import ReportKey, Section, primary_metrics, report_value
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "name": "demo",
@@ -63,14 +65,15 @@ def summary_json(rounds: list[dict[str, Any]], run: dict[str, Any], seconds: flo
     for site, res in site_results(rounds).items():
         report = res.get("train", {})
         tasks = {}
-        for task, metric in zip(report.get("tasks", []), report.get("primary", [])):
+        for task, metric in primary_metrics(report):
             tasks[task] = {
                 "primary_metric": metric,
-                "baseline": report.get(f"baseline/{task}/{metric}"),
-                "federated": report.get(f"val/{task}/{metric}"),
-                "global_encoder": res.get("evaluate", {}).get(f"val/{task}/{metric}"),
+                "baseline": report_value(report, Section.BASELINE, task, metric),
+                "federated": report_value(report, Section.VAL, task, metric),
+                "global_encoder": report_value(res.get("evaluate", {}), Section.VAL, task, metric),
             }
-        sites[site] = {"tasks": tasks, "last_round": res.get("last_round"), "site_keeps": report.get("site_model")}
+        sites[site] = {"tasks": tasks, "last_round": res.get("last_round"),
+                       "site_keeps": report.get(ReportKey.SITE_MODEL)}
     per_round = [{k: r.get(k) for k in ("round", "seconds", "sampled", "accepted", "failed", "rejected",
                                          "bytes_down", "bytes_up", "metrics", "update_norms", "update_cosine")}
                  | {"sites": {s: e["metrics"] for s, e in r.get("sites", {}).items()}} for r in rounds]
@@ -104,7 +107,8 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
     procs: dict[str, subprocess.Popen] = {}
     coord = Coordinator(fed, fed_path)
     info: dict[str, Any] = {}
-    sigterm_as_interrupt()
+    become_subreaper()
+    handle_stop_signals()
     try:
         coord.start_superlink()
         for name, path in zip(names, sites):
@@ -130,8 +134,7 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
         coord.stop_run()
         fail(str(exc))
     finally:
-        for proc in procs.values():
-            stop(proc)
+        stop_many(procs.values())
         coord.shutdown()
 
     history = read_rounds(coord.state_dir)

@@ -3,33 +3,39 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 
 from rich.live import Live
 
-from fedtl.cli.console import console, fail, sigterm_as_interrupt, write_json
+from fedtl.cli.console import console, fail, handle_stop_signals, write_json
 from fedtl.cli.reports import rounds_table, sites_table
 
 log = logging.getLogger(__name__)
 
 
 def follow_run(coord, title: str, check=None) -> dict:
-    """Wait for the run to finish, showing the per-round table live; ``check()`` may raise."""
+    """Wait for the run to finish, showing the per-round table live; ``check()`` may raise.
+
+    Returns Flower's last view of the run (``status``, ``status-details``, bytes).
+    """
     from fedtl.server.history import read_rounds
 
     with Live(rounds_table([], title=title), console=console, refresh_per_second=2) as live:
-        def refresh(latest: dict) -> None:
+        def refresh(state) -> None:
             if check is not None:
                 check()
-            live.update(rounds_table(read_rounds(coord.state_dir), latest, title=title))
+            live.update(rounds_table(read_rounds(coord.state_dir), state.as_dict(), title=title))
 
-        return coord.wait(on_poll=refresh)
+        return coord.wait(on_poll=refresh).as_dict()
 
 
 def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path | None = None) -> int:
     from fedtl.server.coordinator import Coordinator, CoordinatorError
     from fedtl.server.history import read_rounds
     from fedtl.shared.federation_config import load_federation_config
+    from fedtl.shared.processes import become_subreaper
     from fedtl.shared.yamlconfig import ConfigError
 
     try:
@@ -38,7 +44,8 @@ def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path
         fail(str(exc))
     coord = Coordinator(fed, config, tls=tls, resume=resume)
     info: dict = {}
-    sigterm_as_interrupt()
+    become_subreaper()
+    handle_stop_signals()
     try:
         coord.start_superlink()
         coord.submit()
@@ -76,6 +83,12 @@ def run_site(config: Path, coordinator: str, insecure: bool, root_certificates: 
     try:
         site_cfg = load_site_config(config)
         daemon = SiteDaemon(site_cfg, SuperNodeSettings(coordinator, insecure, root_certificates), encoder)
-        return daemon.run()
+        handle_stop_signals(on_stop=daemon.stop_event.set)
+        code = daemon.run()
     except (ConfigError, DataError, EncoderError, HeadStoreError) as exc:
         fail(str(exc))
+    # Stopped cleanly. A round may still be training in a worker thread: exit without joining it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -37,9 +37,9 @@ def main(
 @app.command("train-local")
 def train_local_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="The site's site.yaml.")],
-    encoder: Annotated[Optional[str], typer.Option(help="Override the encoder: minilm, tiny or a model folder.")] = None,
+    encoder: Annotated[str | None, typer.Option(help="Override the encoder: minilm, tiny or a model folder.")] = None,
     fresh: Annotated[bool, typer.Option(help="Ignore stored local heads and encoder; start over.")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON to this file ('-': stdout).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON to this file ('-': stdout).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train this site's heads and encoder on its own data only: the baseline for the federation."""
@@ -62,7 +62,7 @@ def train_local_cmd(
         write_json(json_out, local_summary_json(summary))
 
 
-def _tls_files(certs: Optional[Path], insecure: bool):
+def _tls_files(certs: Path | None, insecure: bool):
     from fedtl.server.coordinator import TLSFiles
 
     if insecure and certs is not None:
@@ -83,8 +83,8 @@ def coordinator(
     config: Annotated[Path, typer.Option("--config", "-c", help="The federation's federation.yaml.")],
     resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in state_dir.")] = False,
     insecure: Annotated[bool, typer.Option(help="Plain gRPC without TLS (trusted networks, demos).")] = False,
-    certs: Annotated[Optional[Path], typer.Option(help="Folder with ca.crt, server.pem, server.key for TLS.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the round history as JSON here ('-': stdout).")] = None,
+    certs: Annotated[Path | None, typer.Option(help="Folder with ca.crt, server.pem, server.key for TLS.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the round history as JSON here ('-': stdout).")] = None,
 ) -> None:
     """Start the SuperLink and run the federation in federation.yaml; show each round live."""
     from fedtl.cli.federation import run_coordinator
@@ -97,9 +97,9 @@ def site(
     config: Annotated[Path, typer.Option("--config", "-c", help="This site's site.yaml.")],
     coordinator: Annotated[str, typer.Option(help="The coordinator's Fleet API address, HOST:PORT.")],
     insecure: Annotated[bool, typer.Option(help="Plain gRPC without TLS (trusted networks, demos).")] = False,
-    root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate that signed the coordinator's.")] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="Load this encoder at start instead of site.yaml's.")] = None,
-    threads: Annotated[Optional[int], typer.Option(envvar="FEDTL_THREADS", help="CPU threads for training.")] = None,
+    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate that signed the coordinator's.")] = None,
+    encoder: Annotated[str | None, typer.Option(help="Load this encoder at start instead of site.yaml's.")] = None,
+    threads: Annotated[int | None, typer.Option(envvar="FEDTL_THREADS", help="CPU threads for training.")] = None,
 ) -> None:
     """Run a site daemon: the site worker plus a Flower SuperNode, until SIGTERM or Ctrl-C."""
     from fedtl.cli.federation import run_site
@@ -116,13 +116,13 @@ def site(
 
 @app.command()
 def demo(
-    rounds: Annotated[Optional[int], typer.Option(help="Federated rounds (default 3).")] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="minilm (default), tiny, or a Hugging Face model folder.")] = None,
-    update: Annotated[Optional[str], typer.Option(help="Update mode: full, last:N (default last:2) or bias.")] = None,
-    site: Annotated[Optional[list[Path]], typer.Option("--site", help="A site.yaml; repeat for more sites. Default: the bundled examples.")] = None,
-    federation: Annotated[Optional[Path], typer.Option(help="A federation.yaml for the other settings.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds (default 3).")] = None,
+    encoder: Annotated[str | None, typer.Option(help="minilm (default), tiny, or a Hugging Face model folder.")] = None,
+    update: Annotated[str | None, typer.Option(help="Update mode: full, last:N (default last:2) or bias.")] = None,
+    site: Annotated[list[Path] | None, typer.Option("--site", help="A site.yaml; repeat for more sites. Default: the bundled examples.")] = None,
+    federation: Annotated[Path | None, typer.Option(help="A federation.yaml for the other settings.")] = None,
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps sites, state and logs.")] = Path("fedtl-demo"),
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON here ('-': stdout).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON here ('-': stdout).")] = None,
 ) -> None:
     """Run a real federation on this machine: a SuperLink and one daemon per site, on 127.0.0.1."""
     from fedtl.cli.demo import run_demo
@@ -132,10 +132,10 @@ def demo(
 
 @app.command()
 def ui(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="A federation.yaml: use its MLflow store.")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: ./mlflow.db).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="A federation.yaml: use its MLflow store.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: ./mlflow.db).")] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port for the UI.")] = 5000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port for the UI.")] = 5000,
 ) -> None:
     """Open the MLflow UI on the federation's tracking store; prints its URL."""
     from fedtl.cli.mlflow_ui import run_ui

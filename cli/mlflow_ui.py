@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 from pathlib import Path
 
-from fedtl.cli.console import console, fail
-from fedtl.shared.processes import start, stop, tool, wait_for_port
+from fedtl.cli.console import console, fail, handle_stop_signals
+from fedtl.shared.processes import become_subreaper, start, stop, tool, wait_for_port
 
 
 def resolve_uri(config: Path | None, tracking_uri: str | None) -> str:
@@ -42,13 +41,14 @@ def run_ui(config: Path | None, tracking_uri: str | None, host: str, port: int) 
     if root:
         cmd += ["--default-artifact-root", root]
     log_path = Path.cwd() / "mlflow-ui.log"
+    done = threading.Event()
+    become_subreaper()  # MLflow's server starts job runners; a stop must find every one
+    handle_stop_signals(on_stop=done.set)
     proc = start(cmd, log_path, die_with_parent=True)
     try:
-        wait_for_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1", port, 90, proc, "mlflow server", log_path)
-        console.print(f"MLflow UI: [bold]http://{host}:{port}[/]  (store {uri}; Ctrl-C to stop)")
-        done = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: done.set())
+        probe = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
+        if wait_for_port(probe, port, 90, proc, "mlflow server", log_path, cancel=done):
+            console.print(f"MLflow UI: [bold]http://{host}:{port}[/]  (store {uri}; Ctrl-C to stop)")
         while not done.wait(1.0):
             if proc.poll() is not None:
                 fail(f"mlflow server exited with code {proc.returncode}; see {log_path}")

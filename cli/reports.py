@@ -7,6 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from fedtl.client.local_training import LocalRunSummary
+from fedtl.shared.protocol import ReportKey, Section, SiteMetric, primary_metrics, report_value
 
 
 def _fmt(value: float | None) -> str:
@@ -75,8 +76,8 @@ def rounds_table(rounds: list[dict[str, Any]], info: dict[str, Any] | None = Non
             f"{r['accepted']}/{r['sampled']}",
             str(len(r.get("failed", []))),
             str(len(r.get("rejected", []))),
-            _fmt(m.get("train_loss")),
-            _fmt(m.get("score")),
+            _fmt(m.get(SiteMetric.TRAIN_LOSS)),
+            _fmt(m.get(SiteMetric.SCORE)),
             _fmt(sum(norms) / len(norms)) if norms else "-",
             _mb(r.get("bytes_down", 0)),
             _mb(r.get("bytes_up", 0)),
@@ -110,10 +111,11 @@ def sites_table(rounds: list[dict[str, Any]]) -> Table:
         table.add_column(col, justify="left" if col in ("site", "task", "metric", "site keeps") else "right")
     for site, res in sorted(site_results(rounds).items()):
         report = res.get("train", {})
-        for task, metric in zip(report.get("tasks", []), report.get("primary", [])):
-            base = report.get(f"baseline/{task}/{metric}")
-            fed = report.get(f"val/{task}/{metric}")
-            glob = res.get("evaluate", {}).get(f"val/{task}/{metric}")
+        for task, metric in primary_metrics(report):
+            base = report_value(report, Section.BASELINE, task, metric)
+            fed = report_value(report, Section.VAL, task, metric)
+            glob = report_value(res.get("evaluate", {}), Section.VAL, task, metric)
             gain = f"{fed - base:+.3f}" if fed is not None and base is not None else "-"
-            table.add_row(site, task, metric, _fmt(base), _fmt(fed), _fmt(glob), gain, report.get("site_model", ""))
+            table.add_row(site, task, metric, _fmt(base), _fmt(fed), _fmt(glob), gain,
+                          report.get(ReportKey.SITE_MODEL, ""))
     return table

@@ -15,7 +15,14 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save
 
 from fedtl.client.head_store import HeadStore, HeadStoreError
-from fedtl.client.trainer import LocalTrainer, PreparedTask, TrainResult, prepare_task, resolve_device, resolve_precision
+from fedtl.client.trainer import (
+    LocalTrainer,
+    PreparedTask,
+    TrainResult,
+    prepare_task,
+    resolve_device,
+    resolve_precision,
+)
 from fedtl.shared.atomic import write_bytes_atomic, write_json_atomic
 from fedtl.shared.config import SiteConfig
 from fedtl.shared.data import TaskData, load_site_tasks

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import signal
 import tempfile
 import threading
 import time
@@ -19,7 +18,16 @@ from pathlib import Path
 
 from fedtl.client.worker import SiteWorker, serve
 from fedtl.shared.config import SiteConfig
-from fedtl.shared.processes import child_env, free_port, port_open, start, stop, tool
+from fedtl.shared.processes import (
+    become_subreaper,
+    child_env,
+    free_port,
+    port_open,
+    reap_orphans,
+    start,
+    stop,
+    tool,
+)
 
 log = logging.getLogger(__name__)
 UNIX_PATH_MAX = 100
@@ -110,14 +118,14 @@ class SiteDaemon:
         return port_open(host.strip("[]") or "127.0.0.1", int(port))
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; restart the SuperNode whenever it exits."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop_event.set())
+        """Serve until ``stop_event`` is set (the CLI sets it on SIGTERM/Ctrl-C); keep a SuperNode up."""
+        become_subreaper()  # the SuperNode's SuperExec runs in its own session: keep it in reach
         self.start_worker()
         self.start_supernode()
         backoff = 1.0
         try:
             while not self.stop_event.wait(1.0):
+                reap_orphans()
                 if self.supernode is not None and self.supernode.poll() is not None:
                     log.warning("site %s: SuperNode exited with code %s; reconnecting in %.0fs (log: %s)",
                                 self.config.name, self.supernode.returncode, backoff, self.log_path)
@@ -140,7 +148,7 @@ class SiteDaemon:
         stop(self.supernode)
         self.supernode = None
         if self.server is not None:
-            self.server.stop(grace=5).wait()
+            self.server.stop(grace=1.0).wait()
             self.server = None
         try:
             self.socket.unlink()

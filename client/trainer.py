@@ -294,7 +294,7 @@ class LocalTrainer:
         for t in self.tasks:
             t.head.train()
         bar = self._bar("encoder + heads", total_steps)
-        for step in range(total_steps):
+        for _step in range(total_steps):
             losses = {}
             for group, stream in zip(self.groups, streams):  # one batch per group: one forward, all its heads
                 idx = next(stream)

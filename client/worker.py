@@ -29,6 +29,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
+from fedtl.client import faults
 from fedtl.client.head_store import HeadStore
 from fedtl.client.local_training import load_site_data, prepare_tasks
 from fedtl.client.loss_weighting import LossWeighting
@@ -36,7 +37,18 @@ from fedtl.client.trainer import LocalTrainer, PreparedTask, mean_primary, resol
 from fedtl.shared.atomic import write_json_atomic
 from fedtl.shared.config import SiteConfig
 from fedtl.shared.encoders import load_encoder
-from fedtl.shared.records import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, REPORT, digest, flatten, from_record, l2_norm, to_record
+from fedtl.shared.protocol import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    REPORT,
+    ReportKey,
+    RoundConfig,
+    Section,
+    SiteMetric,
+    flatten_sections,
+)
+from fedtl.shared.records import digest, from_record, l2_norm, to_record
 from fedtl.shared.update_modes import UpdateMode, exchanged_names
 from fedtl.v1 import site_pb2, site_pb2_grpc
 
@@ -109,19 +121,18 @@ class SiteWorker:
                 return self.evaluate(content)
             raise ValueError(f"site worker cannot handle message type {message_type!r}")
 
-    def _ensure_encoder(self, config: ConfigRecord) -> None:
+    def _ensure_encoder(self, config: RoundConfig) -> None:
         """Hold the same pretrained encoder as the coordinator."""
-        spec = str(config.get("encoder", self.encoder_spec))
-        seed = int(config.get("encoder-seed", self.encoder_seed))
+        spec, seed = config.encoder, config.encoder_seed
         if (spec, seed) != (self.encoder_spec, self.encoder_seed):
             log.info("coordinator uses encoder %s (seed %d); switching from %s", spec, seed, self.encoder_spec)
             self._load_encoder(spec, seed)
             self.rounds_done = 0
 
-    def _apply_global(self, config: ConfigRecord, content: RecordDict) -> tuple[UpdateMode, dict[str, np.ndarray]]:
+    def _apply_global(self, config: RoundConfig, content: RecordDict) -> tuple[UpdateMode, dict[str, np.ndarray]]:
         """Load the coordinator's encoder tensors into the local encoder; return them."""
         self._ensure_encoder(config)
-        mode = UpdateMode.parse(str(config["update-mode"]))
+        mode = UpdateMode.parse(config.update_mode)
         arrays = from_record(content[ARRAYS])
         expected = exchanged_names(self.param_names, mode)
         if sorted(arrays) != expected:
@@ -137,12 +148,12 @@ class SiteWorker:
                 params[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
         return mode, arrays
 
-    def _training_config(self, config: ConfigRecord, round_: int):
-        updates: dict[str, Any] = {"seed": self.config.training.seed + round_, "keep_best": True}
-        if "encoder-epochs" in config:
-            updates["encoder_epochs"] = int(config["encoder-epochs"])
-        if "max-steps" in config:
-            updates["max_steps"] = int(config["max-steps"])
+    def _training_config(self, config: RoundConfig):
+        updates: dict[str, Any] = {"seed": self.config.training.seed + config.server_round, "keep_best": True}
+        if config.encoder_epochs is not None:
+            updates["encoder_epochs"] = config.encoder_epochs
+        if config.max_steps is not None:
+            updates["max_steps"] = config.max_steps
         return self.config.training.model_copy(update=updates)
 
     def _probe(self, training) -> tuple[dict[str, dict[str, float]], list[PreparedTask]]:
@@ -171,9 +182,9 @@ class SiteWorker:
 
     def train(self, content: RecordDict, timing: Timing) -> RecordDict:
         handled_at = time.time()  # per-round start-up ends here: the warm worker has the message
-        config = content[CONFIG]
-        round_ = int(config.get("server-round", 0))
-        training = self._training_config(config, round_)
+        config = RoundConfig.from_record(content[CONFIG])
+        round_ = config.server_round
+        training = self._training_config(config)
         self._ensure_encoder(config)
         baseline_seconds = 0.0
         if self.baseline is None and self.rounds_done == 0:
@@ -181,18 +192,20 @@ class SiteWorker:
             baseline_seconds = time.time() - handled_at
         mode, global_arrays = self._apply_global(config, content)
         names = set(global_arrays)
+        log.info("site %s: round %d: training (%s)", self.config.name, round_, mode)
+        faults.hold_before_training(round_)
 
         start = time.time()
         trainer = LocalTrainer(
             self.encoder, self.tasks, training, self.device, self.autocast,
             encoder_trainable=names.__contains__, weighting=self.weighting,
-            proximal_mu=float(config.get("proximal-mu", 0.0)),
+            proximal_mu=config.proximal_mu,
         )
         result = trainer.fit()
         site_model, site_metrics = self._choose_site_model(result.final, round_)
         trained = trainer.finetuned_encoder or dict(self.encoder.named_parameters())
         delta = {n: trained[n].detach().float().cpu().numpy() - global_arrays[n] for n in sorted(names)}
-        _inject_fault(delta)
+        faults.poison_update(delta)
 
         for task in self.tasks:
             self.store.save(task.spec, task.head.state_dict(),
@@ -202,27 +215,27 @@ class SiteWorker:
         startup = handled_at - timing.process_started_at if timing.process_started_at else float("nan")
         norm = l2_norm(delta)
         self._append_history({
-            "round": round_, "run_id": int(config.get("run-id", 0)), "received": digest(global_arrays),
+            "round": round_, "run_id": config.run_id, "received": digest(global_arrays),
             "sent": digest(delta), "heads": self._heads_digest(), "kept": result.kept, "update_norm": norm,
             "metrics": result.final, "seconds": seconds, "startup_seconds": startup,
         })
 
         metrics = MetricRecord({
-            NUM_EXAMPLES: result.num_examples,
-            "train_loss": float(np.mean(list(result.train_loss.values()))),
-            "score": mean_primary(result.final, self.tasks),
-            "score_global": mean_primary(result.metrics["probe"], self.tasks),
-            "score_site": mean_primary(site_metrics, self.tasks),
-            "update_norm": norm,
-            "seconds": seconds["total"],
-            "startup_seconds": startup if np.isfinite(startup) else -1.0,
+            SiteMetric.NUM_EXAMPLES: result.num_examples,
+            SiteMetric.TRAIN_LOSS: float(np.mean(list(result.train_loss.values()))),
+            SiteMetric.SCORE: mean_primary(result.final, self.tasks),
+            SiteMetric.SCORE_GLOBAL: mean_primary(result.metrics["probe"], self.tasks),
+            SiteMetric.SCORE_SITE: mean_primary(site_metrics, self.tasks),
+            SiteMetric.UPDATE_NORM: norm,
+            SiteMetric.SECONDS: seconds["total"],
+            SiteMetric.STARTUP_SECONDS: startup if np.isfinite(startup) else -1.0,
         })
         report = self._report(result.kept, {
-            "val": result.final, "probe": result.metrics["probe"], "before": result.metrics["before"],
-            "site": site_metrics,
-            "baseline": self.baseline or {}, "train_loss": result.train_loss, "seconds": seconds,
+            Section.VAL: result.final, Section.PROBE: result.metrics["probe"],
+            Section.BEFORE: result.metrics["before"], Section.SERVED: site_metrics,
+            Section.BASELINE: self.baseline or {}, Section.TRAIN_LOSS: result.train_loss, Section.SECONDS: seconds,
         })
-        report["site_model"] = site_model
+        report[ReportKey.SITE_MODEL] = site_model
         return RecordDict({ARRAYS: to_record(delta), METRICS: metrics, REPORT: report})
 
     def _choose_site_model(self, federated: dict[str, dict[str, float]], round_: int):
@@ -239,30 +252,30 @@ class SiteWorker:
 
     def evaluate(self, content: RecordDict) -> RecordDict:
         """Score the global encoder here: heads refitted on its frozen features (copies)."""
-        config = content[CONFIG]
-        training = self._training_config(config, int(config.get("server-round", 0)))
+        config = RoundConfig.from_record(content[CONFIG])
+        training = self._training_config(config)
         self._apply_global(config, content)
         start = time.time()
         metrics, _ = self._probe(training)
         num_val = sum(len(t.val_ids) for t in self.tasks)
         record = MetricRecord({
-            NUM_EXAMPLES: num_val,
-            "score": mean_primary(metrics, self.tasks),
-            "seconds": time.time() - start,
+            SiteMetric.NUM_EXAMPLES: num_val,
+            SiteMetric.SCORE: mean_primary(metrics, self.tasks),
+            SiteMetric.SECONDS: time.time() - start,
         })
-        return RecordDict({METRICS: record, REPORT: self._report("", {"val": metrics})})
+        return RecordDict({METRICS: record, REPORT: self._report("", {Section.VAL: metrics})})
 
     # ------------------------------------------------------------ helpers
     def _report(self, kept: str, sections: dict[str, Any]) -> ConfigRecord:
         report: dict[str, Any] = {
-            "site": self.config.name,
-            "tasks": [t.name for t in self.tasks],
-            "primary": [t.spec.primary_metric for t in self.tasks],
-            "device": str(self.device),
-            "encoder": self.encoder_spec,
-            "kept": kept,
+            ReportKey.SITE: self.config.name,
+            ReportKey.TASKS: [t.name for t in self.tasks],
+            ReportKey.PRIMARY: [t.spec.primary_metric for t in self.tasks],
+            ReportKey.DEVICE: str(self.device),
+            ReportKey.ENCODER: self.encoder_spec,
+            ReportKey.KEPT: kept,
         }
-        report.update(flatten(sections))
+        report.update(flatten_sections(sections))
         return ConfigRecord(report)
 
     def _heads_digest(self) -> str:
@@ -275,14 +288,6 @@ class SiteWorker:
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-
-
-def _inject_fault(delta: dict[str, np.ndarray]) -> None:
-    """Fault injection for tests and drills: FEDTL_INJECT_FAULT=nan_update poisons the update."""
-    if os.environ.get("FEDTL_INJECT_FAULT") == "nan_update" and delta:
-        first = next(iter(delta))
-        delta[first] = np.full_like(delta[first], np.nan)
-        log.warning("FEDTL_INJECT_FAULT=nan_update: sending a NaN update on purpose")
 
 
 # ---------------------------------------------------------------- gRPC service

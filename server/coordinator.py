@@ -1,29 +1,29 @@
 """`fedtl coordinator`: start a Flower SuperLink, submit the fedtl app, follow the run.
 
 The operator runs one command. Under it: ``flower-superlink`` (Fleet API gRPC for sites,
-Control/Runtime HTTP API on loopback), then ``flwr run`` with fedtl's app folder and the
-federation's config path, then ``flwr ls`` polls until the run finishes. The ServerApp
-writes its round history to ``state_dir``; the CLI reads it for the live table.
+Control/Runtime HTTP API on loopback), then fedtl's app is submitted and followed through
+Flower's Control API from this process (``server/control.py``). The ServerApp writes its
+round history to ``state_dir``; the CLI reads it for the live table. ``state_dir/flwr``
+holds a ``flwr`` CLI connection named ``fedtl`` for operators (``FLWR_HOME=... flwr ls fedtl``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from fedtl.server.control import ControlError, FlowerControl, RunState
 from fedtl.server.flower_app import app_dir
 from fedtl.shared.federation_config import FederationConfig
 from fedtl.shared.processes import child_env, start, stop, tool, wait_for_port
 
 log = logging.getLogger(__name__)
-CONNECTION = "fedtl"
-FINISHED = "finished"
+CONNECTION = "fedtl"  # the connection name in FLWR_HOME/config.toml, for operators' own `flwr` calls
 
 
 class CoordinatorError(RuntimeError):
@@ -53,6 +53,7 @@ class Coordinator:
         self.flwr_home = self.state_dir / "flwr"
         self.superlink: subprocess.Popen | None = None
         self.run_id: int | None = None
+        self._control: FlowerControl | None = None
         self.tracking_uri = self._tracking_uri()
 
     def _tracking_uri(self) -> str:
@@ -99,54 +100,68 @@ class Coordinator:
         (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
 
     # ------------------------------------------------------------ the run
-    def _flwr(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
-        proc = subprocess.run([tool("flwr"), *args, "--format", "json"], capture_output=True, text=True,
-                              env=self._env(), timeout=timeout, cwd=self.flwr_home)
-        try:
-            payload = json.loads(proc.stdout)
-        except json.JSONDecodeError:
-            raise CoordinatorError(f"flwr {args[0]} failed ({proc.returncode}): "
-                                   f"{(proc.stderr or proc.stdout).strip()[-800:]}") from None
-        if not payload.get("success", False):
-            raise CoordinatorError(f"flwr {args[0]}: {payload.get('error-message', payload)}")
-        return payload
+    def control(self) -> FlowerControl:
+        if self._control is None:
+            s = self.fed.superlink
+            self._control = FlowerControl(f"{s.control_host}:{s.control_port}", self.tls.ca if self.tls else None,
+                                          timeout=5.0)
+        return self._control
 
     def submit(self) -> int:
-        app = self.flwr_home / "app"
-        shutil.copytree(app_dir(), app, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__init__.py", "__pycache__"))
-        run_config = (f"config-path='{self.config_path}' state-dir='{self.state_dir}' "
-                      f"resume={1 if self.resume else 0} tracking-uri='{self.tracking_uri}'")
-        payload = self._flwr("run", str(app), CONNECTION, "--run-config", run_config)
-        self.run_id = int(payload["run-id"])
+        app = self.flwr_home / "app"  # the app folder holds only pyproject.toml (components are installed)
+        app.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(app_dir() / "pyproject.toml", app / "pyproject.toml")
+        run_config = {"config-path": str(self.config_path), "state-dir": str(self.state_dir),
+                      "resume": 1 if self.resume else 0, "tracking-uri": self.tracking_uri}
+        try:
+            self.run_id = self.control().start_run(app, run_config)
+        except ControlError as exc:
+            raise CoordinatorError(str(exc)) from None
         log.info("submitted federation '%s' as Flower run %d", self.fed.name, self.run_id)
         return self.run_id
 
-    def run_info(self) -> dict[str, Any]:
+    def run_state(self) -> RunState:
         assert self.run_id is not None
-        runs = self._flwr("ls", CONNECTION, "--run-id", str(self.run_id))["runs"]
-        return runs[0] if runs else {}
+        try:
+            return self.control().run_state(self.run_id)
+        except ControlError as exc:
+            raise CoordinatorError(str(exc)) from None
 
-    def wait(self, poll: float = 2.0, on_poll=None) -> dict[str, Any]:
-        """Poll until the run finishes; return Flower's last view of it."""
+    def wait(self, poll: float = 1.0, on_poll: Callable[[RunState], None] | None = None,
+             patience: float = 60.0) -> RunState:
+        """Follow the run until Flower says it finished (one in-process HTTP call per poll).
+
+        A busy SuperLink may miss a poll; only ``patience`` seconds without an answer fail.
+        """
+        last_answer = time.monotonic()
         while True:
-            info = self.run_info()
-            if on_poll is not None:
-                on_poll(info)
-            if str(info.get("status", "")).startswith(FINISHED):
-                return info
             if self.superlink is not None and self.superlink.poll() is not None:
                 raise CoordinatorError(f"the SuperLink exited with code {self.superlink.returncode}; "
                                        f"see {self.state_dir / 'superlink.log'}")
+            try:
+                state = self.run_state()
+            except CoordinatorError:
+                if time.monotonic() - last_answer > patience:
+                    raise
+                time.sleep(poll)
+                continue
+            last_answer = time.monotonic()
+            if on_poll is not None:
+                on_poll(state)
+            if state.finished:
+                return state
             time.sleep(poll)
 
     def stop_run(self) -> None:
-        if self.run_id is not None:
+        if self.run_id is not None and self.superlink is not None and self.superlink.poll() is None:
             try:
-                self._flwr("stop", str(self.run_id), CONNECTION, timeout=60)
-            except (CoordinatorError, subprocess.TimeoutExpired) as exc:
+                self.control().stop_run(self.run_id)
+            except ControlError as exc:
                 log.warning("could not stop run %s: %s", self.run_id, exc)
 
     def shutdown(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         stop(self.superlink)
         self.superlink = None

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fedtl.shared.protocol import Section, primary_metrics, report_value  # noqa: E402
+
 
 def interference_heatmap(cosine: dict[str, dict[str, float]], round_: int, path: Path) -> Path:
     """Pairwise cosine similarity of the sites' encoder updates in one round.
@@ -44,13 +46,13 @@ def site_metric_plot(history: list[dict[str, Any]], path: Path) -> Path:
     for record in history:
         for site, entry in record.get("sites", {}).items():
             report = entry["report"]
-            for task, metric in zip(report.get("tasks", []), report.get("primary", [])):
+            for task, metric in primary_metrics(report):
                 label = f"{site}/{task} ({metric})"
-                value = report.get(f"val/{task}/{metric}")
-                if isinstance(value, (int, float)):
+                value = report_value(report, Section.VAL, task, metric)
+                if value is not None:
                     series.setdefault(label, []).append((record["round"], value))
-                base = report.get(f"baseline/{task}/{metric}")
-                if isinstance(base, (int, float)):
+                base = report_value(report, Section.BASELINE, task, metric)
+                if base is not None:
                     baselines[label] = base
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, (label, points) in enumerate(sorted(series.items())):

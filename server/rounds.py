@@ -2,9 +2,17 @@
 
 Each round is one Flower exchange: the coordinator sends the update mode's encoder
 tensors and the round config, sites reply with an encoder delta plus metrics (their
-evaluation rides in the same reply). The coordinator validates each delta, turns the good
-ones into full tensors (global + delta) and lets the configured Flower strategy aggregate
-them, so FedAvg, FedProx, FedAdam/FedYogi, trimmed mean and median all work unchanged.
+evaluation rides in the same reply). A round has three steps, each a function here:
+
+1. ``exchange``: sample sites, send, receive (and log both directions on the wire log);
+2. ``judge``: one ``Verdict`` per reply (``server/validation.py``) plus sites that never answered;
+3. ``aggregate``: the accepted deltas become full tensors (global + delta) that the
+   configured Flower strategy combines, so FedAvg, FedProx, FedAdam/FedYogi, trimmed mean
+   and median all work unchanged.
+
+The outcome is a typed ``RoundResult``. After every round the loop saves a resume point
+(global tensors, the strategy's state, the round's record) before observers hear of it,
+so ``--resume`` after a crash at any moment continues exactly: no round lost, none twice.
 A separate evaluate exchange runs only every ``evaluate_every`` rounds and at the end.
 """
 
@@ -17,39 +25,35 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import ConfigRecord, Message
+from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedtl.server.checkpoints import latest_checkpoint, load_checkpoint_into, save_checkpoint
+from fedtl.server.resume import ResumePoint, load_resume_point, restore_strategy, save_resume_point, strategy_state
 from fedtl.server.strategies import build_strategy, strategy_settings
 from fedtl.server.validation import Verdict, check_update, site_name
 from fedtl.server.wire_log import WireLog
 from fedtl.shared.encoders import TextEncoder, load_encoder
 from fedtl.shared.federation_config import FederationConfig
-from fedtl.shared.records import ARRAYS, METRICS, REPORT, digest, from_record, record_nbytes, to_record
+from fedtl.shared.protocol import ARRAYS, METRICS, REPORT, RoundConfig
+from fedtl.shared.records import digest, from_record, record_nbytes, to_record
 from fedtl.shared.update_modes import exchanged_names
 
 log = logging.getLogger(__name__)
 
 
 class RoundObserver(Protocol):
-    """Receives the federation's events: the history file, MLflow, a live table."""
+    """Receives the federation's events: the history file, MLflow, a live table.
+
+    ``round`` may be called again for a round it already saw (after a crash, on resume):
+    an observer records each round once.
+    """
 
     def start(self, info: dict[str, Any]) -> None: ...
 
     def round(self, record: dict[str, Any]) -> None: ...
 
     def finish(self, status: str, summary: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class SiteReply:
-    """What one site sent back in a round, as the coordinator records it."""
-
-    site: str
-    node_id: int
-    metrics: dict[str, float]
-    report: dict[str, Any]
 
 
 def _report(msg: Message) -> dict[str, Any]:
@@ -83,6 +87,125 @@ def wait_for_sites(grid: Grid, count: int, timeout: float) -> list[int]:
     return nodes
 
 
+# ---------------------------------------------------------------- one round, step by step
+@dataclass
+class Exchange:
+    """What went out and what came back in one round."""
+
+    sent: list[Message]
+    replies: list[Message]
+
+    @property
+    def sampled(self) -> set[int]:
+        return {m.metadata.dst_node_id for m in self.sent}
+
+    @property
+    def answered(self) -> set[int]:
+        return {m.metadata.src_node_id for m in self.replies}
+
+    def bytes_down(self) -> int:
+        return sum(record_nbytes(m.content[ARRAYS]) for m in self.sent)
+
+    def bytes_up(self) -> int:
+        return sum(record_nbytes(m.content[ARRAYS]) for m in self.replies
+                   if not m.has_error() and ARRAYS in m.content.array_records)
+
+
+@dataclass
+class Judgement:
+    """Every reply's verdict, and the sampled sites that sent none."""
+
+    accepted: list[tuple[Message, Verdict]]
+    failed: list[dict[str, str]]
+    rejected: list[dict[str, str]]
+
+
+@dataclass
+class RoundResult:
+    """One finished round. ``record()`` is what the history, MLflow and the CLI see."""
+
+    round: int
+    started_at: float
+    seconds: float
+    aggregation_seconds: float
+    sampled: int
+    answered: int
+    judgement: Judgement
+    aggregated: bool
+    global_arrays: dict[str, np.ndarray]
+    bytes_down: int
+    bytes_up: int
+    metrics: dict[str, float]
+    sites: dict[str, dict[str, Any]]
+    update_cosine: dict[str, dict[str, float]] = field(default_factory=dict)
+    checkpoint: str | None = None
+    evaluate: dict[str, Any] | None = None
+
+    def record(self) -> dict[str, Any]:
+        out = {
+            "round": self.round,
+            "started_at": self.started_at,
+            "seconds": self.seconds,
+            "aggregation_seconds": self.aggregation_seconds,
+            "sampled": self.sampled,
+            "answered": self.answered,
+            "accepted": len(self.judgement.accepted),
+            "failed": self.judgement.failed,
+            "rejected": self.judgement.rejected,
+            "aggregated": self.aggregated,
+            "global_digest": digest(self.global_arrays),
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+            "metrics": self.metrics,
+            "update_norms": {v.site: v.norm for _, v in self.judgement.accepted},
+            "update_cosine": self.update_cosine,
+            "sites": self.sites,
+        }
+        if self.checkpoint is not None:
+            out["checkpoint"] = self.checkpoint
+        if self.evaluate is not None:
+            out["evaluate"] = self.evaluate
+        return out
+
+
+def exchange(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: RoundConfig,
+             timeout: float, wire: WireLog, evaluate: bool = False) -> Exchange:
+    configure = strategy.configure_evaluate if evaluate else strategy.configure_train
+    sent = list(configure(rnd, to_record(arrays), config.to_record(), grid))
+    for msg in sent:
+        wire.record("down", rnd, msg)
+    replies = list(grid.send_and_receive(sent, timeout=timeout)) if sent else []
+    for msg in replies:
+        wire.record("up", rnd, msg)
+    return Exchange(sent, replies)
+
+
+def judge(ex: Exchange, global_arrays: dict[str, np.ndarray], max_norm: float | None,
+          timeout: float) -> Judgement:
+    verdicts = [check_update(m, global_arrays, max_norm) for m in ex.replies]
+    failed = [{"site": v.site, "reason": v.reason} for v in verdicts if v.kind == "failed"]
+    failed += [{"site": f"node-{n}", "reason": f"no reply within round_timeout ({timeout:.0f}s)"}
+               for n in sorted(ex.sampled - ex.answered)]
+    rejected = [{"site": v.site, "reason": v.reason} for v in verdicts if v.kind == "rejected"]
+    accepted = [(m, v) for m, v in zip(ex.replies, verdicts) if v.ok]
+    return Judgement(accepted, failed, rejected)
+
+
+def aggregate(strategy, rnd: int, accepted: list[tuple[Message, Verdict]],
+              global_arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray] | None, dict[str, float]]:
+    """The strategy's new global tensors (None if it produced none) and its aggregated metrics."""
+    for msg, verdict in accepted:  # strategies aggregate full tensors: global + delta
+        msg.content[ARRAYS] = to_record({n: global_arrays[n] + d for n, d in verdict.delta.items()})
+    new_arrays, metrics = strategy.aggregate_train(rnd, [m for m, _ in accepted])
+    if new_arrays is None:
+        return None, dict(metrics or {})
+    merged = dict(global_arrays)
+    for name, value in from_record(new_arrays).items():
+        merged[name] = np.asarray(value, dtype=global_arrays[name].dtype)
+    return merged, dict(metrics or {})
+
+
+# ---------------------------------------------------------------- the federation
 @dataclass
 class FederationRun:
     fed: FederationConfig
@@ -98,153 +221,114 @@ class FederationRun:
             except Exception:  # an observer (e.g. a tracking server) must never stop training
                 log.exception("observer %s failed on %s", type(observer).__name__, event)
 
-    def _round_config(self) -> ConfigRecord:
+    def round_config(self) -> RoundConfig:
         fed = self.fed
-        config: dict[str, Any] = {
-            "update-mode": fed.update_mode, "encoder": fed.encoder, "encoder-seed": fed.seed, "run-id": self.run_id,
-        }
-        if fed.encoder_epochs is not None:
-            config["encoder-epochs"] = fed.encoder_epochs
-        if fed.max_steps is not None:
-            config["max-steps"] = fed.max_steps
-        return ConfigRecord(config)
+        return RoundConfig(update_mode=fed.update_mode, encoder=fed.encoder, encoder_seed=fed.seed,
+                           run_id=self.run_id, encoder_epochs=fed.encoder_epochs, max_steps=fed.max_steps)
 
-    def _initial(self) -> tuple[TextEncoder, dict[str, np.ndarray], int]:
+    def _initial(self) -> tuple[TextEncoder, dict[str, np.ndarray], ResumePoint | None]:
         fed = self.fed
         encoder = load_encoder(fed.encoder, seed=fed.seed)  # the sites' architecture, exactly
         names = exchanged_names([n for n, _ in encoder.named_parameters()], fed.mode)
-        found = latest_checkpoint(self.state_dir) if self.resume else None
-        done = 0
-        if found is not None:
-            done, path = found
-            load_checkpoint_into(encoder, path, names)
-            log.info("resuming after round %d from %s", done, path)
         params = dict(encoder.named_parameters())
         arrays = {n: params[n].detach().cpu().numpy().astype(np.float32, copy=True) for n in names}
-        return encoder, arrays, done
+        point = load_resume_point(self.state_dir) if self.resume else None
+        if point is None and self.resume and (found := latest_checkpoint(self.state_dir)) is not None:
+            done, path = found  # a state_dir from before resume points: its last Hugging Face checkpoint
+            load_checkpoint_into(encoder, path, names)
+            point = ResumePoint(done, {n: params[n].detach().cpu().numpy().astype(np.float32, copy=True)
+                                       for n in names})
+        if point is not None:
+            if sorted(point.arrays) != names:
+                raise RuntimeError(f"the resume point in {self.state_dir} holds other tensors than update mode "
+                                   f"{fed.update_mode} exchanges; resume with the federation.yaml it was made with")
+            arrays = point.arrays
+            log.info("resuming after round %d", point.round)
+        return encoder, arrays, point
 
     def run(self, grid: Grid) -> dict[str, Any]:
         fed = self.fed
         self.state_dir.mkdir(parents=True, exist_ok=True)
         wire = WireLog(self.state_dir / "wire_log.jsonl")
-        encoder, global_arrays, done = self._initial()
+        encoder, global_arrays, point = self._initial()
         strategy = build_strategy(fed)
+        done = 0
+        if point is not None:
+            restore_strategy(strategy, point.strategy)
+            done = point.round
         self._emit("start", {
             "run_id": self.run_id, "config": fed.model_dump(mode="json"), "start_round": done + 1,
             "strategy_settings": strategy_settings(fed), "tensors": len(global_arrays),
             "encoder_parameters": int(sum(a.size for a in global_arrays.values())),
             "initial_digest": digest(global_arrays),
         })
-        history: list[dict[str, Any]] = []
-        status = "completed"
+        if point is not None and point.record:
+            self._emit("round", point.record)  # observers that missed it (a crash right after the save)
+        rounds = 0
         try:
             for rnd in range(done + 1, fed.rounds + 1):
-                record = self._train_round(rnd, grid, strategy, global_arrays, wire)
-                global_arrays = record.pop("_arrays")
+                result = self.train_round(rnd, grid, strategy, global_arrays, wire)
+                global_arrays = result.global_arrays
                 if rnd % fed.checkpoint_every == 0 or rnd == fed.rounds:
-                    record["checkpoint"] = str(save_checkpoint(self.state_dir, rnd, encoder, global_arrays))
-                evaluate_now = (fed.evaluate_every and rnd % fed.evaluate_every == 0) or (
-                    rnd == fed.rounds and fed.final_evaluate)
-                if evaluate_now:
-                    record["evaluate"] = self._evaluate(rnd, grid, strategy, global_arrays, wire)
-                history.append(record)
+                    result.checkpoint = str(save_checkpoint(self.state_dir, rnd, encoder, global_arrays))
+                if (fed.evaluate_every and rnd % fed.evaluate_every == 0) or (rnd == fed.rounds and fed.final_evaluate):
+                    result.evaluate = self.evaluate_round(rnd, grid, strategy, global_arrays, wire)
+                record = result.record()
+                save_resume_point(self.state_dir, ResumePoint(rnd, global_arrays, strategy_state(strategy), record))
                 self._emit("round", record)
+                rounds += 1
         except BaseException as exc:
-            status = "failed"
-            self._emit("finish", status, {"error": f"{type(exc).__name__}: {exc}", "rounds": len(history)})
+            self._emit("finish", "failed", {"error": f"{type(exc).__name__}: {exc}", "rounds": rounds})
             raise
-        summary = {"rounds": len(history), "final_digest": digest(global_arrays)}
-        self._emit("finish", status, summary)
+        summary = {"rounds": rounds, "final_digest": digest(global_arrays)}
+        self._emit("finish", "completed", summary)
         return summary
 
-    def _train_round(self, rnd: int, grid: Grid, strategy, global_arrays: dict[str, np.ndarray],
-                     wire: WireLog) -> dict[str, Any]:
+    def train_round(self, rnd: int, grid: Grid, strategy, global_arrays: dict[str, np.ndarray],
+                    wire: WireLog) -> RoundResult:
         fed = self.fed
         started = time.time()
         wait_for_sites(grid, fed.sites_to_start, fed.wait_for_sites)
-        messages = list(strategy.configure_train(rnd, to_record(global_arrays), self._round_config(), grid))
-        for msg in messages:
-            wire.record("down", rnd, msg)
-        sampled = {m.metadata.dst_node_id for m in messages}
-        log.info("round %d: sent the encoder (%s) to %d sites", rnd, fed.update_mode, len(messages))
-        replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
-        for msg in replies:
-            wire.record("up", rnd, msg)
-
-        verdicts = [check_update(m, global_arrays, fed.max_update_norm) for m in replies]
-        answered = {m.metadata.src_node_id for m in replies}
-        failed = [{"site": v.site, "reason": v.reason} for v in verdicts if v.kind == "failed"]
-        failed += [{"site": f"node-{n}", "reason": f"no reply within round_timeout ({fed.round_timeout:.0f}s)"}
-                   for n in sorted(sampled - answered)]
-        rejected = [{"site": v.site, "reason": v.reason} for v in verdicts if v.kind == "rejected"]
-        for entry in rejected:
+        ex = exchange(grid, strategy, rnd, global_arrays, self.round_config(), fed.round_timeout, wire)
+        log.info("round %d: sent the encoder (%s) to %d sites", rnd, fed.update_mode, len(ex.sent))
+        verdicts = judge(ex, global_arrays, fed.max_update_norm, fed.round_timeout)
+        for entry in verdicts.rejected:
             log.warning("round %d: rejected the update of %s: %s", rnd, entry["site"], entry["reason"])
-        for entry in failed:
+        for entry in verdicts.failed:
             log.warning("round %d: %s failed: %s", rnd, entry["site"], entry["reason"])
 
-        accepted: list[tuple[Message, Verdict]] = [(m, v) for m, v in zip(replies, verdicts) if v.ok]
-        sites = {v.site: SiteReply(v.site, v.node_id, dict(m.content[METRICS]), _report(m)) for m, v in accepted}
-        deltas = {v.site: v.delta for _, v in accepted if v.delta is not None}
-
         agg_started = time.perf_counter()
-        aggregated, agg_metrics = False, {}
-        if len(accepted) >= fed.min_sites:
-            for msg, verdict in accepted:  # strategies aggregate full tensors: global + delta
-                msg.content[ARRAYS] = to_record({n: global_arrays[n] + d for n, d in verdict.delta.items()})
-            new_arrays, metrics = strategy.aggregate_train(rnd, [m for m, _ in accepted])
-            if new_arrays is not None:
-                merged = dict(global_arrays)
-                for name, value in from_record(new_arrays).items():
-                    merged[name] = np.asarray(value, dtype=global_arrays[name].dtype)
-                global_arrays = merged
-                aggregated = True
-            agg_metrics = dict(metrics or {})
+        new_arrays, agg_metrics = None, {}
+        if len(verdicts.accepted) >= fed.min_sites:
+            new_arrays, agg_metrics = aggregate(strategy, rnd, verdicts.accepted, global_arrays)
         else:
             log.warning("round %d: only %d of the %d sites needed answered with a valid update; "
-                        "the global encoder is unchanged", rnd, len(accepted), fed.min_sites)
-        agg_seconds = time.perf_counter() - agg_started
+                        "the global encoder is unchanged", rnd, len(verdicts.accepted), fed.min_sites)
+        deltas = {v.site: v.delta for _, v in verdicts.accepted if v.delta is not None}
+        result = RoundResult(
+            round=rnd, started_at=started, seconds=0.0, aggregation_seconds=time.perf_counter() - agg_started,
+            sampled=len(ex.sampled), answered=len(ex.answered), judgement=verdicts,
+            aggregated=new_arrays is not None,
+            global_arrays=new_arrays if new_arrays is not None else global_arrays,
+            bytes_down=ex.bytes_down(), bytes_up=ex.bytes_up(), metrics=agg_metrics,
+            sites={v.site: {"metrics": dict(m.content[METRICS]), "report": _report(m)} for m, v in verdicts.accepted},
+            update_cosine=cosine_matrix(deltas) if len(deltas) > 1 else {},
+        )
+        result.seconds = time.time() - started
+        log.info("round %d: %d/%d sites answered, %d accepted, aggregated=%s, %.1fs", rnd, result.answered,
+                 result.sampled, len(verdicts.accepted), result.aggregated, result.seconds)
+        return result
 
-        bytes_down = sum(record_nbytes(m.content[ARRAYS]) for m in messages)
-        bytes_up = sum(record_nbytes(m.content[ARRAYS]) for m in replies
-                       if not m.has_error() and ARRAYS in m.content.array_records)
-        record = {
-            "round": rnd,
-            "started_at": started,
-            "seconds": time.time() - started,
-            "aggregation_seconds": agg_seconds,
-            "sampled": len(sampled),
-            "answered": len(answered),
-            "accepted": len(accepted),
-            "failed": failed,
-            "rejected": rejected,
-            "aggregated": aggregated,
-            "global_digest": digest(global_arrays),
-            "bytes_down": bytes_down,
-            "bytes_up": bytes_up,
-            "metrics": agg_metrics,
-            "update_norms": {v.site: v.norm for _, v in accepted},
-            "update_cosine": cosine_matrix(deltas) if len(deltas) > 1 else {},
-            "sites": {name: {"metrics": s.metrics, "report": s.report} for name, s in sites.items()},
-            "_arrays": global_arrays,
-        }
-        log.info("round %d: %d/%d sites answered, %d accepted, aggregated=%s, %.1fs", rnd, len(answered),
-                 len(sampled), len(accepted), aggregated, record["seconds"])
-        return record
-
-    def _evaluate(self, rnd: int, grid: Grid, strategy, global_arrays: dict[str, np.ndarray],
-                  wire: WireLog) -> dict[str, Any]:
+    def evaluate_round(self, rnd: int, grid: Grid, strategy, global_arrays: dict[str, np.ndarray],
+                       wire: WireLog) -> dict[str, Any]:
         started = time.time()
-        messages = list(strategy.configure_evaluate(rnd, to_record(global_arrays), self._round_config(), grid))
-        for msg in messages:
-            wire.record("down", rnd, msg)
-        replies = list(grid.send_and_receive(messages, timeout=self.fed.round_timeout))
-        for msg in replies:
-            wire.record("up", rnd, msg)
-        good = [m for m in replies if not m.has_error()]
+        ex = exchange(grid, strategy, rnd, global_arrays, self.round_config(), self.fed.round_timeout, wire,
+                      evaluate=True)
+        good = [m for m in ex.replies if not m.has_error()]
         aggregated = strategy.aggregate_evaluate(rnd, good) if good else None
         return {
             "seconds": time.time() - started,
             "metrics": dict(aggregated or {}),
             "sites": {site_name(m): {"metrics": dict(m.content[METRICS]), "report": _report(m)} for m in good},
-            "failed": [{"site": site_name(m), "reason": m.error.reason} for m in replies if m.has_error()],
+            "failed": [{"site": site_name(m), "reason": m.error.reason} for m in ex.replies if m.has_error()],
         }

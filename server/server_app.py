@@ -7,6 +7,7 @@ The coordinator CLI submits this app to its SuperLink with ``config-path`` and
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from flwr.app import Context
@@ -42,7 +43,7 @@ def main(grid: Grid, context: Context) -> None:
         from fedtl.server.tracking import MlflowTracker
 
         observers.append(MlflowTracker(
-            tracking_uri, fed.mlflow.experiment, state_dir, run_name=f"{fed.name}-{context.run_id}",
+            tracking_uri, fed.mlflow.experiment, state_dir, run_name=f"{fed.name} {time.strftime('%Y-%m-%d %H:%M')}",
             registered_model=fed.mlflow.registered_model, config_path=Path(config_path),
             checkpoint_every=fed.mlflow.checkpoint_every,
         ))

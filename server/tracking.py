@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedtl.shared.protocol import ReportKey, Section, SiteMetric, parse_task_key, primary_metrics, report_value
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 BATCH = 900  # MLflow accepts up to 1000 metrics per log_batch
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow's UI picks its training or GenAI views by it
+TRAINING_KIND = "custom_model_development"
 
 
 def default_tracking_uri(base: Path) -> str:
@@ -82,12 +85,21 @@ class MlflowTracker:
         self.journal = Journal(state_dir / "mlflow_journal.jsonl")
         self.artifacts = state_dir / "mlflow_artifacts"
         self.meta_path = state_dir / "mlflow_run.json"
-        meta = json.loads(self.meta_path.read_text()) if self.meta_path.exists() else {}
-        self.run_id: str | None = meta.get("run_id")
+        self.meta: dict[str, Any] = json.loads(self.meta_path.read_text()) if self.meta_path.exists() else {}
         self.outage_since: float | None = None
         self.history: list[dict[str, Any]] = []
         self.baselines_logged: set[str] = set()
         self.params_logged: set[str] = set()
+
+    @property
+    def run_id(self) -> str | None:
+        return self.meta.get("run_id")
+
+    def _save_meta(self, **fields: Any) -> None:
+        from fedtl.shared.atomic import write_json_atomic
+
+        self.meta.update(fields)
+        write_json_atomic(self.meta_path, self.meta)
 
     # ------------------------------------------------------------ sending
     def _client(self):
@@ -99,13 +111,12 @@ class MlflowTracker:
         if self.run_id is None:
             exp = client.get_experiment_by_name(self.experiment)
             exp_id = exp.experiment_id if exp else client.create_experiment(
-                self.experiment, artifact_location=artifact_root_for(self.uri))
+                self.experiment, artifact_location=artifact_root_for(self.uri),
+                tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+            if exp is not None and exp.tags.get(EXPERIMENT_KIND_TAG) is None:
+                client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
             run = client.create_run(exp_id, run_name=self.run_name, tags={"fedtl.status": "running"})
-            self.run_id = run.info.run_id
-            from fedtl.shared.atomic import write_json_atomic
-
-            write_json_atomic(self.meta_path, {"run_id": self.run_id, "experiment_id": exp_id,
-                                               "tracking_uri": self.uri})
+            self._save_meta(run_id=run.info.run_id, experiment_id=exp_id, tracking_uri=self.uri)
         return self.run_id
 
     def _apply(self, client, run_id: str, op: dict[str, Any]) -> None:
@@ -130,6 +141,9 @@ class MlflowTracker:
                 client.log_artifact(run_id, str(path), op.get("artifact_path"))
             else:
                 log.warning("artifact %s is gone; not logged", path)
+        elif kind == "batch":
+            for inner in op["ops"]:
+                self._apply(client, run_id, inner)
         elif kind == "register":
             self._register(client, run_id, op["name"], op["artifact_path"])
         elif kind == "terminate":
@@ -146,6 +160,9 @@ class MlflowTracker:
             if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
                 raise
         source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        for existing in client.search_model_versions(f"name='{name}'"):
+            if existing.run_id == run_id and existing.source == source:
+                return  # registered before a crash; the journal sent this operation again
         version = client.create_model_version(name, source, run_id=run_id,
                                               description=f"global encoder after federation run {self.run_name}")
         client.set_tag(run_id, "fedtl.registered_model", f"{name}/{version.version}")
@@ -160,8 +177,11 @@ class MlflowTracker:
             client = self._client()
             run_id = self._ensure_run(client)
             for op in ops:
+                # Every operation is idempotent (metrics carry their own timestamp, and MLflow drops
+                # exact duplicates), so one sent again after a crash mid-flush changes nothing.
                 self._apply(client, run_id, op)
                 done += 1
+                self.journal.rewrite(ops[done:])
         except Exception as exc:  # any failure: keep the rest for later, never stop training
             self.journal.rewrite(ops[done:])
             first = self.outage_since is None
@@ -172,7 +192,6 @@ class MlflowTracker:
                     self.uri, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "",
                     len(ops) - done, self.journal.path)
             return False
-        self.journal.rewrite([])
         if self.outage_since is not None:
             log.warning("MLflow is back: %d buffered operations written", len(ops))
             self.outage_since = None
@@ -182,7 +201,7 @@ class MlflowTracker:
     def _enqueue(self, op: dict[str, Any]) -> None:
         self.journal.append(op)
 
-    def _artifact(self, path: Path, artifact_path: str | None, copy: bool = True) -> None:
+    def _artifact(self, path: Path, artifact_path: str | None, copy: bool = True) -> dict[str, Any]:
         """Log a file under ``artifact_path``, or a folder as ``artifact_path/<folder name>``."""
         is_dir = path.is_dir()
         if copy:
@@ -195,59 +214,80 @@ class MlflowTracker:
             path = dest
         if is_dir:
             artifact_path = f"{artifact_path}/{path.name}" if artifact_path else path.name
-        self._enqueue({"op": "artifact", "path": str(path), "artifact_path": artifact_path})
+        return {"op": "artifact", "path": str(path), "artifact_path": artifact_path}
 
     # ------------------------------------------------------------ observer
     def start(self, info: dict[str, Any]) -> None:
         from importlib.metadata import version
 
+        from fedtl.server.history import read_rounds
+
+        self.flush()  # whatever an earlier coordinator left in the journal goes to its own run first
+        start_round = info.get("start_round", 1)
+        if start_round == 1 and self.run_id is not None:
+            self.meta = {}  # a new federation in this state_dir: a new MLflow run
+        self.history = [r for r in read_rounds(self.state_dir) if r["round"] < start_round]
+        for record in self.history:  # what was logged before a resume is not logged again
+            round_metrics(record, self.baselines_logged)
+            self.params_logged.update(f"sites.{site}.tasks" for site in record.get("sites", {}))
         config = info["config"]
-        params = flatten_params({k: v for k, v in config.items() if k != "superlink"})
-        params.update({f"strategy.{k}": v for k, v in info.get("strategy_settings", {}).items()})
-        for pkg in ("fedtl", "flwr", "torch", "transformers", "mlflow"):
-            try:
-                params[f"version.{pkg}"] = version(pkg)
-            except Exception:
-                pass
-        params["encoder_parameters_exchanged"] = info.get("encoder_parameters")
-        if info.get("start_round", 1) == 1:
-            self._enqueue({"op": "params", "params": {k: ("" if v is None else v) for k, v in params.items()}})
+        ops: list[dict[str, Any]] = []
+        if start_round == 1:
+            params = flatten_params({k: v for k, v in config.items() if k != "superlink"})
+            params.update({f"strategy.{k}": v for k, v in info.get("strategy_settings", {}).items()})
+            for pkg in ("fedtl", "flwr", "torch", "transformers", "mlflow"):
+                try:
+                    params[f"version.{pkg}"] = version(pkg)
+                except Exception:
+                    pass
+            params["encoder_parameters_exchanged"] = info.get("encoder_parameters")
+            ops.append({"op": "params", "params": {k: ("" if v is None else v) for k, v in params.items()}})
             if self.config_path is not None and self.config_path.exists():
-                self._artifact(self.config_path, "config")
-        self._enqueue({"op": "tags", "tags": {
+                ops.append(self._artifact(self.config_path, "config"))
+        ops.append({"op": "tags", "tags": {
             "fedtl.coordinator_host": socket.gethostname(), "fedtl.flower_run_id": info.get("run_id"),
             "fedtl.status": "running", "mlflow.note.content": f"fedtl federation '{config['name']}'",
         }})
+        self._enqueue({"op": "batch", "ops": ops})
         self.flush()
+
+    def _enqueued(self, rnd: int) -> bool:
+        """Has this round's batch been journaled (sent or not) already?"""
+        if rnd <= int(self.meta.get("last_round", 0)):
+            return True
+        return any(op.get("round") == rnd for op in self.journal.pending())
 
     def round(self, record: dict[str, Any]) -> None:
         rnd = record["round"]
-        metrics = round_metrics(record, self.baselines_logged)
-        self._enqueue({"op": "metrics", "step": rnd, "time": time.time(), "metrics": metrics})
-        sites = sorted(record.get("sites", {}))
-        self._enqueue({"op": "tags", "tags": {"fedtl.sites": ",".join(sites), "fedtl.rounds_done": rnd}})
+        if self._enqueued(rnd):  # replayed after a crash: it is logged once already
+            return
+        ops: list[dict[str, Any]] = [
+            {"op": "metrics", "step": rnd, "time": time.time(), "metrics": round_metrics(record, self.baselines_logged)},
+            {"op": "tags", "tags": {"fedtl.sites": ",".join(sorted(record.get("sites", {}))), "fedtl.rounds_done": rnd}},
+        ]
         new_sites = {site: entry["report"] for site, entry in record.get("sites", {}).items()
                      if f"sites.{site}.tasks" not in self.params_logged}
         if new_sites:  # a site's task list, the first time it takes part
             params = {}
             for site, report in new_sites.items():
-                params[f"sites.{site}.tasks"] = ",".join(report.get("tasks", []))
-                params[f"sites.{site}.primary_metrics"] = ",".join(report.get("primary", []))
-                params[f"sites.{site}.device"] = report.get("device", "")
+                params[f"sites.{site}.tasks"] = ",".join(report.get(ReportKey.TASKS, []))
+                params[f"sites.{site}.primary_metrics"] = ",".join(report.get(ReportKey.PRIMARY, []))
+                params[f"sites.{site}.device"] = report.get(ReportKey.DEVICE, "")
                 params[f"sites.{site}.first_round"] = rnd
             self.params_logged.update(params)
-            self._enqueue({"op": "params", "params": params})
+            ops.append({"op": "params", "params": params})
         self.history.append(record)
         plots = self.state_dir / "plots"
         from fedtl.server.plots import interference_heatmap, site_metric_plot
 
         if record.get("update_cosine"):
             path = interference_heatmap(record["update_cosine"], rnd, plots / f"interference-round-{rnd:03d}.png")
-            self._artifact(path, "interference")
-        path = site_metric_plot(self.history, plots / "site_metrics.png")
-        self._artifact(path, "plots")
+            ops.append(self._artifact(path, "interference"))
+        ops.append(self._artifact(site_metric_plot(self.history, plots / "site_metrics.png"), "plots"))
         if record.get("checkpoint") and self.checkpoint_every and rnd % self.checkpoint_every == 0:
-            self._artifact(Path(record["checkpoint"]), "checkpoints", copy=False)
+            ops.append(self._artifact(Path(record["checkpoint"]), "checkpoints", copy=False))
+        self._enqueue({"op": "batch", "round": rnd, "ops": ops})  # one line: the round is journaled whole
+        self._save_meta(last_round=rnd)
         self.flush()
 
     def finish(self, status: str, summary: dict[str, Any]) -> None:
@@ -257,7 +297,7 @@ class MlflowTracker:
                 final = Path(record["checkpoint"])
                 break
         if status == "completed" and final is not None:
-            self._artifact(final, "encoder", copy=True)
+            self._enqueue(self._artifact(final, "encoder", copy=True))
             if self.registered_model:
                 self._enqueue({"op": "register", "name": self.registered_model,
                                "artifact_path": f"encoder/{final.name}"})
@@ -289,7 +329,7 @@ def round_metrics(record: dict[str, Any], baselines_logged: set[str]) -> dict[st
     """Everything MLflow charts for one round, with `/`-separated names that group in the UI."""
     out: dict[str, float] = {}
     agg = record.get("metrics", {})
-    for key in ("train_loss", "score", "score_global", "score_site", "update_norm", "seconds"):
+    for key in SiteMetric.AGGREGATED:
         if key in agg:
             out[f"federation/{key}_mean"] = agg[key]
     out.update({
@@ -304,21 +344,25 @@ def round_metrics(record: dict[str, Any], baselines_logged: set[str]) -> dict[st
         out[f"site/{site}/update_norm"] = norm
     for site, entry in record.get("sites", {}).items():
         report, m = entry["report"], entry["metrics"]
-        out[f"site/{site}/num_examples"] = m.get("num-examples", 0)
-        out[f"site/{site}/seconds"] = m.get("seconds", 0)
-        out[f"site/{site}/startup_seconds"] = m.get("startup_seconds", 0)
-        for task, primary in zip(report.get("tasks", []), report.get("primary", [])):
+        out[f"site/{site}/num_examples"] = m.get(SiteMetric.NUM_EXAMPLES, 0)
+        out[f"site/{site}/seconds"] = m.get(SiteMetric.SECONDS, 0)
+        out[f"site/{site}/startup_seconds"] = m.get(SiteMetric.STARTUP_SECONDS, 0)
+        for task, primary in primary_metrics(report):
+            first = f"{site}/{task}" not in baselines_logged
             for key, value in report.items():
-                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                parsed = parse_task_key(key)
+                if parsed is None or parsed[1] != task:
                     continue
-                if key.startswith(f"val/{task}/"):
-                    out[f"site/{site}/{task}/val_{key.rsplit('/', 1)[1]}"] = value
-                elif key == f"train_loss/{task}":
-                    out[f"site/{site}/{task}/train_loss"] = value
-                elif key.startswith(f"baseline/{task}/") and f"{site}/{task}" not in baselines_logged:
-                    out[f"site/{site}/{task}/baseline_{key.rsplit('/', 1)[1]}"] = value
-            base, fed = report.get(f"baseline/{task}/{primary}"), report.get(f"val/{task}/{primary}")
-            if isinstance(base, (int, float)) and isinstance(fed, (int, float)):
+                section, _, metric = parsed
+                if section == Section.VAL:
+                    out[f"site/{site}/{task}/val_{metric}"] = value
+                elif section == Section.BASELINE and first:
+                    out[f"site/{site}/{task}/baseline_{metric}"] = value
+            loss = report_value(report, Section.TRAIN_LOSS, task)
+            if loss is not None:
+                out[f"site/{site}/{task}/train_loss"] = loss
+            base, fed = report_value(report, Section.BASELINE, task, primary), report_value(report, Section.VAL, task, primary)
+            if base is not None and fed is not None:
                 out[f"site/{site}/{task}/transfer_gain"] = fed - base
             baselines_logged.add(f"{site}/{task}")
     evaluation = record.get("evaluate") or {}
@@ -326,7 +370,7 @@ def round_metrics(record: dict[str, Any], baselines_logged: set[str]) -> dict[st
         out[f"evaluate/{key}"] = value
     for site, entry in evaluation.get("sites", {}).items():
         for key, value in entry["report"].items():
-            if key.startswith("val/") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                _, task, metric = key.split("/", 2)
-                out[f"evaluate/{site}/{task}/{metric}"] = value
+            parsed = parse_task_key(key)
+            if parsed is not None and parsed[0] == Section.VAL:
+                out[f"evaluate/{site}/{parsed[1]}/{parsed[2]}"] = value
     return {k: float(v) for k, v in out.items() if v is not None}

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Message
 
-from fedtl.shared.records import ARRAYS, METRICS, NUM_EXAMPLES, REPORT, from_record, l2_norm
+from fedtl.shared.protocol import ARRAYS, METRICS, REPORT, ReportKey, SiteMetric
+from fedtl.shared.records import from_record, l2_norm
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Verdict:
 
 def site_name(msg: Message) -> str:
     try:
-        return str(msg.content[REPORT]["site"])
+        return str(msg.content[REPORT][ReportKey.SITE])
     except Exception:
         return f"node-{msg.metadata.src_node_id}"
 
@@ -46,9 +47,9 @@ def check_update(msg: Message, expected: Mapping[str, np.ndarray], max_norm: flo
     content = msg.content
     if ARRAYS not in content.array_records or METRICS not in content.metric_records:
         return Verdict(node, site, "rejected", "reply lacks the encoder update or its metrics")
-    n = content[METRICS].get(NUM_EXAMPLES)
+    n = content[METRICS].get(SiteMetric.NUM_EXAMPLES)
     if not isinstance(n, int) or n <= 0:
-        return Verdict(node, site, "rejected", f"num-examples must be a positive integer, got {n!r}")
+        return Verdict(node, site, "rejected", f"{SiteMetric.NUM_EXAMPLES} must be a positive integer, got {n!r}")
     delta = from_record(content[ARRAYS])
     extra = sorted(set(delta) - set(expected))
     missing = sorted(set(expected) - set(delta))

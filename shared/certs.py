@@ -29,7 +29,7 @@ def generate_dev_certs(out: Path, hosts: list[str], days: int = 365) -> dict[str
 
     if not hosts:
         raise ValueError("name at least one host (DNS name or IP) the coordinator is reached at")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_cert = (
         x509.CertificateBuilder().subject_name(_name("fedtl dev CA")).issuer_name(_name("fedtl dev CA"))

@@ -1,19 +1,46 @@
-"""Start, watch and stop the child processes fedtl runs (SuperLink, SuperNodes, sites).
+"""Start, watch and stop the child processes fedtl runs (SuperLink, SuperNodes, sites, MLflow).
 
-Every child gets its own process group, so stopping it also stops whatever it started
-(Flower's SuperExec, ClientApp and ServerApp processes), and nothing else.
+Three rules keep a stop quick and complete:
+
+- **Fork-safe starts.** fedtl's parents run threads (gRPC servers, rich's live display), and
+  Python code between ``fork`` and ``exec`` (a ``preexec_fn``) can deadlock or abort there.
+  Children are started with ``start_new_session`` only (done in C), and the parent-death
+  signal is set by a tiny exec wrapper *after* exec, in a fresh single-threaded process.
+- **Whole trees.** Flower's SuperLink and SuperNode start their SuperExec in a new session
+  (outside their process group), and MLflow's server starts job runners. Stopping a child
+  signals its process group *and* every descendant found in ``/proc``; fedtl's long-running
+  commands also become a child subreaper, so orphans re-parent to them and are reaped.
+- **Bounded.** SIGTERM, a short grace period, then SIGKILL. Nothing waits without a deadline.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+# Runs in the child after exec: ask for SIGTERM when the parent dies, give up if it already
+# has, then become the real program. Python (not a preexec_fn) so it is fork-safe.
+_GUARD = (
+    "import ctypes,os,signal,sys\n"
+    "ctypes.CDLL(None,use_errno=True).prctl(1,signal.SIGTERM)\n"
+    "os.getppid()==int(sys.argv[1]) or os._exit(1)\n"
+    "try:\n os.execvp(sys.argv[2],sys.argv[2:])\n"
+    "except OSError as e:\n print(f'cannot start {sys.argv[2]}: {e.strerror}',file=sys.stderr);os._exit(127)\n"
+)
+
+_running: dict[int, subprocess.Popen] = {}  # every child started here and not yet stopped
 
 
 def tool(name: str) -> str:
@@ -51,9 +78,13 @@ def port_open(host: str, port: int) -> bool:
 
 
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None,
-                  what: str = "service", log_path: Path | None = None) -> None:
+                  what: str = "service", log_path: Path | None = None,
+                  cancel: threading.Event | None = None) -> bool:
+    """Wait until ``host:port`` accepts connections; False if ``cancel`` was set first."""
     deadline = time.monotonic() + timeout
     while not port_open(host, port):
+        if cancel is not None and cancel.is_set():
+            return False
         if proc is not None and proc.poll() is not None:
             tail = ""
             if log_path is not None and log_path.exists():
@@ -62,62 +93,145 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen |
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout:.0f}s")
         time.sleep(0.2)
+    return True
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the parent dies (Linux), so no orphan outlives it."""
+def become_subreaper() -> None:
+    """Orphaned descendants re-parent to this process (Linux), so a stop can find and reap them."""
     try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
     except (OSError, AttributeError):
         pass
 
 
 def start(cmd: list[str], log_path: Path, env: dict[str, str] | None = None,
           cwd: Path | None = None, die_with_parent: bool = False) -> subprocess.Popen:
+    """Start ``cmd`` in its own session, output appended to ``log_path``.
+
+    ``die_with_parent``: the child gets SIGTERM when this process dies (even by SIGKILL).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("ab")
+    if die_with_parent and sys.platform.startswith("linux"):
+        cmd = [sys.executable, "-I", "-S", "-c", _GUARD, str(os.getpid()), *cmd]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env or child_env(), cwd=cwd, start_new_session=True)
+    _running[proc.pid] = proc
+    return proc
+
+
+# ---------------------------------------------------------------- process trees (/proc)
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) of a process, or None when it is gone."""
     try:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env or child_env(), cwd=cwd, start_new_session=True,
-                                preexec_fn=_die_with_parent if die_with_parent else None)
-    finally:
-        log.close()
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], int(fields[1]), int(fields[19])
 
 
-def stop(proc: subprocess.Popen | None, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int | None:
-    """Signal the child's process group, wait, then SIGKILL the group if it lingers."""
+def _started(pid: int) -> int:
+    stat = _stat(pid)
+    return -1 if stat is None else stat[2]
+
+
+def alive(pid: int, started: int | None = None) -> bool:
+    """Running, and (given ``started``) still the same process: a zombie or a reused PID is gone."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X") and (started is None or stat[2] == started)
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below ``root`` in the process tree, whatever its session or group."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+            children.setdefault(stat[1], []).append(int(entry))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def tree(root: int) -> dict[int, int]:
+    """``root`` and its descendants, each with its start time (see ``alive``)."""
+    return {pid: _started(pid) for pid in {root} | descendants(root)}
+
+
+def _signal(pids: Iterable[int], groups: Iterable[int], sig: int) -> None:
+    for pgid in groups:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def reap_orphans() -> None:
+    """Collect exit statuses of orphans re-parented to this subreaper (never of our own Popen children)."""
+    for pid in descendants(os.getpid()):
+        stat = _stat(pid)
+        if stat is not None and stat[1] == os.getpid() and stat[0] == "Z" and pid not in _running:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 5.0, sig: int = signal.SIGTERM) -> int | None:
+    """Stop a child and everything below it: ``sig``, up to ``timeout`` s, then SIGKILL."""
     if proc is None:
         return None
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return proc.wait(timeout=10)
-    finally:
-        _reap_group(proc.pid)
+    return stop_many([proc], timeout, sig).get(proc.pid)
 
 
-def _reap_group(pgid: int, timeout: float = 10.0) -> None:
-    """Wait until no process of the group is left; SIGKILL stragglers at the end."""
+def stop_many(procs: Iterable[subprocess.Popen], timeout: float = 5.0,
+              sig: int = signal.SIGTERM) -> dict[int, int | None]:
+    """Stop several children (and their trees) together, so their grace periods overlap."""
+    procs = [p for p in procs if p is not None]
+    members: dict[int, int] = {}  # pid -> start time, so a reused PID is never signalled
+    for proc in procs:  # before signalling: orphans lose their link to the tree
+        members.update(tree(proc.pid))
+    groups = [p.pid for p in procs if p.poll() is None]
+    _signal(members, groups, sig)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
+        for proc in procs:
+            proc.poll()
+        living = [pid for pid, started in members.items() if alive(pid, started)]
+        if not living:
+            break
+        if time.monotonic() > deadline:
+            _signal(living, [p.pid for p in procs if p.returncode is None], signal.SIGKILL)
+            break
+        for pid in living:  # children started meanwhile belong to the tree too
+            members.update({d: _started(d) for d in descendants(pid) if d not in members})
+        time.sleep(0.05)
+    codes: dict[int, int | None] = {}
+    for proc in procs:
         try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+            codes[proc.pid] = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            codes[proc.pid] = None
+        _running.pop(proc.pid, None)
+    reap_orphans()
+    return codes
+
+
+def stop_all(timeout: float = 5.0) -> None:
+    """Stop every child started here that is still running, and their trees."""
+    stop_many(list(_running.values()), timeout)
+
+
+def kill_all() -> None:
+    """SIGKILL every child started here and every descendant of this process, now."""
+    _signal(set(_running) | descendants(os.getpid()), list(_running), signal.SIGKILL)

@@ -8,12 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-# Reply layout (site -> coordinator), one Flower exchange per round:
-ARRAYS = "arrays"    # ArrayRecord: encoder delta for the update mode's tensors
-METRICS = "metrics"  # MetricRecord: same keys at every site (what Flower strategies average)
-REPORT = "report"    # ConfigRecord: this site's name, tasks and per-task metrics
-CONFIG = "config"    # ConfigRecord: round config (coordinator -> site)
-NUM_EXAMPLES = "num-examples"
+# The names of records and keys in messages live in fedtl.shared.protocol.
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -22,7 +17,6 @@ def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
 
 def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in record.items()}
-
 
 
 def record_nbytes(record: ArrayRecord) -> int:
@@ -42,15 +36,3 @@ def digest(arrays: Mapping[str, np.ndarray]) -> str:
 
 def l2_norm(arrays: Mapping[str, np.ndarray]) -> float:
     return float(np.sqrt(sum(float(np.square(a, dtype=np.float64).sum()) for a in arrays.values())))
-
-
-def flatten(nested: Mapping[str, object], prefix: str = "", sep: str = "/") -> dict[str, float]:
-    """{"a": {"b": 1.0}} -> {"a/b": 1.0}; numeric leaves only."""
-    out: dict[str, float] = {}
-    for key, value in nested.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name, sep))
-        elif isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out

@@ -7,6 +7,7 @@ group) when the test ends, whatever happened.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,8 +18,9 @@ from typing import Any
 
 import yaml
 
-from fedtl.shared.processes import child_env, free_port, start, stop
+from fedtl.shared.processes import alive, child_env, free_port, start, stop_many, tree
 from tests.conftest import make_site
+from tests.waiting import wait_until
 
 
 def fedtl_cmd(*args: str) -> list[str]:
@@ -103,20 +105,18 @@ class Federation:
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
     def wait_for_round(self, n: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.rounds()) < n:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"round {n} not done after {timeout}s:\n{self.log('coordinator')}")
+        def done() -> bool:
+            if len(self.rounds()) >= n:
+                return True
             if self.procs["coordinator"].poll() is not None:
                 raise AssertionError(f"coordinator exited early:\n{self.log('coordinator')}")
-            time.sleep(0.5)
+            return False
+
+        wait_until(done, timeout, lambda: f"round {n} not done:\n{self.log('coordinator')}")
 
     def wait_for_log(self, path: Path, needle: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not (path.exists() and needle in path.read_text(errors="replace")):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{needle!r} not in {path} after {timeout}s")
-            time.sleep(0.2)
+        wait_until(lambda: path.exists() and needle in path.read_text(errors="replace"), timeout,
+                   f"{needle!r} not in {path}")
 
     def site_history(self, name: str) -> list[dict[str, Any]]:
         path = self.root / name / "state" / "federated" / "history.jsonl"
@@ -131,11 +131,13 @@ class Federation:
         return text
 
     def kill(self, name: str) -> None:
-        stop(self.procs[name], sig=signal.SIGKILL, timeout=10)
+        """SIGKILL that one process, as a crash would: what it started must go by itself."""
+        proc = self.procs[name]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            stop(proc)
+        stop_many(self.procs.values())
 
 
 def pids_matching(*needles: str) -> list[int]:
@@ -150,3 +152,34 @@ def pids_matching(*needles: str) -> list[int]:
             if all(n in cmd for n in needles):
                 pids.append(int(entry.name))
     return pids
+
+
+def interrupt_and_check_exit(proc: subprocess.Popen, sig: int, within: float = 10.0) -> int:
+    """Send ``sig`` to a fedtl command; assert that it, and every process below it, is gone
+    within ``within`` seconds of the signal. Returns the command's exit code.
+
+    The process tree is taken just before the signal, so children in other sessions
+    (Flower's SuperExec and app processes, MLflow's job runners) count too.
+    """
+    members = tree(proc.pid)
+    sent = time.monotonic()
+    os.kill(proc.pid, sig)
+    try:
+        code = proc.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{' '.join(map(str, proc.args[:3]))} still running {within:.0f}s after "
+                             f"signal {sig}") from None
+
+    def living() -> list[int]:
+        return [pid for pid, started in members.items() if alive(pid, started)]
+
+    wait_until(lambda: not living(), max(0.1, within - (time.monotonic() - sent)),
+               lambda: f"left running: {[_cmdline(pid) for pid in living()]}", interval=0.1)
+    return code
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
+    except OSError:
+        return f"pid {pid} (gone)"

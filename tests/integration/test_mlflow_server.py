@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from fedtl.shared.processes import free_port, start, stop, tool, wait_for_port
 from tests.integration.harness import Federation
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -42,27 +42,25 @@ def test_metrics_survive_a_tracking_server_outage(tmp_path):
     fed.write_config(rounds=3, min_sites=1, final_evaluate=False,
                      mlflow={"tracking_uri": server.uri, "experiment": "outage", "registered_model": "outage-encoder"})
     journal = fed.state_dir / "mlflow_journal.jsonl"
+    release = tmp_path / "release-round-2"  # the site holds round 2 until the server is down: no race
     try:
         server.start()
-        fed.start_site("solo")
+        fed.start_site("solo", env={"FEDTL_INJECT_FAULT": f"hold:2:{release}"})
         fed.start_coordinator()
         client = MlflowClient(server.uri)
-        deadline = time.time() + 240
-        while time.time() < deadline:  # round 1 reached the server
+
+        def round_1_logged() -> bool:
             exp = client.get_experiment_by_name("outage")
             runs = client.search_runs([exp.experiment_id]) if exp else []
-            if runs and "federation/round_seconds" in runs[0].data.metrics:
-                break
-            time.sleep(1)
-        else:
-            raise AssertionError(fed.log("coordinator"))
+            return bool(runs) and "federation/round_seconds" in runs[0].data.metrics
+
+        wait_until(round_1_logged, 240, lambda: fed.log("coordinator"))
         server.stop()  # the tracking server goes down for round 2
+        release.touch()
 
         fed.wait_for_round(2, timeout=240)
-        deadline = time.time() + 30
-        while not (journal.exists() and journal.read_text().strip()) and time.time() < deadline:
-            time.sleep(0.5)
-        assert journal.read_text().strip(), "round 2 should be buffered while the server is down"
+        wait_until(lambda: journal.exists() and journal.read_text().strip(), 30,
+                   "round 2 should be buffered while the server is down")
         fed.wait_for_log(fed.state_dir / "serverapp.log", "unavailable", timeout=120)
 
         server.start()  # back again: everything buffered must arrive

@@ -3,7 +3,8 @@ import pytest
 from flwr.app import ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 
 from fedtl.server.validation import check_update
-from fedtl.shared.records import ARRAYS, METRICS, REPORT, record_nbytes, to_record
+from fedtl.shared.protocol import ARRAYS, METRICS, REPORT
+from fedtl.shared.records import record_nbytes, to_record
 
 EXPECTED = {"backbone.w": np.zeros((3, 2), np.float32), "backbone.b": np.zeros(2, np.float32)}
 

@@ -1,0 +1,158 @@
+"""The round protocol: every key that crosses the wire between coordinator and sites.
+
+One exchange per round. The coordinator sends a Message whose RecordDict holds
+
+- ``ARRAYS`` (ArrayRecord): the update mode's encoder tensors, and
+- ``CONFIG`` (ConfigRecord): the round config, built and parsed by ``RoundConfig``.
+
+A site replies with
+
+- ``ARRAYS``: its encoder delta (same tensor names),
+- ``METRICS`` (MetricRecord): the same numeric keys at every site (``SiteMetric``), which
+  Flower's strategies weight by ``num-examples`` and average, and
+- ``REPORT`` (ConfigRecord): its name, tasks and per-task metrics (``ReportKey`` plus
+  ``section/task/metric`` names made by ``task_key`` and read by ``parse_task_key``).
+
+Server, client, tracking, plots and the CLI use these names; none spells a key itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from flwr.app import ConfigRecord
+
+# ---------------------------------------------------------------- records of a message
+ARRAYS = "arrays"    # ArrayRecord: encoder tensors down, encoder delta up
+METRICS = "metrics"  # MetricRecord: SiteMetric keys
+REPORT = "report"    # ConfigRecord: ReportKey keys and per-task metrics
+CONFIG = "config"    # ConfigRecord: RoundConfig (coordinator -> site)
+
+
+# ---------------------------------------------------------------- coordinator -> site
+@dataclass(frozen=True)
+class RoundConfig:
+    """What a site needs to know to train one round. Field ``x_y`` travels as key ``x-y``.
+
+    ``server_round`` is set by Flower's strategies (``configure_train``) and ``proximal_mu``
+    by FedProx; the coordinator sets the rest.
+    """
+
+    update_mode: str
+    encoder: str
+    encoder_seed: int = 0
+    run_id: int = 0
+    server_round: int = 0
+    encoder_epochs: int | None = None
+    max_steps: int | None = None
+    proximal_mu: float = 0.0
+
+    @staticmethod
+    def key(field_name: str) -> str:
+        return field_name.replace("_", "-")
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({self.key(f.name): getattr(self, f.name) for f in fields(self)
+                             if getattr(self, f.name) is not None})
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> RoundConfig:
+        """Parse a received round config; unknown keys are ignored, missing required ones raise."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = cls.key(f.name)
+            if key in record:
+                values[f.name] = record[key]
+        missing = [cls.key(f.name) for f in fields(cls)
+                   if f.name in ("update_mode", "encoder") and f.name not in values]
+        if missing:
+            raise ValueError(f"round config lacks {missing}; is the coordinator running fedtl?")
+        casts = {"update_mode": str, "encoder": str, "encoder_seed": int, "run_id": int, "server_round": int,
+                 "encoder_epochs": int, "max_steps": int, "proximal_mu": float}
+        return cls(**{name: casts[name](value) for name, value in values.items()})
+
+
+# ---------------------------------------------------------------- site -> coordinator: metrics
+class SiteMetric:
+    """Keys of a reply's MetricRecord (numbers only, the same at every site)."""
+
+    NUM_EXAMPLES = "num-examples"        # training examples: FedAvg's weight
+    TRAIN_LOSS = "train_loss"            # mean over the site's tasks
+    SCORE = "score"                      # mean primary metric of the federated model
+    SCORE_GLOBAL = "score_global"        # ... of heads refitted on the received encoder
+    SCORE_SITE = "score_site"            # ... of the model the site serves
+    UPDATE_NORM = "update_norm"
+    SECONDS = "seconds"                  # the site's training time this round
+    STARTUP_SECONDS = "startup_seconds"  # ClientApp process start -> warm worker holds the message
+
+    AGGREGATED = (TRAIN_LOSS, SCORE, SCORE_GLOBAL, SCORE_SITE, UPDATE_NORM, SECONDS)
+
+
+# ---------------------------------------------------------------- site -> coordinator: report
+class ReportKey:
+    """Plain keys of a reply's REPORT record."""
+
+    SITE = "site"              # the site's name
+    TASKS = "tasks"            # its task names, in order
+    PRIMARY = "primary"        # each task's primary metric, same order
+    DEVICE = "device"
+    ENCODER = "encoder"
+    KEPT = "kept"              # "finetuned" or "probe": what the round's training kept
+    SITE_MODEL = "site_model"  # "federated" or "baseline": the model the site serves
+
+
+class Section:
+    """Groups of per-task metrics in a REPORT, flattened as ``section/task/metric``."""
+
+    VAL = "val"            # validation metrics of the federated model after this round
+    PROBE = "probe"        # heads refitted on the received (global) encoder, frozen
+    BEFORE = "before"      # the stored heads on the received encoder, before training
+    SERVED = "served"      # the model the site serves (federated or baseline)
+    BASELINE = "baseline"  # the site's local-only baseline (frozen pretrained encoder)
+    TRAIN_LOSS = "train_loss"  # ``train_loss/task``: the task's mean training loss
+    SECONDS = "seconds"        # ``seconds/phase``: embed, head, encoder, eval, total, baseline
+
+    TASK_METRICS = (VAL, PROBE, BEFORE, SERVED, BASELINE)
+
+
+SEP = "/"
+
+
+def task_key(section: str, task: str, metric: str | None = None) -> str:
+    """``val/sentiment/macro_f1``; without ``metric``: ``train_loss/sentiment``."""
+    return SEP.join((section, task) if metric is None else (section, task, metric))
+
+
+def parse_task_key(key: str) -> tuple[str, str, str] | None:
+    """``val/sentiment/macro_f1`` -> (section, task, metric); None for any other key."""
+    parts = key.split(SEP, 2)
+    if len(parts) == 3 and parts[0] in Section.TASK_METRICS:
+        return parts[0], parts[1], parts[2]
+    return None
+
+
+def flatten_sections(sections: Mapping[str, Any]) -> dict[str, float]:
+    """{"val": {"t": {"f1": 0.5}}, "seconds": {"total": 3.0}} -> {"val/t/f1": 0.5, "seconds/total": 3.0}."""
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, inner in value.items():
+                walk(f"{prefix}{SEP}{key}" if prefix else str(key), inner)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[prefix] = float(value)
+
+    walk("", sections)
+    return out
+
+
+def report_value(report: Mapping[str, Any], section: str, task: str, metric: str | None = None) -> float | None:
+    value = report.get(task_key(section, task, metric))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def primary_metrics(report: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(task, primary metric) pairs of a site's report."""
+    yield from zip(report.get(ReportKey.TASKS, []), report.get(ReportKey.PRIMARY, []))

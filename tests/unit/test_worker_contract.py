@@ -1,0 +1,76 @@
+"""The site worker in-process: a real RecordDict in, the protocol's reply out (tiny encoder)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import RecordDict
+
+from fedtl.client.worker import SiteWorker, Timing
+from fedtl.shared.config import load_site_config
+from fedtl.shared.protocol import ARRAYS, CONFIG, METRICS, REPORT, ReportKey, RoundConfig, Section, SiteMetric, task_key
+from fedtl.shared.records import from_record, to_record
+from fedtl.shared.update_modes import UpdateMode, exchanged_names
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    from tests.conftest import make_site
+
+    path = make_site(tmp_path_factory.mktemp("site"), name="clinic", types=("classification", "regression"),
+                     n=80, head_epochs=5)
+    return SiteWorker(load_site_config(path), "tiny")
+
+
+def message(worker: SiteWorker, mode: str = "last:1", round_: int = 1, **overrides) -> RecordDict:
+    names = exchanged_names(worker.param_names, UpdateMode.parse(mode))
+    params = dict(worker.encoder.named_parameters())
+    arrays = {n: params[n].detach().numpy().copy() for n in names}
+    arrays.update(overrides)
+    config = RoundConfig(update_mode=mode, encoder="tiny", server_round=round_, max_steps=3)
+    return RecordDict({ARRAYS: to_record(arrays), CONFIG: config.to_record()})
+
+
+def test_train_replies_with_a_delta_of_exactly_the_sent_tensors_metrics_and_report(worker):
+    content = message(worker)
+    reply = worker.handle("train", content, Timing())
+    sent, delta = from_record(content[ARRAYS]), from_record(reply[ARRAYS])
+    assert sorted(delta) == sorted(sent)
+    assert all(delta[n].shape == sent[n].shape and delta[n].dtype == np.float32 for n in sent)
+    assert any(np.abs(d).max() > 0 for d in delta.values())  # the encoder part trained
+    metrics = reply[METRICS]
+    for key in (SiteMetric.NUM_EXAMPLES, SiteMetric.TRAIN_LOSS, SiteMetric.SCORE, SiteMetric.SCORE_SITE,
+                SiteMetric.UPDATE_NORM, SiteMetric.SECONDS):
+        assert key in metrics, key
+    assert metrics[SiteMetric.NUM_EXAMPLES] > 0
+    report = reply[REPORT]
+    assert report[ReportKey.SITE] == "clinic" and list(report[ReportKey.TASKS]) == ["label", "score"]
+    assert list(report[ReportKey.PRIMARY]) == ["macro_f1", "r2"]
+    assert task_key(Section.VAL, "label", "macro_f1") in report and task_key(Section.BASELINE, "score", "r2") in report
+    assert report[ReportKey.SITE_MODEL] in ("federated", "baseline")
+    # only encoder tensors leave: no head names, in any record
+    assert not [n for n in delta if not n.startswith("backbone.")]
+    assert set(reply.keys()) == {ARRAYS, METRICS, REPORT}
+
+
+def test_evaluate_replies_with_metrics_only(worker):
+    reply = worker.handle("evaluate", message(worker, round_=2), Timing())
+    assert ARRAYS not in reply.array_records
+    assert reply[METRICS][SiteMetric.NUM_EXAMPLES] > 0 and task_key(Section.VAL, "score", "r2") in reply[REPORT]
+
+
+def test_tensors_that_do_not_fit_the_update_mode_are_refused(worker):
+    names = exchanged_names(worker.param_names, UpdateMode.parse("last:1"))
+    with pytest.raises(ValueError, match="shape"):
+        worker.handle("train", message(worker, **{names[0]: np.zeros((1, 1), np.float32)}), Timing())
+    with pytest.raises(ValueError, match="do not fit update mode"):
+        worker.handle("train", message(worker, **{"backbone.extra": np.zeros(1, np.float32)}), Timing())
+
+
+def test_unknown_message_types_and_configs_without_the_protocol_keys_are_refused(worker):
+    with pytest.raises(ValueError, match="cannot handle message type"):
+        worker.handle("query", message(worker), Timing())
+    content = message(worker)
+    del content[CONFIG]["update-mode"]
+    with pytest.raises(ValueError, match="update-mode"):
+        worker.handle("train", content, Timing())
