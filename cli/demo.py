@@ -35,11 +35,16 @@ DEMO_DEFAULTS: dict[str, Any] = {
 
 
 def demo_federation(workdir: Path, n_sites: int, base: dict[str, Any], overrides: dict[str, Any]) -> Path:
-    """Write the demo's federation.yaml: loopback ports chosen now, state under workdir."""
+    """Write the demo's federation.yaml: loopback ports chosen now, state under workdir.
+
+    MLflow goes where ``MLFLOW_TRACKING_URI`` says, as everywhere in MLflow; else a SQLite
+    store in the workdir.
+    """
     config = {**DEMO_DEFAULTS, **base, **{k: v for k, v in overrides.items() if v is not None}}
     config["min_sites"] = n_sites
     mlflow = dict(config.get("mlflow") or {})
-    mlflow.setdefault("tracking_uri", f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
+    mlflow.setdefault("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI")
+                      or f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
     mlflow.setdefault("experiment", "fedtl-demo")
     config["mlflow"] = mlflow
     config["state_dir"] = str((workdir / "coordinator").resolve())
@@ -50,13 +55,41 @@ def demo_federation(workdir: Path, n_sites: int, base: dict[str, Any], overrides
     return path
 
 
-def _site_names(paths: list[Path]) -> list[str]:
-    from fedtl.shared.config import load_site_config
+def check_flags(base: dict[str, Any], source: str, encoder: str | None, update: str | None) -> None:
+    """Refuse bad --encoder / --update before anything starts, naming the flag (or the file) at fault."""
+    from fedtl.shared.encoder_specs import EncoderError, encoder_folder, encoder_layers
+    from fedtl.shared.update_modes import UpdateMode
 
-    names = [load_site_config(p).name for p in paths]
+    if update is not None:
+        try:
+            UpdateMode.parse(update)
+        except ValueError as exc:
+            fail(f"--update {update!r}: {exc}")
+    if encoder is not None:
+        try:
+            encoder_folder(encoder)
+        except EncoderError as exc:
+            fail(f"--encoder: {exc}")
+    spec = encoder or base.get("encoder") or DEMO_DEFAULTS["encoder"]
+    mode = UpdateMode.parse(update or base.get("update_mode") or DEMO_DEFAULTS["update_mode"])
+    if mode.kind == "last" and mode.layers > (layers := encoder_layers(spec)):
+        where = "--update" if update else (f"update_mode in {source}" if "update_mode" in base else "the default")
+        fail(f"{where} {mode} trains the last {mode.layers} layers, but encoder {spec!r} has {layers}; "
+             f"use last:1 to last:{layers} or full")
+
+
+def check_sites(paths: list[Path]) -> list[str]:
+    """Every site config and its data are valid and the names are unique; returns the names."""
+    from fedtl.shared.config import load_site_config
+    from fedtl.shared.data import load_site_tasks
+
+    configs = [load_site_config(p) for p in paths]
+    names = [c.name for c in configs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         fail(f"two site configs use the name {dupes[0]!r}; every site needs its own name")
+    for config in configs:  # data errors name file, row and column now, not in a site's log later
+        load_site_tasks(config.tasks, seed=config.training.seed)
     return names
 
 
@@ -84,23 +117,29 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
              encoder: str | None, update: str | None, json_out: Path | None) -> int:
     from fedtl.server.coordinator import Coordinator, CoordinatorError
     from fedtl.server.history import read_rounds
+    from fedtl.shared.data import DataError
+    from fedtl.shared.encoder_specs import EncoderError
     from fedtl.shared.examples import copy_examples
     from fedtl.shared.federation_config import load_federation_config
-    from fedtl.shared.yamlconfig import ConfigError, read_yaml
+    from fedtl.shared.yamlconfig import ConfigError, read_mapping
 
     started = time.monotonic()
     workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    if not sites:
-        sites = list(copy_examples(workdir).values())
-        console.print(f"bundled example sites copied to {workdir}")
-    try:
-        names = _site_names(sites)
-        base = read_yaml(federation)[0] or {} if federation else {}
+    try:  # everything cheap is checked before a file is written or a process started
+        base = dict(read_mapping(federation)[0]) if federation else {}
+        if federation:
+            load_federation_config(federation)  # the user's file on its own: errors name its lines
+        check_flags(base, str(federation), encoder, update)
+        names = check_sites(sites) if sites else []
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not sites:
+            sites = list(copy_examples(workdir).values())
+            names = check_sites(sites)
+            console.print(f"bundled example sites copied to {workdir}")
         fed_path = demo_federation(workdir, len(sites), base,
                                    {"rounds": rounds, "encoder": encoder, "update_mode": update})
         fed = load_federation_config(fed_path)
-    except ConfigError as exc:
+    except (ConfigError, DataError, EncoderError) as exc:
         fail(str(exc))
 
     threads = str(max(1, (os.cpu_count() or 1) // len(sites)))

@@ -70,16 +70,25 @@ def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path
 
 def run_site(config: Path, coordinator: str, insecure: bool, root_certificates: Path | None,
              encoder: str | None) -> int:
+    import socket
+
     from fedtl.client.head_store import HeadStoreError
     from fedtl.client.site_daemon import SiteDaemon, SuperNodeSettings
     from fedtl.shared.config import load_site_config
     from fedtl.shared.data import DataError
     from fedtl.shared.encoders import EncoderError
+    from fedtl.shared.federation_config import split_address
     from fedtl.shared.yamlconfig import ConfigError
 
-    host, _, port = coordinator.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        host, port = split_address(coordinator)
+    except ValueError:
         fail(f"--coordinator {coordinator!r}: expected HOST:PORT, e.g. coordinator.example.org:9092")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        fail(f"--coordinator {coordinator!r}: cannot resolve host {host!r} ({exc.strerror or exc}); "
+             "check the name, or use the coordinator's IP address")
     try:
         site_cfg = load_site_config(config)
         daemon = SiteDaemon(site_cfg, SuperNodeSettings(coordinator, insecure, root_certificates), encoder)

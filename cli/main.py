@@ -116,10 +116,11 @@ def site(
 
 @app.command()
 def demo(
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds (default 3).")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Federated rounds (default 3).")] = None,
     encoder: Annotated[str | None, typer.Option(help="minilm (default), tiny, or a Hugging Face model folder.")] = None,
     update: Annotated[str | None, typer.Option(help="Update mode: full, last:N (default last:2) or bias.")] = None,
-    site: Annotated[list[Path] | None, typer.Option("--site", help="A site.yaml; repeat for more sites. Default: the bundled examples.")] = None,
+    site: Annotated[list[Path] | None, typer.Option(
+        "--site", help="A site.yaml; repeat for more sites. Default: the bundled examples.")] = None,
     federation: Annotated[Path | None, typer.Option(help="A federation.yaml for the other settings.")] = None,
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps sites, state and logs.")] = Path("fedtl-demo"),
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON here ('-': stdout).")] = None,

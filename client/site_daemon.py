@@ -109,8 +109,14 @@ class SiteDaemon:
             ok = max(text.rfind("Connection successful"), text.rfind("SuperNode ID:"))
             failed = text.rfind("Connection attempt failed")
             if failed > ok:
+                if self._failing_since is None:  # say so on the console, once per outage
+                    line = text[failed:].splitlines()[0].strip()
+                    log.warning("site %s: cannot reach the coordinator at %s yet (%s); retrying",
+                                self.config.name, self.settings.coordinator, line[:160])
                 self._failing_since = self._failing_since or now
             elif ok >= 0:
+                if self._failing_since is not None:
+                    log.info("site %s: connected to the coordinator at %s", self.config.name, self.settings.coordinator)
                 self._failing_since = None
         if self._failing_since is None or now - self._failing_since < STUCK_AFTER:
             return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from fedtl.server.control import ControlError, FlowerControl, RunState
 from fedtl.server.flower_app import app_dir
-from fedtl.shared.federation_config import FederationConfig
+from fedtl.shared.federation_config import FederationConfig, split_address
 from fedtl.shared.processes import child_env, start, stop, tool, wait_for_port
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,16 @@ class TLSFiles:
     key: Path
 
 
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return (host.strip("[]") or "0.0.0.0"), int(port)
+def port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, no such address), or None if it can."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 class Coordinator:
@@ -68,8 +76,19 @@ class Coordinator:
     def _env(self) -> dict[str, str]:
         return child_env({"FLWR_HOME": str(self.flwr_home)})
 
+    def check_ports(self) -> None:
+        """Both SuperLink ports must be free before anything starts: say which one is not, and where it is set."""
+        s = self.fed.superlink
+        fleet_host, fleet_port = split_address(s.fleet_address)
+        for field, host, port in (("superlink.fleet_address", fleet_host, fleet_port),
+                                  ("superlink.control_port", s.control_host, s.control_port)):
+            if (why := port_taken(host, port)) is not None:
+                raise CoordinatorError(f"{self.config_path}: {field}: cannot listen on {host}:{port} ({why}); "
+                                       "another federation or program may use it: choose another port")
+
     def start_superlink(self, timeout: float = 60.0) -> None:
         s = self.fed.superlink
+        self.check_ports()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         cmd = [tool("flower-superlink"), "--fleet-api-address", s.fleet_address, "--host", s.control_host,
                "--port", str(s.control_port), "--disable-runtime-dependency-installation"]
@@ -81,7 +100,7 @@ class Coordinator:
         log_path = self.state_dir / "superlink.log"
         self.superlink = start(cmd, log_path, env=self._env(), die_with_parent=True)
         log.info("SuperLink (pid %d): sites connect to %s", self.superlink.pid, s.fleet_address)
-        fleet_host, fleet_port = _split_address(s.fleet_address)
+        fleet_host, fleet_port = split_address(s.fleet_address)
         probe = "127.0.0.1" if fleet_host in ("0.0.0.0", "::") else fleet_host
         try:
             wait_for_port(s.control_host, s.control_port, timeout, self.superlink, "flower-superlink", log_path)

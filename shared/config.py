@@ -30,6 +30,27 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
     return value if value.is_absolute() or base is None else (Path(base) / value)
 
 
+def resolve_state_dir(value: Path, info: ValidationInfo) -> Path:
+    """A state folder, relative to the config file; it may not exist yet, but must not be a file."""
+    path = _resolve(value, info)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file; state_dir must be a folder (it is created if missing)")
+    return path
+
+
+def resolve_encoder_spec(value: str, info: ValidationInfo) -> str:
+    """``minilm``, ``tiny``, or a model folder (relative to the config file)."""
+    if value in ("minilm", "tiny"):
+        return value
+    return str(_resolve(Path(value), info))
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 class TaskConfig(BaseModel):
     """One private task at a site: its data, columns, and how it is learned."""
 
@@ -117,7 +138,26 @@ class SiteConfig(BaseModel):
     @field_validator("state_dir")
     @classmethod
     def _resolve_state_dir(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+        return resolve_state_dir(value, info)
+
+    @field_validator("encoder")
+    @classmethod
+    def _resolve_encoder(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_encoder_spec(value, info)
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, value: str) -> str:
+        if value == "cuda" and not cuda_available():
+            raise ValueError("device 'cuda' needs a CUDA GPU, and none is visible here; use auto or cpu")
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _precision_fits_device(cls, value: str, info: ValidationInfo) -> str:
+        if value == "fp16" and (info.data.get("device") == "cpu" or not cuda_available()):
+            raise ValueError("precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32 (or auto)")
+        return value
 
     @field_validator("tasks")
     @classmethod

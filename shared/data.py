@@ -65,52 +65,88 @@ class TaskData:
 
 
 # ---------------------------------------------------------------- reading files
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Read a table into a list of row dicts (values as read: str for CSV, typed for JSON/Parquet)."""
+Row = tuple[int, dict[str, Any]]  # (row number people see in the file, cells)
+
+
+def read_rows(path: Path) -> list[Row]:
+    """Read a table into (row number, row dict) pairs; values as read (str for CSV, typed for JSON/Parquet).
+
+    Row numbers are what a person finds in the file: CSV data rows counting from 1 below
+    the header, JSONL lines, Parquet rows.
+    """
     path = Path(path)
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataError(path, f"unsupported file type '{path.suffix}'; use .csv, .tsv, .jsonl or .parquet")
+    if path.is_dir():
+        raise DataError(path, "is a folder; 'data:' needs a file (list several files to use many)")
     if not path.exists():
         raise DataError(path, "file not found")
     if path.stat().st_size == 0:
         raise DataError(path, "file is empty")
-    if kind in ("csv", "tsv"):
-        rows = _read_csv(path, "\t" if kind == "tsv" else ",")
-    elif kind == "jsonl":
-        rows = _read_jsonl(path)
-    else:
-        rows = _read_parquet(path)
+    try:
+        if kind in ("csv", "tsv"):
+            rows = _read_csv(path, "\t" if kind == "tsv" else ",")
+        elif kind == "jsonl":
+            rows = _read_jsonl(path)
+        else:
+            rows = _read_parquet(path)
+    except PermissionError:
+        raise DataError(path, "not readable (permission denied)") from None
     if not rows:
         raise DataError(path, "file has no data rows")
     return rows
 
 
-def _read_csv(path: Path, delimiter: str) -> list[dict[str, Any]]:
-    import csv
-
+def _decode(path: Path) -> str:
+    """The file as text; a byte that is not UTF-8 is reported with its line."""
+    data = path.read_bytes()
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh, delimiter=delimiter, strict=True)
-            rows = []
-            for i, row in enumerate(reader, start=1):
-                if None in row:  # more cells than header columns
-                    raise DataError(path, f"{len(row) - 1 + len(row[None])} cells but the header has "
-                                    f"{len(reader.fieldnames or [])} columns", row=i)
-                rows.append(row)
-            if reader.fieldnames is None:
-                raise DataError(path, "file has no header row")
-            return rows
+        return data.decode("utf-8-sig")  # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark
     except UnicodeDecodeError as exc:
-        raise DataError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(path, f"line {line} is not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
+
+
+def _read_csv(path: Path, delimiter: str) -> list[Row]:
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(_decode(path), newline=""), delimiter=delimiter, strict=True)
+    row, starts_on = 0, 1  # data row number, and the file line where the current record starts
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(path, "file has no header row")
+        for i, name in enumerate(header):
+            if name in header[:i]:
+                raise DataError(path, "the header row names this column twice; rename one of them", column=name)
+        rows = []
+        starts_on = reader.line_num + 1
+        for cells in reader:
+            row += 1
+            if cells:  # skip blank lines
+                if len(cells) > len(header):
+                    raise DataError(path, f"{len(cells)} cells but the header has {len(header)} columns", row=row)
+                rows.append((row, dict(zip(header, cells + [""] * (len(header) - len(cells))))))
+            starts_on = reader.line_num + 1
+        return rows
     except csv.Error as exc:
-        raise DataError(path, f"malformed CSV: {exc}") from None
+        unclosed = "end of data" in str(exc)
+        problem = "a quoted cell starts here and is never closed" if unclosed else f"{exc}; check the quotes"
+        raise DataError(path, f"malformed CSV on line {starts_on} of the file: {problem}",
+                        row=row + 1 if starts_on > 1 else None) from None
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path) -> list[Row]:
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start} of the line); "
+                                "save it as UTF-8", row=line_no) from None
             if not line.strip():
                 continue
             try:
@@ -119,17 +155,22 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 raise DataError(path, f"invalid JSON ({exc.msg}, column {exc.colno})", row=line_no) from None
             if not isinstance(obj, dict):
                 raise DataError(path, "each line must be a JSON object", row=line_no)
-            rows.append(obj)
+            rows.append((line_no, obj))
     return rows
 
 
-def _read_parquet(path: Path) -> list[dict[str, Any]]:
+def _read_parquet(path: Path) -> list[Row]:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise DataError(path, f"cannot read Parquet: {exc}") from None
+    names = table.column_names
+    for name in names:
+        if names.count(name) > 1:
+            raise DataError(path, "the file has this column twice; rename one", column=name)
+    return list(enumerate(table.to_pylist(), start=1))
 
 
 # ---------------------------------------------------------------- cell parsing
@@ -171,13 +212,25 @@ def _raw_target(row: dict[str, Any], task: TaskConfig, file: Path, row_no: int) 
     if task.type == TaskType.classification:
         if _is_missing(value):
             raise DataError(file, "label is empty", row=row_no, column=column)
-        return str(value).strip()
+        return _label(value, file, row_no, column)
     # multilabel: a list, or a separated string; empty means "no label applies"
     if _is_missing(value):
         return []
     if isinstance(value, (list, tuple)):
-        return [str(v).strip() for v in value if str(v).strip()]
+        return [_label(v, file, row_no, column) for v in value if not _is_missing(v)]
     return [p.strip() for p in str(value).split(task.label_separator) if p.strip()]
+
+
+def _label(value: Any, file: Path, row_no: int, column: str) -> str:
+    """A class label as text. Numbers in JSON or Parquet name the same class however written (1, 1.0)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (dict, list)):
+        raise DataError(file, f"a label must be text or a number, got {type(value).__name__}", row=row_no,
+                        column=column)
+    return str(value).strip()
 
 
 @dataclass
@@ -190,7 +243,7 @@ class _Raw:
 def _read_task_files(task: TaskConfig, files: list[Path]) -> _Raw:
     raw = _Raw([], [], [])
     for file in files:
-        for row_no, row in enumerate(read_rows(file), start=1):
+        for row_no, row in read_rows(file):
             raw.texts.append(_text(row, task, file, row_no))
             raw.targets.append(_raw_target(row, task, file, row_no))
             raw.origin.append((str(file), row_no))
@@ -285,6 +338,11 @@ def load_task_data(task: TaskConfig, seed: int = 0,
         labels = list(task.labels) if task.labels else sorted({t for ts in train_raw.targets for t in ts})
         if not labels:
             raise DataError(task.data[0], "no labels at all in the training data", column=task.target_column)
+        everywhere = [label for label in labels if all(label in ts for ts in train_raw.targets)]
+        if everywhere:
+            raise DataError(task.data[0], f"label {everywhere[0]!r} is on every training row, so there is "
+                            "nothing to learn about it; drop it from the data or give rows without it",
+                            column=task.target_column)
 
     train_y = _encode(task, train_raw, labels, "training")
     val_y = _encode(task, val_raw, labels, "validation")

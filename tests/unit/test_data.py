@@ -153,3 +153,17 @@ def test_tasks_over_the_same_file_share_one_split(tmp_path):
     assert not set(a.val.texts) & set(b.train.texts)
     alone = load_task_data(reg, seed=5)  # on its own, the regression task splits differently
     assert alone.val.texts != b.val.texts
+
+
+def test_numeric_labels_name_one_class_however_written(tmp_path):
+    rows = [{"text": f"t {i}", "label": [1, 1.0, 2, 2.0][i % 4]} for i in range(40)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_task_data(task(tmp_path, data="d.jsonl"))
+    assert data.labels == ["1", "2"]
+
+
+def test_excel_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    path = write_csv(tmp_path / "data.csv", synthetic_rows(20))
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # Excel's "CSV UTF-8"
+    data = load_task_data(task(tmp_path))
+    assert len(data.train) + len(data.val) == 20 and set(data.labels) == {"good", "bad"}
