@@ -261,6 +261,7 @@ class FederationRun:
             "strategy_settings": strategy_settings(fed), "tensors": len(global_arrays),
             "encoder_parameters": int(sum(a.size for a in global_arrays.values())),
             "initial_digest": digest(global_arrays),
+            "resumed_strategy_digest": digest(point.strategy) if point is not None else None,
         })
         if point is not None and point.record:
             self._emit("round", point.record)  # observers that missed it (a crash right after the save)

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from fedtl.shared.processes import child_env
 from tests.conftest import make_site
 from tests.integration.harness import fedtl_cmd, pids_matching
 
@@ -21,10 +22,12 @@ def test_demo_with_user_sites_runs_and_cleans_up(tmp_path):
     c = make_site(tmp_path / "c", name="gamma", types=("classification",), seed=2)
     workdir = tmp_path / "work"
     summary = tmp_path / "summary.json"
+    store = f"sqlite:///{tmp_path / 'elsewhere' / 'tracking.db'}"  # MLflow's convention: the env var wins
+    (tmp_path / "elsewhere").mkdir()
     proc = subprocess.run(
         fedtl_cmd("demo", "--encoder", "tiny", "--rounds", "2", "--site", str(a), "--site", str(b),
                   "--site", str(c), "--workdir", str(workdir), "--json", str(summary)),
-        capture_output=True, text=True, timeout=500, cwd=tmp_path,
+        capture_output=True, text=True, timeout=500, cwd=tmp_path, env=child_env({"MLFLOW_TRACKING_URI": store}),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(summary.read_text())
@@ -36,7 +39,8 @@ def test_demo_with_user_sites_runs_and_cleans_up(tmp_path):
     assert data["sites"]["alpha"]["site_keeps"] in ("federated", "baseline")
     assert [r["round"] for r in data["rounds"]] == [1, 2]
     assert all(r["bytes_down"] > 0 and r["accepted"] == 3 for r in data["rounds"])
-    _check_mlflow_store(f"sqlite:///{workdir / 'mlflow.db'}")
+    _check_mlflow_store(store)
+    assert not (workdir / "mlflow.db").exists()
     assert not pids_matching(str(workdir)), "the demo left processes running"
 
 

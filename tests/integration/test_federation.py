@@ -189,6 +189,9 @@ def test_mlflow_run_holds_every_round_artifacts_and_a_registered_model(finished)
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["fedtl.status"] == "completed"
+    # MLflow's UI opens the model-training views for this experiment, and the run says what it is
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.info.run_name.startswith("test 20")  # federation name + start time
     assert run.data.params["encoder"] == "tiny" and run.data.params["strategy.name"] == "fedavg"
     assert "version.flwr" in run.data.params and run.data.tags["fedtl.sites"] == "site_a,site_b"
     steps = lambda key: [m.step for m in client.get_metric_history(run.info.run_id, key)]  # noqa: E731
@@ -320,3 +323,44 @@ def test_federation_over_tls_with_dev_certificates(tmp_path):
     fed.run_to_completion("secure")
     assert fed.rounds()[0]["accepted"] == 1
     assert "--insecure" not in " ".join(fed.procs["secure"].args)
+
+
+def test_resume_after_sigkill_mid_round_logs_every_round_once_with_the_saved_moments(tmp_path):
+    """SIGKILL the coordinator during round 3 of 4, resume: same MLflow run, steps 1..4 once each,
+    and FedAdam's moments are those saved with round 2."""
+    from mlflow import MlflowClient
+
+    from fedtl.server.resume import load_resume_point
+    from fedtl.shared.records import digest
+
+    fed = Federation(tmp_path)
+    fed.add_site("solo", types=("classification",))
+    fed.write_config(rounds=4, min_sites=1, final_evaluate=False, strategy={"name": "fedadam", "eta": 0.001})
+    release = tmp_path / "release-round-3"
+    try:
+        fed.start_site("solo", env={"FEDTL_INJECT_FAULT": f"hold:3:{release}"})
+        coordinator = fed.start_coordinator()
+        fed.wait_for_log(fed.root / "solo.log", "holding round 3", timeout=300)  # mid-round 3
+        members = tree(coordinator.pid)
+        os.kill(coordinator.pid, signal.SIGKILL)  # a crash: no clean shutdown of anything
+        coordinator.wait(timeout=10)
+        wait_until(lambda: not [p for p, t in members.items() if alive(p, t)], 30,
+                   "the killed coordinator's SuperLink and ServerApp did not go away")
+        saved = load_resume_point(fed.state_dir)
+        assert saved.round == 2 and any(k.startswith("v_t/") for k in saved.strategy)
+        run_id = json.loads((fed.state_dir / "mlflow_run.json").read_text())["run_id"]
+        release.touch()
+        fed.start_coordinator("--resume")
+        assert fed.wait_coordinator(400) == 0, fed.log("coordinator")
+    finally:
+        fed.stop_all()
+    status = json.loads((fed.state_dir / "status.json").read_text())
+    assert status["info"]["start_round"] == 3 and status["info"]["resumed_strategy_digest"] == digest(saved.strategy)
+    assert [r["round"] for r in fed.rounds()] == [1, 2, 3, 4]
+    client = MlflowClient(fed.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    for key in ("federation/round_seconds", "federation/bytes_up", "site/solo/label/val_macro_f1",
+                "site/solo/update_norm"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3, 4], key
+    assert [m.step for m in client.get_metric_history(run_id, "site/solo/label/baseline_macro_f1")] == [1]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -79,7 +78,7 @@ def test_mlflow_ui_shows_the_federation_run_and_its_round_charts(tmp_path):
         wait.until(EC.url_contains(run.info.run_id))
         browser.get(f"{base}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}/model-metrics")
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .trace")))
-        time.sleep(2)  # let the charts finish drawing before the screenshot
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .trace")) >= 2)
         page = browser.page_source
         assert "federation/round_seconds" in page or "round_seconds" in page
         shot = tmp_path / "round-metrics.png"
