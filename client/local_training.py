@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from rich.progress import Progress
 from safetensors.torch import load_file, save
 
@@ -35,11 +36,18 @@ def load_site_data(config: SiteConfig) -> list[TaskData]:
     return load_site_tasks(config.tasks, seed=config.training.seed)
 
 
-def prepare_tasks(datas: list[TaskData], encoder: TextEncoder, store: HeadStore | None, max_length: int) -> list[PreparedTask]:
-    """Tokenise each task and attach its head: the stored one when compatible, else a new one."""
+def prepare_tasks(datas: list[TaskData], encoder: TextEncoder, store: HeadStore | None, max_length: int,
+                  seed: int = 0) -> list[PreparedTask]:
+    """Tokenise each task and attach its head: the stored one when compatible, else a new one.
+
+    New heads start from ``seed`` (not from wherever the global random state happens to be),
+    so a run is reproducible.
+    """
     tasks = []
-    for data in datas:
-        task = prepare_task(data, encoder, max_length)
+    for i, data in enumerate(datas):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed * 1000 + i)
+            task = prepare_task(data, encoder, max_length)
         stored = store.load(data.task.name) if store is not None else None
         if stored is not None:
             spec, state, _ = stored
@@ -95,7 +103,8 @@ def train_local(
     if resumed:
         encoder.backbone.load_state_dict(load_file(encoder_file))
         log.info("continuing from the locally fine-tuned encoder in %s", encoder_file)
-    tasks = prepare_tasks(datas, encoder, None if fresh else store, config.training.max_length)
+    tasks = prepare_tasks(datas, encoder, None if fresh else store, config.training.max_length,
+                          config.training.seed)
 
     trainer = LocalTrainer(
         encoder, tasks, config.training, device, resolve_precision(device, config.precision), progress

@@ -23,6 +23,7 @@ import torch
 from rich.progress import Progress
 
 from fedtl.client.loss_weighting import LossWeighting
+from fedtl.client.prefix_cache import PrefixCache
 from fedtl.shared.config import TrainingConfig
 from fedtl.shared.data import TaskData
 from fedtl.shared.encoders import TextEncoder
@@ -144,6 +145,9 @@ class LocalTrainer:
         encoder_trainable: Callable[[str], bool] = lambda name: True,
         weighting: LossWeighting | None = None,
         proximal_mu: float = 0.0,
+        frozen_layers: int = 0,
+        prefix_cache: PrefixCache | None = None,
+        anchor: dict[str, torch.Tensor] | None = None,
     ):
         self.encoder = encoder.to(device)
         self.tasks = tasks
@@ -153,7 +157,13 @@ class LocalTrainer:
         self.autocast_dtype = autocast_dtype
         self.progress = progress
         self.encoder_trainable = encoder_trainable
-        self.proximal_mu = proximal_mu  # FedProx: mu/2 * ||w - w_global||^2 on the trained encoder part
+        self.proximal_mu = proximal_mu  # FedProx, Ditto: mu/2 * ||w - anchor||^2 on the trained encoder part
+        self.anchor = anchor  # default: the encoder's weights when training starts (FedProx)
+        # last:N: embeddings and the first layers are a frozen prefix (no gradient, no dropout),
+        # and with a cache their outputs are computed once per prefix, not every pass
+        self.frozen_layers = frozen_layers if encoder.can_split(frozen_layers) else 0
+        self.prefix_cache = prefix_cache
+        self.cached = False
         self.finetuned_encoder: dict[str, torch.Tensor] = {}  # trained tensors, even if keep-best restored
         for task in tasks:
             task.head.to(device)
@@ -183,24 +193,47 @@ class LocalTrainer:
         y = (task.data.train if split == "train" else task.data.val).targets
         return torch.as_tensor(y if index is None else y[index]).to(self.device)
 
+    @staticmethod
+    def _seqs(group: list[PreparedTask], split: str) -> list[list[int]]:
+        return group[0].train_ids if split == "train" else group[0].val_ids
+
+    @staticmethod
+    def _cache_name(group: list[PreparedTask], split: str) -> str:
+        return f"{group[0].name}/{split}"
+
+    def _prepare_cache(self) -> None:
+        self.cached = self.prefix_cache is not None and self.prefix_cache.prepare(
+            self.encoder, self.frozen_layers,
+            {self._cache_name(g, split): self._seqs(g, split) for g in self.groups for split in ("train", "val")},
+            self.device)
+
+    def _forward(self, group: list[PreparedTask], split: str, index: list[int]) -> torch.Tensor:
+        """Pooled features of texts ``index`` of a group's split (cached prefix when there is one)."""
+        if self.cached:
+            states, mask = self.prefix_cache.batch(self._cache_name(group, split), index)
+            return self.encoder.suffix(states, mask, self.frozen_layers)
+        seqs = self._seqs(group, split)
+        ids, mask = pad_batch([seqs[i] for i in index], self.encoder.pad_token_id, self.device)
+        return self.encoder(ids, mask, frozen_layers=self.frozen_layers)
+
     @torch.no_grad()
-    def embed(self, seqs: list[list[int]]) -> torch.Tensor:
-        """Pooled encoder features of token sequences (in their original order), in fp32."""
+    def embed(self, group: list[PreparedTask], split: str) -> torch.Tensor:
+        """Pooled encoder features of a group's split (in its original order), in fp32."""
         self.encoder.eval()
+        seqs = self._seqs(group, split)
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths pad less
         out = torch.empty((len(seqs), self.encoder.hidden_size), device=self.device)
         for start in range(0, len(order), EMBED_BATCH):
             chunk = order[start : start + EMBED_BATCH]
-            ids, mask = pad_batch([seqs[i] for i in chunk], self.encoder.pad_token_id, self.device)
             with self._autocast():
-                out[chunk] = self.encoder(ids, mask).float()
+                out[chunk] = self._forward(group, split, chunk).float()
         return out
 
     def features(self, split: str) -> dict[str, torch.Tensor]:
         """Pooled features of every task's split, computed once per group of shared inputs."""
         out = {}
         for group in self.groups:
-            feats = self.embed(group[0].train_ids if split == "train" else group[0].val_ids)
+            feats = self.embed(group, split)
             out.update({t.name: feats for t in group})
         return out
 
@@ -259,12 +292,12 @@ class LocalTrainer:
             for start in range(0, n, bs):
                 yield order[start : start + bs]
 
-    def encoder_parameters(self) -> list[torch.nn.Parameter]:
-        params = []
+    def encoder_parameters(self) -> dict[str, torch.nn.Parameter]:
+        params = {}
         for name, param in self.encoder.named_parameters():
             param.requires_grad_(self.encoder_trainable(name))
             if param.requires_grad:
-                params.append(param)
+                params[name] = param
         return params
 
     def train_encoder(self) -> tuple[dict[str, float], int]:
@@ -275,8 +308,12 @@ class LocalTrainer:
             total_steps = min(total_steps, cfg.max_steps)
         if total_steps == 0:
             return {}, 0
-        enc_params = self.encoder_parameters()
-        anchors = [p.detach().clone() for p in enc_params] if self.proximal_mu > 0 else []
+        named = self.encoder_parameters()
+        enc_params = list(named.values())
+        anchors = []
+        if self.proximal_mu > 0:
+            anchors = [(self.anchor[n].to(p.device) if self.anchor is not None else p.detach().clone())
+                       for n, p in named.items()]
         head_params = [p for t in self.tasks for p in t.head.parameters()] + [
             p for p in self.weighting.parameters() if p.requires_grad
         ]
@@ -298,9 +335,8 @@ class LocalTrainer:
             losses = {}
             for group, stream in zip(self.groups, streams):  # one batch per group: one forward, all its heads
                 idx = next(stream)
-                ids, mask = pad_batch([group[0].train_ids[i] for i in idx], self.encoder.pad_token_id, self.device)
                 with self._autocast():
-                    feats = self.encoder(ids, mask)
+                    feats = self._forward(group, "train", idx)
                     outputs = {task.name: task.head(feats) for task in group}
                 for task in group:
                     losses[task.name] = task.spec.loss(outputs[task.name], self._targets(task, "train", idx))
@@ -347,6 +383,9 @@ class LocalTrainer:
         torch.manual_seed(cfg.seed)
         seconds, steps, metrics = {}, {}, {}
 
+        t0 = time.perf_counter()
+        self._prepare_cache()
+        seconds["prefix_cache"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         train_feats = self.features("train")
         val_feats = self.features("val")

@@ -28,13 +28,16 @@ import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+from safetensors.numpy import save as save_arrays
 
 from fedtl.client import faults
+from fedtl.client.ditto import Ditto
 from fedtl.client.head_store import HeadStore
 from fedtl.client.local_training import load_site_data, prepare_tasks
 from fedtl.client.loss_weighting import LossWeighting
+from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
 from fedtl.client.trainer import LocalTrainer, PreparedTask, mean_primary, resolve_device, resolve_precision
-from fedtl.shared.atomic import write_json_atomic
+from fedtl.shared.atomic import write_bytes_atomic, write_json_atomic
 from fedtl.shared.config import SiteConfig
 from fedtl.shared.encoders import load_encoder
 from fedtl.shared.protocol import (
@@ -78,6 +81,8 @@ class SiteWorker:
         self.device = resolve_device(config.device)
         self.autocast = resolve_precision(self.device, config.precision)
         self.datas = load_site_data(config)
+        self.prefix_cache = PrefixCache(config.training.prefix_cache_mb * 2**20)
+        self._frozen = 0  # frozen prefix layers of this round's update mode
         self.lock = threading.Lock()
         self.rounds_done = 0
         self.baseline: dict[str, dict[str, float]] | None = self._read_json(self.root / "baseline.json")
@@ -96,13 +101,15 @@ class SiteWorker:
         self.encoder_spec, self.encoder_seed = spec, seed
         self.param_names = [n for n, _ in self.encoder.named_parameters()]
         self.tasks: list[PreparedTask] = prepare_tasks(
-            self.datas, self.encoder, self.store, self.config.training.max_length
+            self.datas, self.encoder, self.store, self.config.training.max_length, self.config.training.seed
         )
         self.weighting = LossWeighting(
             [t.name for t in self.tasks],
             {t.name: t.data.task.loss_weight for t in self.tasks},
             learned=self.config.training.loss_weighting == "uncertainty",
         )
+        self.ditto = Ditto(self.root / "personal", self.encoder,
+                           lambda tasks, training, **kw: self._trainer(tasks, training, self._frozen, **kw))
         log.info("site %s: encoder %s ready on %s in %.1fs", self.config.name, spec, self.device,
                  time.perf_counter() - t0)
 
@@ -156,14 +163,21 @@ class SiteWorker:
             updates["max_steps"] = config.max_steps
         return self.config.training.model_copy(update=updates)
 
-    def _probe(self, training) -> tuple[dict[str, dict[str, float]], list[PreparedTask]]:
+    def _trainer(self, tasks: list[PreparedTask], training, frozen_layers: int, **kwargs) -> LocalTrainer:
+        return LocalTrainer(self.encoder, tasks, training, self.device, self.autocast, frozen_layers=frozen_layers,
+                            prefix_cache=self.prefix_cache, **kwargs)
+
+    def _probe(self, training, frozen_layers: int = 0) -> tuple[dict[str, dict[str, float]], list[PreparedTask]]:
         """Heads fitted on frozen features of the current encoder, on copies of the heads."""
         copies = [replace(t, head=copy.deepcopy(t.head)) for t in self.tasks]
         cfg = training.model_copy(update={"encoder_epochs": 0})
-        result = LocalTrainer(self.encoder, copies, cfg, self.device, self.autocast).fit()
+        result = self._trainer(copies, cfg, frozen_layers).fit()
         return result.metrics["probe"], copies
 
-    def _ensure_baseline(self, training) -> dict[str, dict[str, float]]:
+    def _frozen_layers(self, mode: UpdateMode) -> int:
+        return frozen_prefix_layers(self.encoder, set(exchanged_names(self.param_names, mode)))
+
+    def _ensure_baseline(self, training, frozen_layers: int = 0) -> dict[str, dict[str, float]]:
         """Local-only baseline: heads fitted on the frozen *pretrained* encoder, once per site.
 
         Its heads are kept under ``baseline/``: if the federation ever serves this site worse
@@ -171,7 +185,7 @@ class SiteWorker:
         """
         if self.baseline is None:
             t0 = time.perf_counter()
-            self.baseline, heads = self._probe(training)
+            self.baseline, heads = self._probe(training, frozen_layers)
             store = HeadStore(self.root / "baseline")
             for task in heads:
                 store.save(task.spec, task.head.state_dict(), {"metrics": self.baseline[task.name],
@@ -186,9 +200,10 @@ class SiteWorker:
         round_ = config.server_round
         training = self._training_config(config)
         self._ensure_encoder(config)
+        frozen = self._frozen = self._frozen_layers(UpdateMode.parse(config.update_mode))
         baseline_seconds = 0.0
         if self.baseline is None and self.rounds_done == 0:
-            self._ensure_baseline(training)  # the encoder is still the pretrained one here
+            self._ensure_baseline(training, frozen)  # the encoder is still the pretrained one here
             baseline_seconds = time.time() - handled_at
         mode, global_arrays = self._apply_global(config, content)
         names = set(global_arrays)
@@ -196,34 +211,40 @@ class SiteWorker:
         faults.hold_before_training(round_)
 
         start = time.time()
-        trainer = LocalTrainer(
-            self.encoder, self.tasks, training, self.device, self.autocast,
-            encoder_trainable=names.__contains__, weighting=self.weighting,
-            proximal_mu=config.proximal_mu,
-        )
+        trainer = self._trainer(self.tasks, training, frozen, encoder_trainable=names.__contains__,
+                                weighting=self.weighting, proximal_mu=config.proximal_mu)
         result = trainer.fit()
-        site_model, site_metrics = self._choose_site_model(result.final, round_)
         trained = trainer.finetuned_encoder or dict(self.encoder.named_parameters())
         delta = {n: trained[n].detach().float().cpu().numpy() - global_arrays[n] for n in sorted(names)}
         faults.poison_update(delta)
+        params = dict(self.encoder.named_parameters())  # the shared path's kept model, as the site serves it
+        write_bytes_atomic(self.root / "encoder.safetensors",
+                           save_arrays({n: params[n].detach().float().cpu().numpy() for n in sorted(names)}))
+        served, personal = result, None
+        if config.personalization == "ditto":
+            lam = config.ditto_lambda if config.ditto_lambda is not None else 0.0
+            served = personal = self.ditto.round(self.tasks, training, names, global_arrays, lam)
+        site_model, site_metrics = self._choose_site_model(served.final, round_, personal is not None)
 
         for task in self.tasks:
             self.store.save(task.spec, task.head.state_dict(),
                             {"round": round_, "metrics": result.final[task.name], "mode": "federated"})
         self.rounds_done += 1
         seconds = dict(result.seconds, total=time.time() - start, baseline=baseline_seconds)
+        if personal is not None:
+            seconds["personal"] = sum(personal.seconds.values())
         startup = handled_at - timing.process_started_at if timing.process_started_at else float("nan")
         norm = l2_norm(delta)
         self._append_history({
             "round": round_, "run_id": config.run_id, "received": digest(global_arrays),
             "sent": digest(delta), "heads": self._heads_digest(), "kept": result.kept, "update_norm": norm,
-            "metrics": result.final, "seconds": seconds, "startup_seconds": startup,
+            "metrics": served.final, "seconds": seconds, "startup_seconds": startup,
         })
 
         metrics = MetricRecord({
             SiteMetric.NUM_EXAMPLES: result.num_examples,
             SiteMetric.TRAIN_LOSS: float(np.mean(list(result.train_loss.values()))),
-            SiteMetric.SCORE: mean_primary(result.final, self.tasks),
+            SiteMetric.SCORE: mean_primary(served.final, self.tasks),
             SiteMetric.SCORE_GLOBAL: mean_primary(result.metrics["probe"], self.tasks),
             SiteMetric.SCORE_SITE: mean_primary(site_metrics, self.tasks),
             SiteMetric.UPDATE_NORM: norm,
@@ -231,32 +252,38 @@ class SiteWorker:
             SiteMetric.STARTUP_SECONDS: startup if np.isfinite(startup) else -1.0,
         })
         report = self._report(result.kept, {
-            Section.VAL: result.final, Section.PROBE: result.metrics["probe"],
+            Section.VAL: served.final, Section.SHARED: result.final, Section.PROBE: result.metrics["probe"],
             Section.BEFORE: result.metrics["before"], Section.SERVED: site_metrics,
             Section.BASELINE: self.baseline or {}, Section.TRAIN_LOSS: result.train_loss, Section.SECONDS: seconds,
         })
         report[ReportKey.SITE_MODEL] = site_model
         return RecordDict({ARRAYS: to_record(delta), METRICS: metrics, REPORT: report})
 
-    def _choose_site_model(self, federated: dict[str, dict[str, float]], round_: int):
-        """The model this site should serve: the federated one, unless its baseline validates better."""
+    def _choose_site_model(self, federated: dict[str, dict[str, float]], round_: int, personal: bool = False):
+        """The model this site should serve: the federated one, unless its baseline validates better.
+
+        site_model.json says where it is: the pretrained encoder with the baseline heads, or the
+        encoder's trained tensors (``encoder.safetensors``, over the global encoder) with their heads.
+        """
         chosen, metrics = "federated", federated
         if self.baseline is not None and mean_primary(self.baseline, self.tasks) > mean_primary(federated, self.tasks):
             chosen, metrics = "baseline", self.baseline
-        write_json_atomic(self.root / "site_model.json", {
-            "model": chosen, "round": round_, "metrics": metrics,
-            "heads": str(self.root / ("baseline" if chosen == "baseline" else "heads")),
-            "encoder": "pretrained " + self.encoder_spec if chosen == "baseline" else "global encoder of this round",
-        })
+        folder = self.ditto.root if personal else self.root
+        entry = {"model": chosen, "round": round_, "metrics": metrics, "personalized": personal,
+                 "heads": str(folder / "heads"), "encoder_tensors": str(folder / "encoder.safetensors"),
+                 "encoder": f"{self.encoder_spec} with encoder_tensors over it"}
+        if chosen == "baseline":
+            entry.update(heads=str(self.root / "baseline"), encoder_tensors=None, encoder=f"pretrained {self.encoder_spec}")
+        write_json_atomic(self.root / "site_model.json", entry)
         return chosen, metrics
 
     def evaluate(self, content: RecordDict) -> RecordDict:
         """Score the global encoder here: heads refitted on its frozen features (copies)."""
         config = RoundConfig.from_record(content[CONFIG])
         training = self._training_config(config)
-        self._apply_global(config, content)
+        mode, _ = self._apply_global(config, content)
         start = time.time()
-        metrics, _ = self._probe(training)
+        metrics, _ = self._probe(training, self._frozen_layers(mode))
         num_val = sum(len(t.val_ids) for t in self.tasks)
         record = MetricRecord({
             SiteMetric.NUM_EXAMPLES: num_val,

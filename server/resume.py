@@ -2,9 +2,10 @@
 
 After every round the coordinator writes ``state_dir/resume/round-NNNN/``: the exchanged
 global tensors (``global.safetensors``), the strategy's state (FedAdam/FedYogi/FedAdagrad
-moments, FedAvgM's momentum: ``strategy.safetensors``) and the round's record
-(``round.json``), then points ``resume/latest.json`` at it. The folder appears by one
-rename and the pointer by one atomic write, so a reader sees a whole round or the one before.
+moments, FedAvgM's momentum: ``strategy.safetensors``), each site's own model under
+``similarity`` (``site_models.safetensors``) and the round's record (``round.json``), then
+points ``resume/latest.json`` at it. The folder appears by one rename and the pointer by one
+atomic write, so a reader sees a whole round or the one before.
 
 Hugging Face checkpoints (``checkpoints/``) are for people and MLflow; this is for ``--resume``.
 """
@@ -35,6 +36,7 @@ class ResumePoint:
     arrays: dict[str, np.ndarray]
     strategy: dict[str, np.ndarray] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
+    site_models: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # similarity: per-site models
 
 
 def strategy_state(strategy: object) -> dict[str, np.ndarray]:
@@ -69,6 +71,8 @@ def save_resume_point(state_dir: Path, point: ResumePoint) -> Path:
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in point.arrays.items()}, str(tmp / "global.safetensors"))
         save_file(point.strategy or {}, str(tmp / "strategy.safetensors"))
+        save_file({f"{site}/{name}": np.ascontiguousarray(v) for site, arrays in point.site_models.items()
+                   for name, v in arrays.items()}, str(tmp / "site_models.safetensors"))
         (tmp / "round.json").write_text(json.dumps(point.record, sort_keys=True, default=float))
         if final.exists():
             shutil.rmtree(final)
@@ -88,9 +92,15 @@ def load_resume_point(state_dir: Path) -> ResumePoint | None:
         return None
     info = json.loads(pointer.read_text())
     folder = state_dir / "resume" / info["path"]
+    site_models: dict[str, dict[str, np.ndarray]] = {}
+    if (folder / "site_models.safetensors").exists():
+        for key, value in load_file(str(folder / "site_models.safetensors")).items():
+            site, name = key.split("/", 1)
+            site_models.setdefault(site, {})[name] = value
     return ResumePoint(
         round=int(info["round"]),
         arrays=load_file(str(folder / "global.safetensors")),
         strategy=load_file(str(folder / "strategy.safetensors")),
         record=json.loads((folder / "round.json").read_text()),
+        site_models=site_models,
     )

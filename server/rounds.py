@@ -25,17 +25,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedtl.server.checkpoints import latest_checkpoint, load_checkpoint_into, save_checkpoint
 from fedtl.server.resume import ResumePoint, load_resume_point, restore_strategy, save_resume_point, strategy_state
+from fedtl.server.similarity import cosine_matrix, mix, mixing_weights
 from fedtl.server.strategies import build_strategy, strategy_settings
 from fedtl.server.validation import Verdict, check_update, site_name
 from fedtl.server.wire_log import WireLog
 from fedtl.shared.encoders import TextEncoder, load_encoder
 from fedtl.shared.federation_config import FederationConfig
-from fedtl.shared.protocol import ARRAYS, METRICS, REPORT, RoundConfig
+from fedtl.shared.protocol import ARRAYS, METRICS, REPORT, RoundConfig, SiteMetric
 from fedtl.shared.records import digest, from_record, record_nbytes, to_record
 from fedtl.shared.update_modes import exchanged_names
 
@@ -62,21 +63,6 @@ def _report(msg: Message) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, list) else v) for k, v in msg.content[REPORT].items()}
 
 
-def cosine_matrix(deltas: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
-    """Pairwise cosine similarity of the sites' updates: which tasks pull the encoder apart."""
-    sites = sorted(deltas)
-    norms = {s: np.sqrt(sum(float(np.square(a, dtype=np.float64).sum()) for a in deltas[s].values())) for s in sites}
-    out: dict[str, dict[str, float]] = {s: {} for s in sites}
-    for i, a in enumerate(sites):
-        out[a][a] = 1.0
-        for b in sites[i + 1:]:
-            dot = sum(float(np.dot(deltas[a][n].ravel().astype(np.float64), deltas[b][n].ravel()))
-                      for n in deltas[a])
-            cos = dot / (norms[a] * norms[b]) if norms[a] > 0 and norms[b] > 0 else 0.0
-            out[a][b] = out[b][a] = cos
-    return out
-
-
 def wait_for_sites(grid: Grid, count: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < count:
@@ -90,10 +76,11 @@ def wait_for_sites(grid: Grid, count: int, timeout: float) -> list[int]:
 # ---------------------------------------------------------------- one round, step by step
 @dataclass
 class Exchange:
-    """What went out and what came back in one round."""
+    """What went out and what came back in one round. ``bases[node]``: the tensors that node got."""
 
     sent: list[Message]
     replies: list[Message]
+    bases: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def sampled(self) -> set[int]:
@@ -138,6 +125,7 @@ class RoundResult:
     metrics: dict[str, float]
     sites: dict[str, dict[str, Any]]
     update_cosine: dict[str, dict[str, float]] = field(default_factory=dict)
+    mixing: dict[str, dict[str, float]] = field(default_factory=dict)
     checkpoint: str | None = None
     evaluate: dict[str, Any] | None = None
 
@@ -161,6 +149,8 @@ class RoundResult:
             "update_cosine": self.update_cosine,
             "sites": self.sites,
         }
+        if self.mixing:
+            out["mixing"] = self.mixing
         if self.checkpoint is not None:
             out["checkpoint"] = self.checkpoint
         if self.evaluate is not None:
@@ -169,15 +159,22 @@ class RoundResult:
 
 
 def exchange(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: RoundConfig,
-             timeout: float, wire: WireLog, evaluate: bool = False) -> Exchange:
+             timeout: float, wire: WireLog, evaluate: bool = False,
+             personal: dict[int, dict[str, np.ndarray]] | None = None) -> Exchange:
+    """Sample, send, receive. ``personal[node]``: that node gets these tensors instead of ``arrays``."""
     configure = strategy.configure_evaluate if evaluate else strategy.configure_train
     sent = list(configure(rnd, to_record(arrays), config.to_record(), grid))
+    bases = {}
     for msg in sent:
+        node = msg.metadata.dst_node_id
+        bases[node] = (personal or {}).get(node, arrays)
+        if bases[node] is not arrays:  # strategies share one RecordDict among their messages: give it its own
+            msg.content = RecordDict({**msg.content, ARRAYS: to_record(bases[node])})
         wire.record("down", rnd, msg)
     replies = list(grid.send_and_receive(sent, timeout=timeout)) if sent else []
     for msg in replies:
         wire.record("up", rnd, msg)
-    return Exchange(sent, replies)
+    return Exchange(sent, replies, bases)
 
 
 def judge(ex: Exchange, global_arrays: dict[str, np.ndarray], max_norm: float | None,
@@ -191,11 +188,18 @@ def judge(ex: Exchange, global_arrays: dict[str, np.ndarray], max_norm: float | 
     return Judgement(accepted, failed, rejected)
 
 
+def trained_models(accepted: list[tuple[Message, Verdict]], bases: dict[int, dict[str, np.ndarray]],
+                   global_arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Each accepted site's model after its local training: what it received plus its delta."""
+    return {v.site: {n: bases.get(v.node_id, global_arrays)[n] + d for n, d in v.delta.items()} for _, v in accepted}
+
+
 def aggregate(strategy, rnd: int, accepted: list[tuple[Message, Verdict]],
+              models: dict[str, dict[str, np.ndarray]],
               global_arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray] | None, dict[str, float]]:
     """The strategy's new global tensors (None if it produced none) and its aggregated metrics."""
-    for msg, verdict in accepted:  # strategies aggregate full tensors: global + delta
-        msg.content[ARRAYS] = to_record({n: global_arrays[n] + d for n, d in verdict.delta.items()})
+    for msg, verdict in accepted:  # strategies aggregate full tensors: what the site ended with
+        msg.content[ARRAYS] = to_record(models[verdict.site])
     new_arrays, metrics = strategy.aggregate_train(rnd, [m for m, _ in accepted])
     if new_arrays is None:
         return None, dict(metrics or {})
@@ -213,6 +217,9 @@ class FederationRun:
     run_id: int = 0
     resume: bool = False
     observers: list[RoundObserver] = field(default_factory=list)
+    # similarity: each site's own model, and which Flower node is which site (from their replies)
+    site_models: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    node_sites: dict[int, str] = field(default_factory=dict)
 
     def _emit(self, event: str, *args: Any) -> None:
         for observer in self.observers:
@@ -223,8 +230,10 @@ class FederationRun:
 
     def round_config(self) -> RoundConfig:
         fed = self.fed
+        p = fed.personalization
         return RoundConfig(update_mode=fed.update_mode, encoder=fed.encoder, encoder_seed=fed.seed,
-                           run_id=self.run_id, encoder_epochs=fed.encoder_epochs, max_steps=fed.max_steps)
+                           run_id=self.run_id, encoder_epochs=fed.encoder_epochs, max_steps=fed.max_steps,
+                           personalization=p.method, ditto_lambda=p.ditto_lambda if p.method == "ditto" else None)
 
     def _initial(self) -> tuple[TextEncoder, dict[str, np.ndarray], ResumePoint | None]:
         fed = self.fed
@@ -256,6 +265,7 @@ class FederationRun:
         if point is not None:
             restore_strategy(strategy, point.strategy)
             done = point.round
+            self.site_models = point.site_models
         self._emit("start", {
             "run_id": self.run_id, "config": fed.model_dump(mode="json"), "start_round": done + 1,
             "strategy_settings": strategy_settings(fed), "tensors": len(global_arrays),
@@ -275,7 +285,8 @@ class FederationRun:
                 if (fed.evaluate_every and rnd % fed.evaluate_every == 0) or (rnd == fed.rounds and fed.final_evaluate):
                     result.evaluate = self.evaluate_round(rnd, grid, strategy, global_arrays, wire)
                 record = result.record()
-                save_resume_point(self.state_dir, ResumePoint(rnd, global_arrays, strategy_state(strategy), record))
+                save_resume_point(self.state_dir, ResumePoint(rnd, global_arrays, strategy_state(strategy), record,
+                                                              self.site_models))
                 self._emit("round", record)
                 rounds += 1
         except BaseException as exc:
@@ -290,7 +301,9 @@ class FederationRun:
         fed = self.fed
         started = time.time()
         wait_for_sites(grid, fed.sites_to_start, fed.wait_for_sites)
-        ex = exchange(grid, strategy, rnd, global_arrays, self.round_config(), fed.round_timeout, wire)
+        personal = {node: self.site_models[site] for node, site in self.node_sites.items() if site in self.site_models}
+        ex = exchange(grid, strategy, rnd, global_arrays, self.round_config(), fed.round_timeout, wire,
+                      personal=personal)
         log.info("round %d: sent the encoder (%s) to %d sites", rnd, fed.update_mode, len(ex.sent))
         verdicts = judge(ex, global_arrays, fed.max_update_norm, fed.round_timeout)
         for entry in verdicts.rejected:
@@ -298,10 +311,14 @@ class FederationRun:
         for entry in verdicts.failed:
             log.warning("round %d: %s failed: %s", rnd, entry["site"], entry["reason"])
 
+        self.node_sites.update({v.node_id: v.site for _, v in verdicts.accepted})
         agg_started = time.perf_counter()
-        new_arrays, agg_metrics = None, {}
+        new_arrays, agg_metrics, mixing = None, {}, {}
         if len(verdicts.accepted) >= fed.min_sites:
-            new_arrays, agg_metrics = aggregate(strategy, rnd, verdicts.accepted, global_arrays)
+            models = trained_models(verdicts.accepted, ex.bases, global_arrays)
+            if fed.personalization.method == "similarity":
+                mixing = self.personalize(verdicts.accepted, models)
+            new_arrays, agg_metrics = aggregate(strategy, rnd, verdicts.accepted, models, global_arrays)
         else:
             log.warning("round %d: only %d of the %d sites needed answered with a valid update; "
                         "the global encoder is unchanged", rnd, len(verdicts.accepted), fed.min_sites)
@@ -313,12 +330,21 @@ class FederationRun:
             global_arrays=new_arrays if new_arrays is not None else global_arrays,
             bytes_down=ex.bytes_down(), bytes_up=ex.bytes_up(), metrics=agg_metrics,
             sites={v.site: {"metrics": dict(m.content[METRICS]), "report": _report(m)} for m, v in verdicts.accepted},
-            update_cosine=cosine_matrix(deltas) if len(deltas) > 1 else {},
+            update_cosine=cosine_matrix(deltas) if len(deltas) > 1 else {}, mixing=mixing,
         )
         result.seconds = time.time() - started
         log.info("round %d: %d/%d sites answered, %d accepted, aggregated=%s, %.1fs", rnd, result.answered,
                  result.sampled, len(verdicts.accepted), result.aggregated, result.seconds)
         return result
+
+    def personalize(self, accepted: list[tuple[Message, Verdict]],
+                    models: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+        """similarity: every answering site's next model is a mixture of the trained models."""
+        deltas = {v.site: v.delta for _, v in accepted}
+        examples = {v.site: int(m.content[METRICS][SiteMetric.NUM_EXAMPLES]) for m, v in accepted}
+        alphas = mixing_weights(cosine_matrix(deltas), examples, self.fed.personalization.similarity_temperature)
+        self.site_models.update(mix(models, alphas))
+        return alphas
 
     def evaluate_round(self, rnd: int, grid: Grid, strategy, global_arrays: dict[str, np.ndarray],
                        wire: WireLog) -> dict[str, Any]:

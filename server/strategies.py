@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import inspect
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Strategy
 
 from fedtl.shared.federation_config import FederationConfig
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
+    "fedavgm": FedAvgM,
     "fedprox": FedProx,
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
@@ -39,6 +40,8 @@ def strategy_settings(fed: FederationConfig) -> dict[str, object]:
         "beta_2": s.beta_2,
         "tau": s.tau,
         "beta": s.trim_beta,
+        "server_learning_rate": s.server_learning_rate,
+        "server_momentum": s.server_momentum,
     }
     accepted = inspect.signature(STRATEGIES[s.name].__init__).parameters
     return {k: v for k, v in settings.items() if k in accepted}

@@ -120,6 +120,9 @@ class TrainingConfig(BaseModel):
     keep_best: bool = Field(
         default=True, description="never end worse on validation than the frozen-encoder probe"
     )
+    prefix_cache_mb: int = Field(
+        default=2048, ge=0, description="memory for cached frozen-prefix outputs under last:N (0: off)"
+    )
 
 
 class SiteConfig(BaseModel):

@@ -48,12 +48,62 @@ class TextEncoder(nn.Module):
     def hidden_size(self) -> int:
         return int(self.backbone.config.hidden_size)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, frozen_layers: int = 0) -> torch.Tensor:
+        """Pooled features. ``frozen_layers`` > 0: embeddings and the first layers run as a frozen
+        prefix (no gradient, no dropout), exactly what ``prefix`` computes for the cache."""
+        if frozen_layers:
+            return self.suffix(self.prefix(input_ids, attention_mask, frozen_layers), attention_mask, frozen_layers)
         states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.pool(states, attention_mask)
+
+    def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             return states[:, 0]
         mask = attention_mask.unsqueeze(-1).to(states.dtype)
         return (states * mask).sum(1) / mask.sum(1).clamp(min=1e-6)
+
+    # ---- a frozen prefix and a trainable suffix (update mode last:N)
+    @property
+    def layers(self) -> nn.ModuleList | None:
+        """The transformer layers, where the backbone exposes them the BERT way (else no split)."""
+        encoder = getattr(self.backbone, "encoder", None)
+        layers = getattr(encoder, "layer", None)
+        has_embeddings = hasattr(self.backbone, "embeddings")
+        return layers if isinstance(layers, nn.ModuleList) and has_embeddings else None
+
+    def can_split(self, frozen_layers: int) -> bool:
+        return self.layers is not None and 0 < frozen_layers < len(self.layers)
+
+    def _mask(self, states: torch.Tensor, attention_mask: torch.Tensor):
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(config=self.backbone.config, inputs_embeds=states,
+                                         attention_mask=attention_mask)
+
+    def prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, frozen_layers: int) -> torch.Tensor:
+        """Token states after the embeddings and the first ``frozen_layers`` layers, in eval mode."""
+        layers = self.layers
+        modules = [self.backbone.embeddings, *layers[:frozen_layers]]
+        modes = [m.training for m in modules]
+        try:
+            for m in modules:
+                m.eval()
+            with torch.no_grad():
+                states = self.backbone.embeddings(input_ids=input_ids)
+                mask = self._mask(states, attention_mask)
+                for layer in layers[:frozen_layers]:
+                    states = layer(states, mask)
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
+        return states
+
+    def suffix(self, states: torch.Tensor, attention_mask: torch.Tensor, frozen_layers: int) -> torch.Tensor:
+        """Pooled features from prefix states: the remaining layers, then pooling."""
+        mask = self._mask(states, attention_mask)
+        for layer in self.layers[frozen_layers:]:
+            states = layer(states, mask)
+        return self.pool(states, attention_mask)
 
     def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
         """Token ids per text, truncated to ``max_length``; padding happens per batch."""

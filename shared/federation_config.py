@@ -12,7 +12,7 @@ from fedtl.shared.encoder_specs import encoder_folder, encoder_layers
 from fedtl.shared.update_modes import UpdateMode
 from fedtl.shared.yamlconfig import load_model
 
-StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "trimmed_mean", "median"]
+StrategyName = Literal["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "trimmed_mean", "median"]
 
 
 class StrategyConfig(BaseModel):
@@ -28,6 +28,8 @@ class StrategyConfig(BaseModel):
     beta_2: float = Field(default=0.99, ge=0, lt=1)
     tau: float = Field(default=1e-9, gt=0, description="fedadam/fedyogi: adaptivity")
     trim_beta: float = Field(default=0.2, gt=0, lt=0.5, description="trimmed_mean: fraction cut at each end")
+    server_learning_rate: float = Field(default=1.0, gt=0, description="fedavgm: server step on the averaged update")
+    server_momentum: float = Field(default=0.9, ge=0, lt=1, description="fedavgm: server momentum")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -39,6 +41,23 @@ def split_address(address: str) -> tuple[str, int]:
     if not 0 < int(port) < 65536:
         raise ValueError(f"port {port} is out of range (1-65535)")
     return host, int(port)
+
+
+class PersonalizationConfig(BaseModel):
+    """What each site ends up with. See README "Choosing a personalization method"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["fedrep", "ditto", "similarity"] = Field(
+        default="fedrep",
+        description="fedrep: one global encoder, heads refitted on it at every site; ditto: each site also "
+                    "trains and serves a personal encoder pulled towards the global one; similarity: the "
+                    "coordinator sends each site a mixture of the sites' models weighted by how alike their "
+                    "updates are")
+    ditto_lambda: float = Field(default=0.1, ge=0, description="ditto: proximal weight (0: purely local, "
+                                                              ".inf: serve the global encoder)")
+    similarity_temperature: float = Field(default=0.1, gt=0, description="similarity: softmax temperature over "
+                                          "update cosine; lower keeps more of a site's own model")
 
 
 class SuperLinkConfig(BaseModel):
@@ -102,6 +121,7 @@ class FederationConfig(BaseModel):
     seed: int = 0
     state_dir: Path = Field(default=Path("coordinator"), description="checkpoints and round history")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
     superlink: SuperLinkConfig = Field(default_factory=SuperLinkConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 

@@ -48,6 +48,8 @@ class RoundConfig:
     encoder_epochs: int | None = None
     max_steps: int | None = None
     proximal_mu: float = 0.0
+    personalization: str = "fedrep"    # what the site trains and serves: fedrep | ditto | similarity
+    ditto_lambda: float | None = None  # ditto: pull of the personal model towards the global one
 
     @staticmethod
     def key(field_name: str) -> str:
@@ -70,7 +72,8 @@ class RoundConfig:
         if missing:
             raise ValueError(f"round config lacks {missing}; is the coordinator running fedtl?")
         casts = {"update_mode": str, "encoder": str, "encoder_seed": int, "run_id": int, "server_round": int,
-                 "encoder_epochs": int, "max_steps": int, "proximal_mu": float}
+                 "encoder_epochs": int, "max_steps": int, "proximal_mu": float, "personalization": str,
+                 "ditto_lambda": float}
         return cls(**{name: casts[name](value) for name, value in values.items()})
 
 
@@ -106,7 +109,9 @@ class ReportKey:
 class Section:
     """Groups of per-task metrics in a REPORT, flattened as ``section/task/metric``."""
 
-    VAL = "val"            # validation metrics of the federated model after this round
+    VAL = "val"            # validation metrics of the site's federated model after this round (the one
+                           # its personalization method serves: ditto's personal model, else the shared one)
+    SHARED = "shared"      # the model trained from the received encoder, whose delta was sent
     PROBE = "probe"        # heads refitted on the received (global) encoder, frozen
     BEFORE = "before"      # the stored heads on the received encoder, before training
     SERVED = "served"      # the model the site serves (federated or baseline)
@@ -114,7 +119,7 @@ class Section:
     TRAIN_LOSS = "train_loss"  # ``train_loss/task``: the task's mean training loss
     SECONDS = "seconds"        # ``seconds/phase``: embed, head, encoder, eval, total, baseline
 
-    TASK_METRICS = (VAL, PROBE, BEFORE, SERVED, BASELINE)
+    TASK_METRICS = (VAL, SHARED, PROBE, BEFORE, SERVED, BASELINE)
 
 
 SEP = "/"
