@@ -24,10 +24,11 @@ from rich.progress import Progress
 
 from fedtl.client.loss_weighting import LossWeighting
 from fedtl.client.prefix_cache import PrefixCache
-from fedtl.shared.config import TrainingConfig
+from fedtl.shared.config import TaskType, TrainingConfig
 from fedtl.shared.data import TaskData
 from fedtl.shared.encoders import TextEncoder
 from fedtl.shared.heads import HeadSpec, TaskHead
+from fedtl.shared.ridge import ridge_gcv
 
 EMBED_BATCH = 64
 
@@ -261,6 +262,9 @@ class LocalTrainer:
         bar = self._bar("heads (frozen encoder)", cfg.head_epochs * batches)
         for task in self.tasks:
             feats, targets = train_features[task.name], self._targets(task, "train")
+            if task.spec.type == TaskType.regression and cfg.regression_head == "ridge":
+                losses[task.name] = self._fit_ridge(task, feats, targets)
+                continue
             opt = torch.optim.AdamW(task.head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
             gen = torch.Generator().manual_seed(cfg.seed)
             task.head.train()
@@ -281,6 +285,15 @@ class LocalTrainer:
                 epoch_loss = total / len(feats)
             losses[task.name] = epoch_loss
         return losses, steps
+
+    @torch.no_grad()
+    def _fit_ridge(self, task: PreparedTask, feats: torch.Tensor, targets: torch.Tensor) -> float:
+        """A regression head in closed form (ridge, penalty by GCV); returns its training loss."""
+        weight, bias, _ = ridge_gcv(feats, task.spec.standardise(targets))
+        task.head.linear.weight.copy_(weight)
+        task.head.linear.bias.copy_(bias)
+        task.head.eval()
+        return float(task.spec.loss(task.head(feats), targets))
 
     # ------------------------------------------------------------ phase 2: encoder + heads
     def _batches(self, task: PreparedTask, rng: random.Random) -> Iterator[list[int]]:
@@ -404,6 +417,10 @@ class LocalTrainer:
             t0 = time.perf_counter()
             encoder_loss, steps["encoder"] = self.train_encoder()
             seconds["encoder"] = time.perf_counter() - t0
+            if cfg.refit_heads:  # heads converged on the fine-tuned encoder's features (LP-FT, then LP again)
+                t0 = time.perf_counter()
+                _, steps["refit"] = self.train_heads(self.features("train"))
+                seconds["refit"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             metrics["finetuned"] = self.evaluate()
             seconds["eval"] = time.perf_counter() - t0

@@ -14,29 +14,41 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from fedtl.shared.protocol import Section, primary_metrics, report_value  # noqa: E402
 
 
-def interference_heatmap(cosine: dict[str, dict[str, float]], round_: int, path: Path) -> Path:
-    """Pairwise cosine similarity of the sites' encoder updates in one round.
-
-    Near +1: two sites' tasks push the shared encoder the same way; near -1: they pull it
-    apart (negative transfer is likely); near 0: they touch different directions.
-    """
-    sites = sorted(cosine)
-    values = [[cosine[a].get(b, 0.0) for b in sites] for a in sites]
+def site_matrix_heatmap(matrix: dict[str, dict[str, float]], path: Path, title: str, label: str,
+                        vmin: float = -1.0, cmap: str = "RdBu") -> Path:
+    """A sites x sites matrix as an annotated heatmap."""
+    sites = sorted(matrix)
+    values = [[matrix[a].get(b, 0.0) for b in sites] for a in sites]
     fig, ax = plt.subplots(figsize=(1.2 * len(sites) + 2.5, 1.0 * len(sites) + 2))
-    image = ax.imshow(values, cmap="RdBu", vmin=-1, vmax=1)
+    image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=1)
     ax.set_xticks(range(len(sites)), sites, rotation=30, ha="right")
     ax.set_yticks(range(len(sites)), sites)
     for i, row in enumerate(values):
         for j, value in enumerate(row):
             ax.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=9,
                     color="white" if abs(value) > 0.6 else "black")
-    fig.colorbar(image, ax=ax, label="cosine similarity of updates")
-    ax.set_title(f"task interference, round {round_}")
+    fig.colorbar(image, ax=ax, label=label)
+    ax.set_title(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def interference_heatmap(cosine: dict[str, dict[str, float]], round_: int, path: Path) -> Path:
+    """Pairwise cosine similarity of the sites' encoder updates in one round.
+
+    Near +1: two sites' tasks push the shared encoder the same way; near -1: they pull it
+    apart (negative transfer is likely); near 0: they touch different directions.
+    """
+    return site_matrix_heatmap(cosine, path, f"task interference, round {round_}", "cosine similarity of updates")
+
+
+def mixing_heatmap(mixing: dict[str, dict[str, float]], round_: int, path: Path) -> Path:
+    """similarity: row i, column j is the share of site j's model in the model site i gets next."""
+    return site_matrix_heatmap(mixing, path, f"model mixing, round {round_}", "share of column's model in row's",
+                               vmin=0.0, cmap="Blues")
 
 
 def site_metric_plot(history: list[dict[str, Any]], path: Path) -> Path:

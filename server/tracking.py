@@ -278,11 +278,14 @@ class MlflowTracker:
             ops.append({"op": "params", "params": params})
         self.history.append(record)
         plots = self.state_dir / "plots"
-        from fedtl.server.plots import interference_heatmap, site_metric_plot
+        from fedtl.server.plots import interference_heatmap, mixing_heatmap, site_metric_plot
 
         if record.get("update_cosine"):
             path = interference_heatmap(record["update_cosine"], rnd, plots / f"interference-round-{rnd:03d}.png")
             ops.append(self._artifact(path, "interference"))
+        if record.get("mixing"):
+            ops.append(self._artifact(mixing_heatmap(record["mixing"], rnd, plots / f"mixing-round-{rnd:03d}.png"),
+                                      "mixing"))
         ops.append(self._artifact(site_metric_plot(self.history, plots / "site_metrics.png"), "plots"))
         if record.get("checkpoint") and self.checkpoint_every and rnd % self.checkpoint_every == 0:
             ops.append(self._artifact(Path(record["checkpoint"]), "checkpoints", copy=False))
@@ -365,6 +368,9 @@ def round_metrics(record: dict[str, Any], baselines_logged: set[str]) -> dict[st
             if base is not None and fed is not None:
                 out[f"site/{site}/{task}/transfer_gain"] = fed - base
             baselines_logged.add(f"{site}/{task}")
+    for site, row in (record.get("mixing") or {}).items():
+        for other, share in row.items():
+            out[f"mixing/{site}/{other}"] = share
     evaluation = record.get("evaluate") or {}
     for key, value in evaluation.get("metrics", {}).items():
         out[f"evaluate/{key}"] = value

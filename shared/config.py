@@ -120,6 +120,11 @@ class TrainingConfig(BaseModel):
     keep_best: bool = Field(
         default=True, description="never end worse on validation than the frozen-encoder probe"
     )
+    regression_head: Literal["ridge", "sgd"] = Field(
+        default="ridge", description="regression heads on frozen features: closed-form ridge (penalty by GCV) "
+                                     "or AdamW steps like the other heads")
+    refit_heads: bool = Field(
+        default=True, description="after encoder training, refit the heads on the trained encoder's features")
     prefix_cache_mb: int = Field(
         default=2048, ge=0, description="memory for cached frozen-prefix outputs under last:N (0: off)"
     )

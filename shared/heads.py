@@ -87,8 +87,11 @@ class HeadSpec:
             return F.cross_entropy(outputs, targets.long())
         if self.type == TaskType.multilabel:
             return F.binary_cross_entropy_with_logits(outputs, targets.float())
-        standardised = (targets.float() - self.target_mean) / self.target_std
-        return F.mse_loss(outputs.squeeze(-1), standardised)
+        return F.mse_loss(outputs.squeeze(-1), self.standardise(targets))
+
+    def standardise(self, targets: torch.Tensor) -> torch.Tensor:
+        """Regression targets on the scale the head predicts (training mean 0, sd 1)."""
+        return (targets.float() - self.target_mean) / self.target_std
 
     def predict(self, outputs: torch.Tensor) -> np.ndarray:
         outputs = outputs.detach().float().cpu()
