@@ -28,7 +28,7 @@ from fedtl.shared.config import TaskType, TrainingConfig
 from fedtl.shared.data import TaskData
 from fedtl.shared.encoders import TextEncoder
 from fedtl.shared.heads import HeadSpec, TaskHead
-from fedtl.shared.ridge import ridge_gcv
+from fedtl.shared.probes import logistic_cv, ridge_gcv
 
 EMBED_BATCH = 64
 
@@ -262,8 +262,8 @@ class LocalTrainer:
         bar = self._bar("heads (frozen encoder)", cfg.head_epochs * batches)
         for task in self.tasks:
             feats, targets = train_features[task.name], self._targets(task, "train")
-            if task.spec.type == TaskType.regression and cfg.regression_head == "ridge":
-                losses[task.name] = self._fit_ridge(task, feats, targets)
+            if cfg.head_fit == "converged":
+                losses[task.name] = self._fit_converged(task, feats, targets)
                 continue
             opt = torch.optim.AdamW(task.head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
             gen = torch.Generator().manual_seed(cfg.seed)
@@ -287,9 +287,14 @@ class LocalTrainer:
         return losses, steps
 
     @torch.no_grad()
-    def _fit_ridge(self, task: PreparedTask, feats: torch.Tensor, targets: torch.Tensor) -> float:
-        """A regression head in closed form (ridge, penalty by GCV); returns its training loss."""
-        weight, bias, _ = ridge_gcv(feats, task.spec.standardise(targets))
+    def _fit_converged(self, task: PreparedTask, feats: torch.Tensor, targets: torch.Tensor) -> float:
+        """A head fitted to convergence (ridge by GCV, or logistic regression by L-BFGS with a
+        cross-validated penalty); returns its training loss."""
+        if task.spec.type == TaskType.regression:
+            weight, bias, _ = ridge_gcv(feats, task.spec.standardise(targets))
+        else:
+            weight, bias, _ = logistic_cv(feats, targets, multilabel=task.spec.type == TaskType.multilabel,
+                                          seed=self.cfg.seed, class_weights=task.spec.weight_tensor(feats))
         task.head.linear.weight.copy_(weight)
         task.head.linear.bias.copy_(bias)
         task.head.eval()

@@ -120,9 +120,10 @@ class TrainingConfig(BaseModel):
     keep_best: bool = Field(
         default=True, description="never end worse on validation than the frozen-encoder probe"
     )
-    regression_head: Literal["ridge", "sgd"] = Field(
-        default="ridge", description="regression heads on frozen features: closed-form ridge (penalty by GCV) "
-                                     "or AdamW steps like the other heads")
+    head_fit: Literal["converged", "sgd"] = Field(
+        default="converged", description="heads on frozen features: fitted to convergence (ridge by GCV for "
+                                         "regression, L-BFGS logistic regression with a cross-validated penalty "
+                                         "otherwise) or head_epochs of AdamW")
     refit_heads: bool = Field(
         default=True, description="after encoder training, refit the heads on the trained encoder's features")
     prefix_cache_mb: int = Field(

@@ -46,10 +46,16 @@ class HeadSpec:
     labels: list[str] | None = None
     target_mean: float = 0.0
     target_std: float = 1.0
+    class_weights: list[float] | None = None  # classification: balanced, so the loss serves macro-F1
 
     @classmethod
     def for_data(cls, data: TaskData, hidden_size: int) -> HeadSpec:
-        return cls(data.task.name, data.task.type, hidden_size, data.labels, data.target_mean, data.target_std)
+        weights = None
+        if data.task.type == TaskType.classification and data.labels:
+            counts = np.bincount(np.asarray(data.train.targets, dtype=np.int64), minlength=len(data.labels))
+            weights = (len(data.train) / (len(data.labels) * np.maximum(counts, 1))).tolist()
+        return cls(data.task.name, data.task.type, hidden_size, data.labels, data.target_mean, data.target_std,
+                   weights)
 
     @property
     def out_features(self) -> int:
@@ -70,12 +76,13 @@ class HeadSpec:
             "labels": self.labels,
             "target_mean": self.target_mean,
             "target_std": self.target_std,
+            "class_weights": self.class_weights,
         }
 
     @classmethod
     def from_json(cls, obj: dict) -> HeadSpec:
         return cls(obj["task"], TaskType(obj["type"]), int(obj["hidden_size"]), obj.get("labels"),
-                   float(obj.get("target_mean", 0.0)), float(obj.get("target_std", 1.0)))
+                   float(obj.get("target_mean", 0.0)), float(obj.get("target_std", 1.0)), obj.get("class_weights"))
 
     def compatible_with(self, other: HeadSpec) -> bool:
         return (self.type, self.hidden_size, self.labels) == (other.type, other.hidden_size, other.labels)
@@ -84,10 +91,15 @@ class HeadSpec:
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         outputs = outputs.float()
         if self.type == TaskType.classification:
-            return F.cross_entropy(outputs, targets.long())
+            return F.cross_entropy(outputs, targets.long(), weight=self.weight_tensor(outputs))
         if self.type == TaskType.multilabel:
             return F.binary_cross_entropy_with_logits(outputs, targets.float())
         return F.mse_loss(outputs.squeeze(-1), self.standardise(targets))
+
+    def weight_tensor(self, like: torch.Tensor) -> torch.Tensor | None:
+        if not self.class_weights:
+            return None
+        return torch.tensor(self.class_weights, dtype=like.dtype, device=like.device)
 
     def standardise(self, targets: torch.Tensor) -> torch.Tensor:
         """Regression targets on the scale the head predicts (training mean 0, sd 1)."""

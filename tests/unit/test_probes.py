@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedtl.shared.ridge import ridge_gcv
+from fedtl.shared.probes import ridge_gcv
 
 
 def data(n=200, d=20, noise=0.0, seed=0, sample_seed=None):
