@@ -62,9 +62,11 @@ class Ditto:
         if math.isinf(lam):  # the global encoder as it is, heads fitted on it
             trainer = self.make_trainer(personal_tasks, training.model_copy(update={"encoder_epochs": 0}))
         else:
+            # keep-best would reset the personal model to the start of the round whenever one round's
+            # validation dips, and it would never progress: the personal model always moves on
             anchor = {n: torch.from_numpy(np.asarray(global_arrays[n], dtype=np.float32)) for n in names}
-            trainer = self.make_trainer(personal_tasks, training, encoder_trainable=names.__contains__,
-                                        proximal_mu=lam, anchor=anchor)
+            trainer = self.make_trainer(personal_tasks, training.model_copy(update={"keep_best": False}),
+                                        encoder_trainable=names.__contains__, proximal_mu=lam, anchor=anchor)
         result = trainer.fit()
         params = dict(self.encoder.named_parameters())  # after keep-best: the weights that validated best
         kept = {n: params[n].detach().float().cpu().numpy() for n in sorted(names)}

@@ -8,15 +8,13 @@ tokenizer, so ``load_encoder(path)`` (or ``transformers.AutoModel``) loads it di
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fedtl.shared.atomic import write_json_atomic
+from fedtl.shared.atomic import atomic_folder, keep_newest, write_json_atomic
 from fedtl.shared.encoders import TextEncoder
 from fedtl.shared.records import digest
 
@@ -35,24 +33,15 @@ def save_checkpoint(root: Path, round_: int, encoder: TextEncoder, arrays: dict[
     """Write the full global encoder after ``round_``; keep the newest ``keep`` checkpoints."""
     apply_arrays(encoder, arrays)
     folder = root / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"round-{round_:04d}"
-    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".round-{round_:04d}."))
-    try:
+    with atomic_folder(final) as tmp:
         encoder.backbone.save_pretrained(tmp, safe_serialization=True)
         encoder.tokenizer.save_pretrained(tmp)
         (tmp / "fedtl.json").write_text(json.dumps({"round": round_, "encoder": encoder.name,
                                                     "digest": digest(arrays)}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     write_json_atomic(folder / "latest.json", {"round": round_, "path": final.name, "digest": digest(arrays),
                                                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    for old in sorted(folder.glob("round-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    keep_newest(folder, "round-*", keep)
     return final
 
 

@@ -13,8 +13,6 @@ Hugging Face checkpoints (``checkpoints/``) are for people and MLflow; this is f
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from fedtl.shared.atomic import write_json_atomic
+from fedtl.shared.atomic import atomic_folder, keep_newest, write_json_atomic
 
 KEEP = 2
 # Strategy attributes that hold state across rounds, in Flower 1.39's Message API strategies.
@@ -65,24 +63,15 @@ def restore_strategy(strategy: object, state: dict[str, np.ndarray]) -> None:
 
 def save_resume_point(state_dir: Path, point: ResumePoint) -> Path:
     root = state_dir / "resume"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"round-{point.round:04d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".round-{point.round:04d}."))
-    try:
+    with atomic_folder(final) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in point.arrays.items()}, str(tmp / "global.safetensors"))
         save_file(point.strategy or {}, str(tmp / "strategy.safetensors"))
         save_file({f"{site}/{name}": np.ascontiguousarray(v) for site, arrays in point.site_models.items()
                    for name, v in arrays.items()}, str(tmp / "site_models.safetensors"))
         (tmp / "round.json").write_text(json.dumps(point.record, sort_keys=True, default=float))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     write_json_atomic(root / "latest.json", {"round": point.round, "path": final.name})
-    for old in sorted(root.glob("round-*"))[:-KEEP]:
-        shutil.rmtree(old, ignore_errors=True)
+    keep_newest(root, "round-*", KEEP)
     return final
 
 
