@@ -51,7 +51,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "fedavg": {"strategy": {"name": "fedavg"}},
     "fedavgm": {"strategy": {"name": "fedavgm", "server_momentum": 0.5}},
     "fedadam": {"strategy": {"name": "fedadam", "eta": 3e-4, "eta_l": 3e-5, "tau": 1e-6}},
-    "ditto": {"personalization": {"method": "ditto", "ditto_lambda": 0.1}},
+    "ditto": {"personalization": {"method": "ditto", "ditto_lambda": 0.01}},
     "similarity": {"personalization": {"method": "similarity", "similarity_temperature": 0.1}},
 }
 

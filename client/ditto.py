@@ -43,6 +43,7 @@ class Ditto:
         self.make_trainer = make_trainer
         self.heads = HeadStore(root / "heads")
         self.encoder_file = root / "encoder.safetensors"
+        self.optimizer_state: dict[str, dict[str, torch.Tensor]] = {}  # the personal model's AdamW moments
 
     def personal_tensors(self) -> dict[str, np.ndarray] | None:
         return load(self.encoder_file.read_bytes()) if self.encoder_file.exists() else None
@@ -66,7 +67,8 @@ class Ditto:
             # validation dips, and it would never progress: the personal model always moves on
             anchor = {n: torch.from_numpy(np.asarray(global_arrays[n], dtype=np.float32)) for n in names}
             trainer = self.make_trainer(personal_tasks, training.model_copy(update={"keep_best": False}),
-                                        encoder_trainable=names.__contains__, proximal_mu=lam, anchor=anchor)
+                                        encoder_trainable=names.__contains__, proximal_mu=lam, anchor=anchor,
+                                        optimizer_state=self.optimizer_state)
         result = trainer.fit()
         params = dict(self.encoder.named_parameters())  # after keep-best: the weights that validated best
         kept = {n: params[n].detach().float().cpu().numpy() for n in sorted(names)}

@@ -123,6 +123,10 @@ def share_groups(tasks: list[PreparedTask]) -> list[list[PreparedTask]]:
     return groups
 
 
+def constant_schedule(warmup: int) -> Callable[[int], float]:
+    return lambda step: (step + 1) / warmup if step < warmup else 1.0
+
+
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
@@ -149,6 +153,7 @@ class LocalTrainer:
         frozen_layers: int = 0,
         prefix_cache: PrefixCache | None = None,
         anchor: dict[str, torch.Tensor] | None = None,
+        optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None,
     ):
         self.encoder = encoder.to(device)
         self.tasks = tasks
@@ -160,6 +165,9 @@ class LocalTrainer:
         self.encoder_trainable = encoder_trainable
         self.proximal_mu = proximal_mu  # FedProx, Ditto: mu/2 * ||w - anchor||^2 on the trained encoder part
         self.anchor = anchor  # default: the encoder's weights when training starts (FedProx)
+        # AdamW moments of the encoder tensors, carried from one round to the next at a site: a
+        # fresh Adam's first steps are sign-like and full-size, a kick to every weight each round
+        self.optimizer_state = optimizer_state
         # last:N: embeddings and the first layers are a frozen prefix (no gradient, no dropout),
         # and with a cache their outputs are computed once per prefix, not every pass
         self.frozen_layers = frozen_layers if encoder.can_split(frozen_layers) else 0
@@ -339,9 +347,13 @@ class LocalTrainer:
         if enc_params:
             groups.insert(0, {"params": enc_params, "lr": cfg.encoder_lr})
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, linear_schedule(int(cfg.warmup_ratio * total_steps), total_steps)
-        )
+        if self.optimizer_state is not None:
+            for name, param in named.items():
+                if name in self.optimizer_state:
+                    opt.state[param] = {k: v.clone() for k, v in self.optimizer_state[name].items()}
+        warmup = int(cfg.warmup_ratio * total_steps)
+        schedule = linear_schedule(warmup, total_steps) if cfg.lr_schedule == "linear" else constant_schedule(warmup)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         rng = random.Random(cfg.seed)
         streams = [self._batches(group[0], rng) for group in self.groups]
         sums = {t.name: 0.0 for t in self.tasks}
@@ -380,6 +392,10 @@ class LocalTrainer:
                 sums[name] += float(value.detach())
             self._advance(bar, description=f"encoder + heads: loss {float(loss.detach()):.3f}")
         self.encoder.eval()
+        if self.optimizer_state is not None:
+            self.optimizer_state.clear()
+            self.optimizer_state.update({name: {k: v.detach().clone() for k, v in opt.state[param].items()}
+                                         for name, param in named.items() if param in opt.state})
         return {name: total / total_steps for name, total in sums.items()}, total_steps
 
     # ------------------------------------------------------------ the whole local round

@@ -82,6 +82,7 @@ class SiteWorker:
         self.autocast = resolve_precision(self.device, config.precision)
         self.datas = load_site_data(config)
         self.prefix_cache = PrefixCache(config.training.prefix_cache_mb * 2**20)
+        self.optimizer_state: dict[str, dict[str, torch.Tensor]] = {}  # AdamW moments, kept across rounds
         self._frozen = 0  # frozen prefix layers of this round's update mode
         self.lock = threading.Lock()
         self.rounds_done = 0
@@ -135,6 +136,7 @@ class SiteWorker:
             log.info("coordinator uses encoder %s (seed %d); switching from %s", spec, seed, self.encoder_spec)
             self._load_encoder(spec, seed)
             self.rounds_done = 0
+            self.optimizer_state.clear()
 
     def _apply_global(self, config: RoundConfig, content: RecordDict) -> tuple[UpdateMode, dict[str, np.ndarray]]:
         """Load the coordinator's encoder tensors into the local encoder; return them."""
@@ -212,7 +214,8 @@ class SiteWorker:
 
         start = time.time()
         trainer = self._trainer(self.tasks, training, frozen, encoder_trainable=names.__contains__,
-                                weighting=self.weighting, proximal_mu=config.proximal_mu)
+                                weighting=self.weighting, proximal_mu=config.proximal_mu,
+                                optimizer_state=self.optimizer_state)
         result = trainer.fit()
         trained = trainer.finetuned_encoder or dict(self.encoder.named_parameters())
         delta = {n: trained[n].detach().float().cpu().numpy() - global_arrays[n] for n in sorted(names)}

@@ -75,3 +75,16 @@ def test_no_frozen_prefix_when_embeddings_or_the_first_layer_train(tiny_encoder_
     for mode in ("full", "bias"):
         assert frozen_prefix_layers(encoder, set(exchanged_names(all_names, UpdateMode.parse(mode)))) == 0
     assert frozen_prefix_layers(encoder, set(exchanged_names(all_names, UpdateMode.parse("last:2")))) == 0
+
+
+def test_adam_moments_carry_over_from_one_round_to_the_next(setup):
+    """A site keeps its encoder's AdamW state across rounds (no full-size first steps each round)."""
+    config, encoder, names = setup
+    state: dict = {}
+    tasks = prepare_tasks(load_site_data(config), encoder, None, config.training.max_length)
+    training = config.training.model_copy(update={"max_steps": 3})
+    for expected_steps in (3, 6):
+        LocalTrainer(encoder, tasks, training, torch.device("cpu"), encoder_trainable=names.__contains__,
+                     optimizer_state=state).fit()
+        assert set(state) == names
+        assert all(float(s["step"]) == expected_steps for s in state.values())
