@@ -261,7 +261,14 @@ def main() -> None:
                         help="override a method setting, e.g. ditto.personalization.ditto_lambda=0.5")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/learning"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--readme", type=Path, default=Path(__file__).with_name("README.md"),
+                        help="write the table into this file between the learning markers")
+    parser.add_argument("--report-only", action="store_true", help="rebuild table, plot and README from results.json")
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((args.out / "results.json").read_text())
+        report(saved["runs"], saved["meta"], args.out, args.readme)
+        return
     torch.set_num_threads(args.threads)
     methods = {m: copy.deepcopy(METHODS[m]) for m in args.methods}
     for item in args.set:
@@ -304,13 +311,27 @@ def main() -> None:
     meta = {"seeds": args.seeds, "encoder": args.encoder, "update": args.update, "rounds": args.rounds,
             "steps": args.steps, "methods": methods,
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
-    summary = summarize(results, list(methods))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "runs": results, "summary": summary}, indent=1,
-                                                      default=float))
-    table = markdown(summary, list(methods), meta)
-    (args.out / "learning.md").write_text(table)
-    plot(results, list(methods), args.out / "learning.png")
+    report(results, meta, args.out, args.readme)
+
+
+START, END = "<!-- learning:start -->", "<!-- learning:end -->"
+
+
+def report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path, readme: Path | None) -> None:
+    """results.json, learning.md, learning.png under ``out``; the table into ``readme``; the verdict last."""
+    methods = list(meta["methods"])
+    summary = summarize(results, methods)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": results, "summary": summary}, indent=1,
+                                                 default=float))
+    table = markdown(summary, methods, meta)
+    (out / "learning.md").write_text(table)
+    plot(results, methods, out / "learning.png")
+    if readme is not None and readme.exists() and START in readme.read_text():
+        text = readme.read_text()
+        image = Path(out / "learning.png").resolve().relative_to(readme.parent.resolve())
+        block = f"{START}\n{table}\n![metric against rounds and wall seconds]({image})\n{END}"
+        readme.write_text(text[:text.index(START)] + block + text[text.index(END) + len(END):])
     print(table)
     best = max(methods, key=lambda m: (summary["targets"][m]["every_site_at_least_best_local"],
                                        summary["targets"][m]["mean_gain"]))

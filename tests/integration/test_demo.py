@@ -70,3 +70,25 @@ def _check_mlflow_store(uri: str) -> None:
     assert {"config", "plots", "interference", "encoder"} <= artifacts
     [version] = client.search_model_versions("name='fedtl-encoder'")
     assert version.run_id == run.info.run_id
+
+
+def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
+    import signal
+
+    from fedtl.shared.processes import start, stop
+    from tests.integration.harness import interrupt_and_check_exit
+    from tests.waiting import wait_until
+
+    sites = [make_site(tmp_path / n, name=n, types=("classification",), seed=i) for i, n in enumerate(("a1", "b2"))]
+    workdir = tmp_path / "work"
+    args = ["demo", "--encoder", "tiny", "--rounds", "20", "--workdir", str(workdir)]
+    for path in sites:
+        args += ["--site", str(path)]
+    demo = start(fedtl_cmd(*args), tmp_path / "demo.log", cwd=tmp_path)
+    try:
+        wait_until(lambda: (workdir / "coordinator" / "rounds.jsonl").exists(), 300,
+                   lambda: (tmp_path / "demo.log").read_text(errors="replace")[-3000:])
+        assert interrupt_and_check_exit(demo, signal.SIGINT) == 130
+        assert not pids_matching(str(workdir)), "the demo left processes running"
+    finally:
+        stop(demo)

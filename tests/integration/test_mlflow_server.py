@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 
@@ -76,3 +77,23 @@ def test_metrics_survive_a_tracking_server_outage(tmp_path):
     finally:
         fed.stop_all()
         server.stop()
+
+
+def test_ctrl_c_stops_fedtl_ui_with_mlflows_job_runners(tmp_path):
+    """fedtl ui starts mlflow server, which starts uvicorn and huey job consumers: all go on Ctrl-C."""
+    from mlflow import MlflowClient
+
+    from fedtl.shared.processes import descendants, tree
+    from tests.integration.harness import fedtl_cmd, interrupt_and_check_exit
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("ui")
+    port = free_port()
+    ui = start(fedtl_cmd("ui", "--tracking-uri", uri, "--port", str(port)), tmp_path / "ui.log", cwd=tmp_path)
+    try:
+        wait_for_port("127.0.0.1", port, 120, ui, "fedtl ui", tmp_path / "ui.log")
+        wait_until(lambda: len(descendants(ui.pid)) >= 4, 60, "mlflow server started no job runners")
+        assert len(tree(ui.pid)) >= 5
+        assert interrupt_and_check_exit(ui, signal.SIGINT) == 0
+    finally:
+        stop(ui)
