@@ -40,6 +40,7 @@ from fedtl.client.trainer import LocalTrainer, PreparedTask
 from fedtl.client.worker import SiteWorker
 from fedtl.server.inprocess import InProcessGrid
 from fedtl.server.rounds import FederationRun
+from fedtl.shared.atomic import write_text_atomic
 from fedtl.shared.config import SiteConfig, load_site_config
 from fedtl.shared.encoders import load_encoder
 from fedtl.shared.examples import copy_examples
@@ -57,12 +58,12 @@ METHODS: dict[str, dict[str, Any]] = {
 
 
 # ---------------------------------------------------------------- the arms
-def site_configs(paths: list[Path], seed: int, root: Path) -> list[SiteConfig]:
+def site_configs(paths: list[Path], seed: int, root: Path, span: str = "federation") -> list[SiteConfig]:
     configs = []
     for path in paths:
         cfg = load_site_config(path)
-        configs.append(cfg.model_copy(update={
-            "state_dir": root / cfg.name, "training": cfg.training.model_copy(update={"seed": seed})}))
+        training = cfg.training.model_copy(update={"seed": seed, "lr_schedule_span": span})
+        configs.append(cfg.model_copy(update={"state_dir": root / cfg.name, "training": training}))
     return configs
 
 
@@ -189,7 +190,9 @@ def markdown(summary: dict[str, Any], methods: list[str], meta: dict[str, Any]) 
 
     lines = [f"Seeds {meta['seeds']}, encoder `{meta['encoder']}`, update mode `{meta['update']}`, "
              f"{meta['rounds']} rounds x {meta['steps']} encoder steps per site (local and centralized: "
-             f"{meta['rounds'] * meta['steps']} steps), {meta['machine']}.", ""]
+             f"{meta['rounds'] * meta['steps']} steps), sites' lr schedule spanning "
+             f"{'all rounds' if meta.get('lr_schedule_span', 'round') == 'federation' else 'one round'}, "
+             f"{meta['machine']}.", ""]
     head = ["site", "task", "metric", "probe", "local FT", "central"] + methods
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
@@ -263,6 +266,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--readme", type=Path, default=Path(__file__).with_name("README.md"),
                         help="write the table into this file between the learning markers")
+    parser.add_argument("--lr-schedule-span", choices=["federation", "round"], default="federation",
+                        help="the sites' lr schedule: one over all rounds, or a fresh one each round")
+    parser.add_argument("--resume", action="store_true", help="keep the seeds finished in a cut-off run (partial.json)")
     parser.add_argument("--report-only", action="store_true", help="rebuild table, plot and README from results.json")
     args = parser.parse_args()
     if args.report_only:
@@ -281,8 +287,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fedtl-learning-"))
     paths = args.site or list(copy_examples(work / "sites").values())
     steps = args.rounds * args.steps
+    partial = args.out / "partial.json"
+    done = {r["seed"]: r for r in json.loads(partial.read_text())} if args.resume and partial.exists() else {}
     results = []
     for seed in args.seeds:
+        if seed in done and set(done[seed]["federated"]) == set(methods):
+            print(f"seed {seed}: kept from {partial}", flush=True)
+            results.append(done[seed])
+            continue
         run: dict[str, Any] = {"seed": seed, "federated": {}}
         cfgs = site_configs(paths, seed, work / f"seed{seed}" / "local")
         run["primary"] = {}
@@ -298,7 +310,8 @@ def main() -> None:
         for name, settings in methods.items():
             t0 = time.perf_counter()
             root = work / f"seed{seed}" / name
-            collector = federated(site_configs(paths, seed, root / "sites"), args.encoder, args.update, args.rounds,
+            sites = site_configs(paths, seed, root / "sites", args.lr_schedule_span)
+            collector = federated(sites, args.encoder, args.update, args.rounds,
                                   args.steps, settings, root)
             run["federated"][name] = {"rounds": collector.rounds, "settings": settings}
             last = collector.rounds[-1]["sites"]
@@ -306,10 +319,12 @@ def main() -> None:
                   + ", ".join(f"{s}/{t} {v:.3f}" for s, tasks in last.items() for t, v in tasks.items()), flush=True)
         results.append(run)
         shutil.rmtree(work / f"seed{seed}", ignore_errors=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(partial, json.dumps(results, default=float))
     import platform
 
     meta = {"seeds": args.seeds, "encoder": args.encoder, "update": args.update, "rounds": args.rounds,
-            "steps": args.steps, "methods": methods,
+            "steps": args.steps, "methods": methods, "lr_schedule_span": args.lr_schedule_span,
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     report(results, meta, args.out, args.readme)
 

@@ -136,6 +136,15 @@ def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+def lr_multipliers(cfg: TrainingConfig, steps: int, part: tuple[int, int] = (0, 1)) -> Callable[[int], float]:
+    """The lr multiplier of each of ``steps`` steps that are part k of n equal parts of one schedule."""
+    done, parts = part
+    span, start = steps * parts, steps * done
+    warmup = int(cfg.warmup_ratio * span)
+    schedule = linear_schedule(warmup, span) if cfg.lr_schedule == "linear" else constant_schedule(warmup)
+    return lambda step: schedule(start + step)
+
+
 class LocalTrainer:
     """Trains a site's heads and (part of) the shared encoder on the site's own data."""
 
@@ -154,6 +163,7 @@ class LocalTrainer:
         prefix_cache: PrefixCache | None = None,
         anchor: dict[str, torch.Tensor] | None = None,
         optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None,
+        schedule_part: tuple[int, int] = (0, 1),
     ):
         self.encoder = encoder.to(device)
         self.tasks = tasks
@@ -168,6 +178,8 @@ class LocalTrainer:
         # AdamW moments of the encoder tensors, carried from one round to the next at a site: a
         # fresh Adam's first steps are sign-like and full-size, a kick to every weight each round
         self.optimizer_state = optimizer_state
+        # (k, n): this call is part k of n equal parts of one lr schedule (round k of n rounds)
+        self.schedule_part = schedule_part
         # last:N: embeddings and the first layers are a frozen prefix (no gradient, no dropout),
         # and with a cache their outputs are computed once per prefix, not every pass
         self.frozen_layers = frozen_layers if encoder.can_split(frozen_layers) else 0
@@ -351,9 +363,7 @@ class LocalTrainer:
             for name, param in named.items():
                 if name in self.optimizer_state:
                     opt.state[param] = {k: v.clone() for k, v in self.optimizer_state[name].items()}
-        warmup = int(cfg.warmup_ratio * total_steps)
-        schedule = linear_schedule(warmup, total_steps) if cfg.lr_schedule == "linear" else constant_schedule(warmup)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multipliers(cfg, total_steps, self.schedule_part))
         rng = random.Random(cfg.seed)
         streams = [self._batches(group[0], rng) for group in self.groups]
         sums = {t.name: 0.0 for t in self.tasks}

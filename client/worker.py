@@ -84,6 +84,7 @@ class SiteWorker:
         self.prefix_cache = PrefixCache(config.training.prefix_cache_mb * 2**20)
         self.optimizer_state: dict[str, dict[str, torch.Tensor]] = {}  # AdamW moments, kept across rounds
         self._frozen = 0  # frozen prefix layers of this round's update mode
+        self._schedule_part = (0, 1)  # this round's place in the lr schedule (round k of n)
         self.lock = threading.Lock()
         self.rounds_done = 0
         self.baseline: dict[str, dict[str, float]] | None = self._read_json(self.root / "baseline.json")
@@ -167,7 +168,18 @@ class SiteWorker:
 
     def _trainer(self, tasks: list[PreparedTask], training, frozen_layers: int, **kwargs) -> LocalTrainer:
         return LocalTrainer(self.encoder, tasks, training, self.device, self.autocast, frozen_layers=frozen_layers,
-                            prefix_cache=self.prefix_cache, **kwargs)
+                            prefix_cache=self.prefix_cache, schedule_part=self._schedule_part, **kwargs)
+
+    def _schedule_position(self, config: RoundConfig) -> tuple[int, int]:
+        """Where this round sits in the site's lr schedule: round k of n, or a schedule of its own.
+
+        Restarting warm-up and decay every round costs a site much of what its steps could
+        give (benchmarks/README.md); spanning the federation's rounds, the rounds together follow
+        the schedule of one long local run.
+        """
+        if self.config.training.lr_schedule_span == "round" or not config.num_rounds or config.server_round < 1:
+            return (0, 1)
+        return (min(config.server_round, config.num_rounds) - 1, config.num_rounds)
 
     def _probe(self, training, frozen_layers: int = 0) -> tuple[dict[str, dict[str, float]], list[PreparedTask]]:
         """Heads fitted on frozen features of the current encoder, on copies of the heads."""
@@ -201,6 +213,7 @@ class SiteWorker:
         config = RoundConfig.from_record(content[CONFIG])
         round_ = config.server_round
         training = self._training_config(config)
+        self._schedule_part = self._schedule_position(config)
         self._ensure_encoder(config)
         frozen = self._frozen = self._frozen_layers(UpdateMode.parse(config.update_mode))
         baseline_seconds = 0.0

@@ -233,7 +233,8 @@ class FederationRun:
         p = fed.personalization
         return RoundConfig(update_mode=fed.update_mode, encoder=fed.encoder, encoder_seed=fed.seed,
                            run_id=self.run_id, encoder_epochs=fed.encoder_epochs, max_steps=fed.max_steps,
-                           personalization=p.method, ditto_lambda=p.ditto_lambda if p.method == "ditto" else None)
+                           personalization=p.method, ditto_lambda=p.ditto_lambda if p.method == "ditto" else None,
+                           num_rounds=fed.rounds)
 
     def _initial(self) -> tuple[TextEncoder, dict[str, np.ndarray], ResumePoint | None]:
         fed = self.fed

@@ -111,7 +111,10 @@ class TrainingConfig(BaseModel):
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     lr_schedule: Literal["linear", "constant"] = Field(
-        default="linear", description="after warm-up: linear decay to 0 over the call's steps, or constant")
+        default="linear", description="after warm-up: linear decay to 0, or constant")
+    lr_schedule_span: Literal["federation", "round"] = Field(
+        default="federation", description="federation: one warm-up and decay over all rounds, each round "
+        "continuing where the last one stopped (as one long local run would); round: a fresh one every round")
     max_grad_norm: float = Field(default=1.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="cap on encoder-phase steps per call")
     max_length: int = Field(default=128, ge=8, le=4096, description="tokens per input after truncation")

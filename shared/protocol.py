@@ -50,6 +50,7 @@ class RoundConfig:
     proximal_mu: float = 0.0
     personalization: str = "fedrep"    # what the site trains and serves: fedrep | ditto | similarity
     ditto_lambda: float | None = None  # ditto: pull of the personal model towards the global one
+    num_rounds: int | None = None      # the federation's rounds: a site's lr schedule spans them all
 
     @staticmethod
     def key(field_name: str) -> str:
@@ -73,7 +74,7 @@ class RoundConfig:
             raise ValueError(f"round config lacks {missing}; is the coordinator running fedtl?")
         casts = {"update_mode": str, "encoder": str, "encoder_seed": int, "run_id": int, "server_round": int,
                  "encoder_epochs": int, "max_steps": int, "proximal_mu": float, "personalization": str,
-                 "ditto_lambda": float}
+                 "ditto_lambda": float, "num_rounds": int}
         return cls(**{name: casts[name](value) for name, value in values.items()})
 
 

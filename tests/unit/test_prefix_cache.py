@@ -88,3 +88,19 @@ def test_adam_moments_carry_over_from_one_round_to_the_next(setup):
                      optimizer_state=state).fit()
         assert set(state) == names
         assert all(float(s["step"]) == expected_steps for s in state.values())
+
+
+@pytest.mark.parametrize("shape", ["linear", "constant"])
+def test_rounds_spanning_one_schedule_follow_one_long_run(shape):
+    """Round k of n continues the schedule where round k-1 stopped: the same lrs as one n x steps run."""
+    from fedtl.client.trainer import lr_multipliers
+    from fedtl.shared.config import TrainingConfig
+
+    cfg = TrainingConfig(lr_schedule=shape, warmup_ratio=0.1)
+    long = [lr_multipliers(cfg, 48)(step) for step in range(48)]
+    rounds = [lr_multipliers(cfg, 12, (k, 4))(step) for k in range(4) for step in range(12)]
+    assert rounds == pytest.approx(long)
+    restarted = [lr_multipliers(cfg, 12)(step) for _ in range(4) for step in range(12)]
+    assert restarted != pytest.approx(long)  # a fresh warm-up every round
+    if shape == "linear":
+        assert long[-1] < long[12] < long[4]

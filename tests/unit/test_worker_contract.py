@@ -74,3 +74,20 @@ def test_unknown_message_types_and_configs_without_the_protocol_keys_are_refused
     del content[CONFIG]["update-mode"]
     with pytest.raises(ValueError, match="update-mode"):
         worker.handle("train", content, Timing())
+
+
+def test_a_round_knows_its_place_in_the_federations_lr_schedule(worker):
+    """num_rounds crosses the wire; round k of n trains as part k of one schedule, unless the site opts out."""
+    config = RoundConfig.from_record(RoundConfig(update_mode="last:1", encoder="tiny", server_round=3,
+                                                 num_rounds=5).to_record())
+    assert config.num_rounds == 5
+    assert worker._schedule_position(config) == (2, 5)
+    assert worker._schedule_position(RoundConfig(update_mode="last:1", encoder="tiny", server_round=1)) == (0, 1)
+    assert worker._schedule_position(RoundConfig(update_mode="last:1", encoder="tiny", server_round=9,
+                                                 num_rounds=5)) == (4, 5)  # rounds past the plan: the schedule's end
+    own = worker.config.training
+    try:
+        worker.config.training = own.model_copy(update={"lr_schedule_span": "round"})
+        assert worker._schedule_position(config) == (0, 1)
+    finally:
+        worker.config.training = own
