@@ -54,7 +54,7 @@ class PersonalizationConfig(BaseModel):
                     "trains and serves a personal encoder pulled towards the global one; similarity: the "
                     "coordinator sends each site a mixture of the sites' models weighted by how alike their "
                     "updates are")
-    ditto_lambda: float = Field(default=0.1, ge=0, description="ditto: proximal weight (0: purely local, "
+    ditto_lambda: float = Field(default=0.01, ge=0, description="ditto: proximal weight (0: purely local, "
                                                               ".inf: serve the global encoder)")
     similarity_temperature: float = Field(default=0.1, gt=0, description="similarity: softmax temperature over "
                                           "update cosine; lower keeps more of a site's own model")
