@@ -58,6 +58,47 @@ METHODS: dict[str, dict[str, Any]] = {
 
 
 # ---------------------------------------------------------------- the arms
+def split_site(path: Path, parts: int, dest: Path, seed: int = 0) -> list[Path]:
+    """``parts`` sites with the same tasks, each holding a disjoint share of ``path``'s rows.
+
+    A federation where transfer surely exists: every site has the same task and too little
+    data alone. Tasks reading one file keep their rows together (one shuffle per file).
+    """
+    import csv
+    import random as random_
+
+    import yaml
+
+    spec = yaml.safe_load(path.read_text())
+    shards: dict[Path, list[Path]] = {}
+    for task in spec["tasks"]:
+        source = (path.parent / task["data"]).resolve()
+        if source in shards:
+            continue
+        with source.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header, rows = next(reader), list(reader)
+        random_.Random(seed).shuffle(rows)
+        shards[source] = []
+        for k in range(parts):
+            out = dest / "data" / f"{source.stem}_{k + 1}{source.suffix}"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("w", newline="", encoding="utf-8") as fh:
+                csv.writer(fh).writerows([header, *rows[k::parts]])
+            shards[source].append(out)
+    paths = []
+    for k in range(parts):
+        site = copy.deepcopy(spec)
+        site["name"] = f"{spec['name']}_{k + 1}"
+        site["state_dir"] = str(dest / "state" / site["name"])
+        for task in site["tasks"]:
+            task["data"] = str(shards[(path.parent / task["data"]).resolve()][k])
+        paths.append(dest / "sites" / f"{site['name']}.yaml")
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+        paths[-1].write_text(yaml.safe_dump(site, sort_keys=False))
+    return paths
+
+
 def site_configs(paths: list[Path], seed: int, root: Path, span: str = "federation") -> list[SiteConfig]:
     configs = []
     for path in paths:
@@ -188,7 +229,9 @@ def markdown(summary: dict[str, Any], methods: list[str], meta: dict[str, Any]) 
     def cell(pair):
         return f"{pair[0]:.3f} ± {pair[1]:.3f}"
 
-    lines = [f"Seeds {meta['seeds']}, encoder `{meta['encoder']}`, update mode `{meta['update']}`, "
+    split = meta.get("split")
+    sites = f"the bundled site {split.split(':')[0]}'s rows split across {split.split(':')[1]} sites, " if split else ""
+    lines = [f"{sites}Seeds {meta['seeds']}, encoder `{meta['encoder']}`, update mode `{meta['update']}`, "
              f"{meta['rounds']} rounds x {meta['steps']} encoder steps per site (local and centralized: "
              f"{meta['rounds'] * meta['steps']} steps), sites' lr schedule spanning "
              f"{'all rounds' if meta.get('lr_schedule_span', 'round') == 'federation' else 'one round'}, "
@@ -260,6 +303,8 @@ def main() -> None:
     parser.add_argument("--update", default="last:2")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--site", type=Path, action="append", help="a site.yaml (default: the bundled sites)")
+    parser.add_argument("--split", metavar="SITE:N", help="instead of the sites: N sites sharing the bundled "
+                        "site SITE's task, each with 1/N of its rows (a federation where transfer exists)")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                         help="override a method setting, e.g. ditto.personalization.ditto_lambda=0.5")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/learning"))
@@ -286,6 +331,9 @@ def main() -> None:
         node[path[-1]] = json.loads(value)
     work = Path(tempfile.mkdtemp(prefix="fedtl-learning-"))
     paths = args.site or list(copy_examples(work / "sites").values())
+    if args.split:
+        name, parts = args.split.split(":")
+        paths = split_site(copy_examples(work / "bundled")[name], int(parts), work / "split")
     steps = args.rounds * args.steps
     partial = args.out / "partial.json"
     done = {r["seed"]: r for r in json.loads(partial.read_text())} if args.resume and partial.exists() else {}
@@ -324,16 +372,15 @@ def main() -> None:
     import platform
 
     meta = {"seeds": args.seeds, "encoder": args.encoder, "update": args.update, "rounds": args.rounds,
-            "steps": args.steps, "methods": methods, "lr_schedule_span": args.lr_schedule_span,
+            "steps": args.steps, "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     report(results, meta, args.out, args.readme)
 
 
-START, END = "<!-- learning:start -->", "<!-- learning:end -->"
-
-
 def report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path, readme: Path | None) -> None:
-    """results.json, learning.md, learning.png under ``out``; the table into ``readme``; the verdict last."""
+    """results.json, learning.md, learning.png under ``out``; the table into ``readme`` between the
+    markers named after ``out`` (``<!-- learning:start -->`` for results/learning); the verdict last."""
+    start, end = f"<!-- {out.name}:start -->", f"<!-- {out.name}:end -->"
     methods = list(meta["methods"])
     summary = summarize(results, methods)
     out.mkdir(parents=True, exist_ok=True)
@@ -342,11 +389,11 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path, readm
     table = markdown(summary, methods, meta)
     (out / "learning.md").write_text(table)
     plot(results, methods, out / "learning.png")
-    if readme is not None and readme.exists() and START in readme.read_text():
+    if readme is not None and readme.exists() and start in readme.read_text():
         text = readme.read_text()
         image = Path(out / "learning.png").resolve().relative_to(readme.parent.resolve())
-        block = f"{START}\n{table}\n![metric against rounds and wall seconds]({image})\n{END}"
-        readme.write_text(text[:text.index(START)] + block + text[text.index(END) + len(END):])
+        block = f"{start}\n{table}\n![metric against rounds and wall seconds]({image})\n{end}"
+        readme.write_text(text[:text.index(start)] + block + text[text.index(end) + len(end):])
     print(table)
     best = max(methods, key=lambda m: (summary["targets"][m]["every_site_at_least_best_local"],
                                        summary["targets"][m]["mean_gain"]))
