@@ -330,16 +330,22 @@ def main() -> None:
             node = node.setdefault(part, {})
         node[path[-1]] = json.loads(value)
     work = Path(tempfile.mkdtemp(prefix="fedtl-learning-"))
-    paths = args.site or list(copy_examples(work / "sites").values())
     if args.split:
         name, parts = args.split.split(":")
         paths = split_site(copy_examples(work / "bundled")[name], int(parts), work / "split")
+    else:
+        paths = args.site or list(copy_examples(work / "sites").values())
     steps = args.rounds * args.steps
+    # a finished seed is kept only by a run of the same configuration
+    plan = {"encoder": args.encoder, "update": args.update, "rounds": args.rounds, "steps": args.steps,
+            "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
+            "sites": [str(p) for p in args.site or []]}
     partial = args.out / "partial.json"
-    done = {r["seed"]: r for r in json.loads(partial.read_text())} if args.resume and partial.exists() else {}
+    saved = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
+    done = {r["seed"]: r for r in saved.get("runs", [])} if saved.get("plan") == plan else {}
     results = []
     for seed in args.seeds:
-        if seed in done and set(done[seed]["federated"]) == set(methods):
+        if seed in done:
             print(f"seed {seed}: kept from {partial}", flush=True)
             results.append(done[seed])
             continue
@@ -368,7 +374,7 @@ def main() -> None:
         results.append(run)
         shutil.rmtree(work / f"seed{seed}", ignore_errors=True)
         args.out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(partial, json.dumps(results, default=float))
+        write_text_atomic(partial, json.dumps({"plan": plan, "runs": results}, default=float))
     import platform
 
     meta = {"seeds": args.seeds, "encoder": args.encoder, "update": args.update, "rounds": args.rounds,

@@ -70,7 +70,7 @@ class Ditto:
                                         encoder_trainable=names.__contains__, proximal_mu=lam, anchor=anchor,
                                         optimizer_state=self.optimizer_state)
         result = trainer.fit()
-        params = dict(self.encoder.named_parameters())  # after keep-best: the weights that validated best
+        params = dict(self.encoder.named_parameters())  # the personal model as trained (no keep-best)
         kept = {n: params[n].detach().float().cpu().numpy() for n in sorted(names)}
         write_bytes_atomic(self.encoder_file, save(kept))
         for task in personal_tasks:
