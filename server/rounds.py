@@ -2,13 +2,16 @@
 
 Each round is one Flower exchange: the coordinator sends the update mode's encoder
 tensors and the round config, sites reply with an encoder delta plus metrics (their
-evaluation rides in the same reply). A round has three steps, each a function here:
+evaluation rides in the same reply). A round has three steps:
 
-1. ``exchange``: sample sites, send, receive (and log both directions on the wire log);
-2. ``judge``: one ``Verdict`` per reply (``server/validation.py``) plus sites that never answered;
-3. ``aggregate``: the accepted deltas become full tensors (global + delta) that the
-   configured Flower strategy combines, so FedAvg, FedProx, FedAdam/FedYogi, trimmed mean
-   and median all work unchanged.
+1. ``send``: sample sites and build their messages (logged on the wire log);
+2. ``train_exchange``: push them and take each reply as it arrives (``receive``): its
+   ``Verdict`` (``server/validation.py``) and, if accepted, folded into the round's
+   ``RoundAggregator`` (``server/aggregation.py``: running sums, so memory does not grow
+   with the number of sites), then released; sites that never answer are failed;
+3. ``RoundAggregator.aggregate``: the configured Flower strategy turns the sites' trained
+   models (global + delta) into the new global tensors, so FedAvg, FedProx, FedAdam/FedYogi,
+   trimmed mean and median all work unchanged.
 
 The outcome is a typed ``RoundResult``. After every round the loop saves a resume point
 (global tensors, the strategy's state, the round's record) before observers hear of it,
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +32,7 @@ import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedtl.server.aggregation import STREAMING_STRATEGIES, CountSketch, RoundAggregator, RunningSum
 from fedtl.server.checkpoints import latest_checkpoint, load_checkpoint_into, save_checkpoint
 from fedtl.server.resume import ResumePoint, load_resume_point, restore_strategy, save_resume_point, strategy_state
 from fedtl.server.similarity import cosine_matrix, mix, mixing_weights
@@ -37,10 +42,12 @@ from fedtl.server.wire_log import WireLog
 from fedtl.shared.encoders import TextEncoder, load_encoder
 from fedtl.shared.federation_config import FederationConfig
 from fedtl.shared.protocol import ARRAYS, METRICS, REPORT, RoundConfig, SiteMetric
-from fedtl.shared.records import digest, from_record, record_nbytes, to_record
+from fedtl.shared.records import digest, record_nbytes, to_record
 from fedtl.shared.update_modes import exchanged_names
 
 log = logging.getLogger(__name__)
+POLL_MIN, POLL_MAX = 0.05, 0.5  # seconds between looks for replies (backing off while none come)
+PULL_BATCH = 4  # replies pulled (and held) at a time
 
 
 class RoundObserver(Protocol):
@@ -79,8 +86,9 @@ class Exchange:
     """What went out and what came back in one round. ``bases[node]``: the tensors that node got."""
 
     sent: list[Message]
-    replies: list[Message]
+    replies: list[Message] = field(default_factory=list)
     bases: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    bytes_up: int = 0
 
     @property
     def sampled(self) -> set[int]:
@@ -93,9 +101,11 @@ class Exchange:
     def bytes_down(self) -> int:
         return sum(record_nbytes(m.content[ARRAYS]) for m in self.sent)
 
-    def bytes_up(self) -> int:
-        return sum(record_nbytes(m.content[ARRAYS]) for m in self.replies
-                   if not m.has_error() and ARRAYS in m.content.array_records)
+    def received(self, msg: Message) -> None:
+        """Count a reply as it arrives (before aggregation may release its tensors)."""
+        self.replies.append(msg)
+        if not msg.has_error() and ARRAYS in msg.content.array_records:
+            self.bytes_up += record_nbytes(msg.content[ARRAYS])
 
 
 @dataclass
@@ -158,10 +168,9 @@ class RoundResult:
         return out
 
 
-def exchange(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: RoundConfig,
-             timeout: float, wire: WireLog, evaluate: bool = False,
-             personal: dict[int, dict[str, np.ndarray]] | None = None) -> Exchange:
-    """Sample, send, receive. ``personal[node]``: that node gets these tensors instead of ``arrays``."""
+def send(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: RoundConfig, wire: WireLog,
+         evaluate: bool = False, personal: dict[int, dict[str, np.ndarray]] | None = None) -> Exchange:
+    """Sample sites and build their messages. ``personal[node]``: that node gets these tensors instead."""
     configure = strategy.configure_evaluate if evaluate else strategy.configure_train
     sent = list(configure(rnd, to_record(arrays), config.to_record(), grid))
     bases = {}
@@ -171,42 +180,70 @@ def exchange(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], conf
         if bases[node] is not arrays:  # strategies share one RecordDict among their messages: give it its own
             msg.content = RecordDict({**msg.content, ARRAYS: to_record(bases[node])})
         wire.record("down", rnd, msg)
-    replies = list(grid.send_and_receive(sent, timeout=timeout)) if sent else []
-    for msg in replies:
+    return Exchange(sent, bases=bases)
+
+
+def receive(grid: Grid, sent: list[Message], timeout: float) -> Iterator[Message]:
+    """Push the messages, then yield each reply as soon as it is there, until all came or ``timeout``.
+
+    Flower's ``send_and_receive`` returns only once every reply is in and looks every 3 s, so a
+    round waited 1.5 s on average after its last site, with every reply held in memory. Here
+    replies are pulled a few at a time with a short poll, so the caller can fold each one in
+    and let it go.
+    """
+    if not sent:
+        return
+    pending = {mid for mid in grid.push_messages(sent) if mid}
+    deadline = time.monotonic() + timeout
+    wait = POLL_MIN
+    while pending:
+        got = 0
+        waiting = sorted(pending)
+        for start in range(0, len(waiting), PULL_BATCH):
+            for msg in grid.pull_messages(waiting[start:start + PULL_BATCH]):
+                pending.discard(msg.metadata.reply_to_message_id)
+                got += 1
+                yield msg
+        if not pending:
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        if got:
+            wait = POLL_MIN
+        else:
+            time.sleep(min(wait, remaining))
+            wait = min(wait * 1.5, POLL_MAX)
+
+
+def exchange(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: RoundConfig,
+             timeout: float, wire: WireLog, evaluate: bool = False,
+             personal: dict[int, dict[str, np.ndarray]] | None = None) -> Exchange:
+    """Sample, send, and collect every reply (evaluation: replies carry metrics only)."""
+    ex = send(grid, strategy, rnd, arrays, config, wire, evaluate, personal)
+    for msg in receive(grid, ex.sent, timeout):
         wire.record("up", rnd, msg)
-    return Exchange(sent, replies, bases)
+        ex.received(msg)
+    return ex
 
 
-def judge(ex: Exchange, global_arrays: dict[str, np.ndarray], max_norm: float | None,
-          timeout: float) -> Judgement:
-    verdicts = [check_update(m, global_arrays, max_norm) for m in ex.replies]
-    failed = [{"site": v.site, "reason": v.reason} for v in verdicts if v.kind == "failed"]
-    failed += [{"site": f"node-{n}", "reason": f"no reply within round_timeout ({timeout:.0f}s)"}
+def train_exchange(grid: Grid, strategy, rnd: int, ex: Exchange, global_arrays: dict[str, np.ndarray],
+                   aggregator: RoundAggregator, fed: FederationConfig, wire: WireLog) -> Judgement:
+    """Receive the training replies, judging each and folding accepted ones into ``aggregator``."""
+    failed, rejected = [], []
+    for msg in receive(grid, ex.sent, fed.round_timeout):
+        wire.record("up", rnd, msg)
+        ex.received(msg)
+        verdict = check_update(msg, global_arrays, fed.max_update_norm)
+        if verdict.ok:
+            aggregator.add(msg, verdict, ex.bases.get(verdict.node_id, global_arrays))
+        elif verdict.kind == "failed":
+            failed.append({"site": verdict.site, "reason": verdict.reason})
+        else:
+            rejected.append({"site": verdict.site, "reason": verdict.reason})
+    failed += [{"site": f"node-{n}", "reason": f"no reply within round_timeout ({fed.round_timeout:.0f}s)"}
                for n in sorted(ex.sampled - ex.answered)]
-    rejected = [{"site": v.site, "reason": v.reason} for v in verdicts if v.kind == "rejected"]
-    accepted = [(m, v) for m, v in zip(ex.replies, verdicts) if v.ok]
-    return Judgement(accepted, failed, rejected)
-
-
-def trained_models(accepted: list[tuple[Message, Verdict]], bases: dict[int, dict[str, np.ndarray]],
-                   global_arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """Each accepted site's model after its local training: what it received plus its delta."""
-    return {v.site: {n: bases.get(v.node_id, global_arrays)[n] + d for n, d in v.delta.items()} for _, v in accepted}
-
-
-def aggregate(strategy, rnd: int, accepted: list[tuple[Message, Verdict]],
-              models: dict[str, dict[str, np.ndarray]],
-              global_arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray] | None, dict[str, float]]:
-    """The strategy's new global tensors (None if it produced none) and its aggregated metrics."""
-    for msg, verdict in accepted:  # strategies aggregate full tensors: what the site ended with
-        msg.content[ARRAYS] = to_record(models[verdict.site])
-    new_arrays, metrics = strategy.aggregate_train(rnd, [m for m, _ in accepted])
-    if new_arrays is None:
-        return None, dict(metrics or {})
-    merged = dict(global_arrays)
-    for name, value in from_record(new_arrays).items():
-        merged[name] = np.asarray(value, dtype=global_arrays[name].dtype)
-    return merged, dict(metrics or {})
+    return Judgement(aggregator.accepted, failed, rejected)
 
 
 # ---------------------------------------------------------------- the federation
@@ -220,6 +257,8 @@ class FederationRun:
     # similarity: each site's own model, and which Flower node is which site (from their replies)
     site_models: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     node_sites: dict[int, str] = field(default_factory=dict)
+    _sketch: CountSketch = field(default_factory=CountSketch, repr=False)  # one sign table for every round
+    _sums: RunningSum = field(default_factory=RunningSum, repr=False)  # one set of sum buffers for every round
 
     def _emit(self, event: str, *args: Any) -> None:
         for observer in self.observers:
@@ -303,10 +342,11 @@ class FederationRun:
         started = time.time()
         wait_for_sites(grid, fed.sites_to_start, fed.wait_for_sites)
         personal = {node: self.site_models[site] for node, site in self.node_sites.items() if site in self.site_models}
-        ex = exchange(grid, strategy, rnd, global_arrays, self.round_config(), fed.round_timeout, wire,
-                      personal=personal)
-        log.info("round %d: sent the encoder (%s) to %d sites", rnd, fed.update_mode, len(ex.sent))
-        verdicts = judge(ex, global_arrays, fed.max_update_norm, fed.round_timeout)
+        ex = send(grid, strategy, rnd, global_arrays, self.round_config(), wire, personal=personal)
+        log.info("round %d: sending the encoder (%s) to %d sites", rnd, fed.update_mode, len(ex.sent))
+        keep = fed.personalization.method == "similarity" or fed.strategy.name not in STREAMING_STRATEGIES
+        aggregator = RoundAggregator(strategy, global_arrays, keep_models=keep, sketch=self._sketch, sums=self._sums)
+        verdicts = train_exchange(grid, strategy, rnd, ex, global_arrays, aggregator, fed, wire)
         for entry in verdicts.rejected:
             log.warning("round %d: rejected the update of %s: %s", rnd, entry["site"], entry["reason"])
         for entry in verdicts.failed:
@@ -316,22 +356,20 @@ class FederationRun:
         agg_started = time.perf_counter()
         new_arrays, agg_metrics, mixing = None, {}, {}
         if len(verdicts.accepted) >= fed.min_sites:
-            models = trained_models(verdicts.accepted, ex.bases, global_arrays)
             if fed.personalization.method == "similarity":
-                mixing = self.personalize(verdicts.accepted, models)
-            new_arrays, agg_metrics = aggregate(strategy, rnd, verdicts.accepted, models, global_arrays)
+                mixing = self.personalize(verdicts.accepted, aggregator)
+            new_arrays, agg_metrics = aggregator.aggregate(rnd)
         else:
             log.warning("round %d: only %d of the %d sites needed answered with a valid update; "
                         "the global encoder is unchanged", rnd, len(verdicts.accepted), fed.min_sites)
-        deltas = {v.site: v.delta for _, v in verdicts.accepted if v.delta is not None}
         result = RoundResult(
             round=rnd, started_at=started, seconds=0.0, aggregation_seconds=time.perf_counter() - agg_started,
             sampled=len(ex.sampled), answered=len(ex.answered), judgement=verdicts,
             aggregated=new_arrays is not None,
             global_arrays=new_arrays if new_arrays is not None else global_arrays,
-            bytes_down=ex.bytes_down(), bytes_up=ex.bytes_up(), metrics=agg_metrics,
+            bytes_down=ex.bytes_down(), bytes_up=ex.bytes_up, metrics=agg_metrics,
             sites={v.site: {"metrics": dict(m.content[METRICS]), "report": _report(m)} for m, v in verdicts.accepted},
-            update_cosine=cosine_matrix(deltas) if len(deltas) > 1 else {}, mixing=mixing,
+            update_cosine=aggregator.cosine(), mixing=mixing,
         )
         result.seconds = time.time() - started
         log.info("round %d: %d/%d sites answered, %d accepted, aggregated=%s, %.1fs", rnd, result.answered,
@@ -339,12 +377,12 @@ class FederationRun:
         return result
 
     def personalize(self, accepted: list[tuple[Message, Verdict]],
-                    models: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+                    aggregator: RoundAggregator) -> dict[str, dict[str, float]]:
         """similarity: every answering site's next model is a mixture of the trained models."""
-        deltas = {v.site: v.delta for _, v in accepted}
         examples = {v.site: int(m.content[METRICS][SiteMetric.NUM_EXAMPLES]) for m, v in accepted}
-        alphas = mixing_weights(cosine_matrix(deltas), examples, self.fed.personalization.similarity_temperature)
-        self.site_models.update(mix(models, alphas))
+        alphas = mixing_weights(cosine_matrix(aggregator.deltas), examples,
+                                self.fed.personalization.similarity_temperature)
+        self.site_models.update(mix(aggregator.models, alphas))
         return alphas
 
     def evaluate_round(self, rnd: int, grid: Grid, strategy, global_arrays: dict[str, np.ndarray],

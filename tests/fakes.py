@@ -74,7 +74,9 @@ def silent(msg: Message) -> None:
 class FakeGrid:
     nodes: dict[int, Node]
     latency: dict[int, float] = field(default_factory=dict)  # seconds a node "takes" to answer
+    timeout: float = float("inf")  # a node whose latency is over it never answers
     sent: list[Message] = field(default_factory=list)
+    replies: dict[str, Message] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
@@ -82,15 +84,22 @@ class FakeGrid:
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        replies = []
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Each node answers at once (or never: dropped, or slower than the timeout it is told of)."""
+        ids = []
         for msg in messages:
             self.sent.append(msg)
+            mid = f"m{len(self.sent)}"
+            msg.metadata.__dict__["_message_id"] = mid  # what Flower's grid sets on push
             node = msg.metadata.dst_node_id
-            if timeout is not None and self.latency.get(node, 0.0) > timeout:
-                continue  # answered too late: as if no reply came
-            answer = self.nodes[node](msg)
-            if answer is None:
-                continue
-            replies.append(Message(answer, reply_to=msg))
-        return replies
+            if self.latency.get(node, 0.0) <= self.timeout:
+                answer = self.nodes[node](msg)
+                if answer is not None:
+                    self.replies[mid] = Message(answer, reply_to=msg)
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """Replies in node order, whatever order the strategy sampled the nodes in: runs repeat exactly."""
+        ready = [self.replies.pop(mid) for mid in message_ids if mid in self.replies]
+        return sorted(ready, key=lambda m: m.metadata.src_node_id)

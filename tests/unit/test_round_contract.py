@@ -43,7 +43,7 @@ def config(tmp_path, **settings) -> FederationConfig:
 def run(tmp_path, nodes, latency=None, resume=False, **settings):
     fed = config(tmp_path, **settings)
     recorder = Recorder()
-    grid = FakeGrid(nodes, latency or {})
+    grid = FakeGrid(nodes, latency or {}, timeout=fed.round_timeout)
     FederationRun(fed, fed.state_dir, run_id=1, resume=resume, observers=[recorder]).run(grid)
     return recorder, grid
 
@@ -66,7 +66,7 @@ def test_fedavg_averages_deltas_weighted_by_examples(tmp_path):
 def test_dropped_late_and_failed_sites_do_not_stop_the_round(tmp_path):
     good = HonestSite("good")
     recorder, _ = run(tmp_path, {1: good, 2: silent, 3: HonestSite("slow"), 4: failing("CUDA out of memory")},
-                      latency={3: 60.0})
+                      latency={3: 60.0}, round_timeout=1)
     [record] = recorder.rounds()
     assert record["sampled"] == 4 and record["answered"] == 2 and record["accepted"] == 1 and record["aggregated"]
     reasons = {f["site"]: f["reason"] for f in record["failed"]}
@@ -91,7 +91,7 @@ def test_corrupt_updates_are_rejected_and_the_rest_aggregated(tmp_path, corrupt,
 
 
 def test_too_few_valid_updates_leave_the_global_encoder_unchanged(tmp_path):
-    recorder, _ = run(tmp_path, {1: HonestSite("a"), 2: silent}, min_sites=2)
+    recorder, _ = run(tmp_path, {1: HonestSite("a"), 2: silent}, min_sites=2, round_timeout=1)
     [record] = recorder.rounds()
     assert not record["aggregated"] and record["accepted"] == 1
     start = next(info for kind, info in recorder.events if kind == "start")
