@@ -28,6 +28,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from readme_block import write_block
 from rich.console import Console
 from rich.table import Table
 
@@ -196,6 +197,8 @@ def main() -> None:
         lines.append(f"| {r['sites']} | {r['fold_bps'] / 1e9:.2f} | {r['fold_sketch_bps'] / 1e9:.2f} | "
                      f"{r['flower_bps'] / 1e9:.2f} | {r['fedtl_peak'] / MiB:.0f} | {r['flower_peak'] / MiB:.0f} |")
     (args.out / "aggregation.md").write_text("\n".join(lines) + "\n")
+    if args.out == OUT:
+        write_block("aggregation", "\n".join(lines))
 
     worst = min(r["fold_bps"] for r in rows) / bandwidth
     peaks = [r["fedtl_peak"] for r in rows]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from readme_block import write_block
 
 from fedtl.client.local_training import load_site_data, prepare_tasks
 from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
@@ -386,7 +387,6 @@ def main() -> None:
 def report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path, readme: Path | None) -> None:
     """results.json, learning.md, learning.png under ``out``; the table into ``readme`` between the
     markers named after ``out`` (``<!-- learning:start -->`` for results/learning); the verdict last."""
-    start, end = f"<!-- {out.name}:start -->", f"<!-- {out.name}:end -->"
     methods = list(meta["methods"])
     summary = summarize(results, methods)
     out.mkdir(parents=True, exist_ok=True)
@@ -395,11 +395,9 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path, readm
     table = markdown(summary, methods, meta)
     (out / "learning.md").write_text(table)
     plot(results, methods, out / "learning.png")
-    if readme is not None and readme.exists() and start in readme.read_text():
-        text = readme.read_text()
+    if readme is not None:
         image = Path(out / "learning.png").resolve().relative_to(readme.parent.resolve())
-        block = f"{start}\n{table}\n![metric against rounds and wall seconds]({image})\n{end}"
-        readme.write_text(text[:text.index(start)] + block + text[text.index(end) + len(end):])
+        write_block(out.name, f"{table}\n![metric against rounds and wall seconds]({image})", readme)
     print(table)
     best = max(methods, key=lambda m: (summary["targets"][m]["every_site_at_least_best_local"],
                                        summary["targets"][m]["mean_gain"]))
