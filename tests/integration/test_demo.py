@@ -30,6 +30,7 @@ def test_demo_with_user_sites_runs_and_cleans_up(tmp_path):
         capture_output=True, text=True, timeout=500, cwd=tmp_path, env=child_env({"MLFLOW_TRACKING_URI": store}),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "HTTP Request" not in proc.stdout + proc.stderr, "library request logs reach the user's console"
     data = json.loads(summary.read_text())
     assert data["status"] == "finished:completed"
     assert set(data["sites"]) == {"alpha", "beta", "gamma"}
