@@ -45,6 +45,16 @@ def socket_path(state_dir: Path) -> Path:
     return folder / "worker.sock"
 
 
+# Flower's SuperExec looks for a new task (a message for the ClientApp) every 1 s by default:
+# half a second of every round, on average, spent waiting. Its own setting, read from the env.
+SUPEREXEC_POLL_SECONDS = 0.1
+
+
+def supernode_env() -> dict[str, str]:
+    """The SuperNode's environment: the SuperExec it starts polls for tasks every 0.1 s."""
+    return child_env({"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(SUPEREXEC_POLL_SECONDS)})
+
+
 @dataclass
 class SuperNodeSettings:
     coordinator: str
@@ -88,7 +98,7 @@ class SiteDaemon:
     def start_supernode(self) -> None:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._failing_since = None
-        self.supernode = start(self._supernode_cmd(), self.log_path, env=child_env(), die_with_parent=True)
+        self.supernode = start(self._supernode_cmd(), self.log_path, env=supernode_env(), die_with_parent=True)
         log.info("site %s: SuperNode (pid %d) connecting to %s", self.config.name, self.supernode.pid,
                  self.settings.coordinator)
 
