@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 from rich.live import Live
@@ -68,12 +69,12 @@ def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path
     return 0
 
 
-def run_site(config: Path, coordinator: str, insecure: bool, root_certificates: Path | None,
+def run_site(configs: list[Path], coordinator: str, insecure: bool, root_certificates: Path | None,
              encoder: str | None) -> int:
     import socket
 
     from fedtl.client.head_store import HeadStoreError
-    from fedtl.client.site_daemon import SiteDaemon, SuperNodeSettings
+    from fedtl.client.site_daemon import SiteDaemon, SuperNodeSettings, run_sites
     from fedtl.shared.config import load_site_config
     from fedtl.shared.data import DataError
     from fedtl.shared.encoders import EncoderError
@@ -90,10 +91,19 @@ def run_site(config: Path, coordinator: str, insecure: bool, root_certificates: 
         fail(f"--coordinator {coordinator!r}: cannot resolve host {host!r} ({exc.strerror or exc}); "
              "check the name, or use the coordinator's IP address")
     try:
-        site_cfg = load_site_config(config)
-        daemon = SiteDaemon(site_cfg, SuperNodeSettings(coordinator, insecure, root_certificates), encoder)
-        handle_stop_signals(on_stop=daemon.stop_event.set)
-        code = daemon.run()
+        site_cfgs = [load_site_config(config) for config in configs]
+        for field in ("name", "state_dir"):
+            seen: dict[object, Path] = {}
+            for path, cfg in zip(configs, site_cfgs):
+                value = getattr(cfg, field) if field == "name" else cfg.state_dir.resolve()
+                if value in seen:
+                    fail(f"{path} and {seen[value]} have the same {field} ({value}); each site needs its own")
+                seen[value] = path
+        stop_event = threading.Event()
+        settings = SuperNodeSettings(coordinator, insecure, root_certificates)
+        daemons = [SiteDaemon(cfg, settings, encoder, stop_event) for cfg in site_cfgs]
+        handle_stop_signals(on_stop=stop_event.set)
+        code = run_sites(daemons)
     except (ConfigError, DataError, EncoderError, HeadStoreError) as exc:
         fail(str(exc))
     # Stopped cleanly. A round may still be training in a worker thread: exit without joining it.

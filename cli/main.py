@@ -94,14 +94,16 @@ def coordinator(
 
 @app.command()
 def site(
-    config: Annotated[Path, typer.Option("--config", "-c", help="This site's site.yaml.")],
+    config: Annotated[list[Path], typer.Option(
+        "--config", "-c", help="This site's site.yaml; repeat to serve several sites from one process "
+                               "(they share torch's memory: many sites on one machine).")],
     coordinator: Annotated[str, typer.Option(help="The coordinator's Fleet API address, HOST:PORT.")],
     insecure: Annotated[bool, typer.Option(help="Plain gRPC without TLS (trusted networks, demos).")] = False,
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate that signed the coordinator's.")] = None,
     encoder: Annotated[str | None, typer.Option(help="Load this encoder at start instead of site.yaml's.")] = None,
     threads: Annotated[int | None, typer.Option(envvar="FEDTL_THREADS", help="CPU threads for training.")] = None,
 ) -> None:
-    """Run a site daemon: the site worker plus a Flower SuperNode, until SIGTERM or Ctrl-C."""
+    """Run a site daemon: the site worker plus a Flower SuperNode (per site), until SIGTERM or Ctrl-C."""
     from fedtl.cli.federation import run_site
 
     if threads:

@@ -65,11 +65,12 @@ class SuperNodeSettings:
 
 
 class SiteDaemon:
-    def __init__(self, config: SiteConfig, supernode: SuperNodeSettings, encoder: str | None = None):
+    def __init__(self, config: SiteConfig, supernode: SuperNodeSettings, encoder: str | None = None,
+                 stop_event: threading.Event | None = None):
         self.config = config
         self.settings = supernode
         self.encoder = encoder
-        self.stop_event = threading.Event()
+        self.stop_event = stop_event or threading.Event()
         self.server = None
         self.supernode = None
         self.socket = socket_path(config.state_dir)
@@ -135,32 +136,32 @@ class SiteDaemon:
 
     def run(self) -> int:
         """Serve until ``stop_event`` is set (the CLI sets it on SIGTERM/Ctrl-C); keep a SuperNode up."""
-        become_subreaper()  # the SuperNode's SuperExec runs in its own session: keep it in reach
-        self.start_worker()
+        return run_sites([self])
+
+    def supervise(self) -> None:
+        """Start the SuperNode and keep one up until ``stop_event`` is set."""
         self.start_supernode()
         backoff = 1.0
-        try:
-            while not self.stop_event.wait(1.0):
-                reap_orphans()
-                if self.supernode is not None and self.supernode.poll() is not None:
-                    log.warning("site %s: SuperNode exited with code %s; reconnecting in %.0fs (log: %s)",
-                                self.config.name, self.supernode.returncode, backoff, self.log_path)
-                    if self.stop_event.wait(backoff):
-                        break
-                    backoff = min(backoff * 2, 30.0)
-                    self.start_supernode()
-                elif self.supernode is not None and self.supernode_stuck():
-                    log.warning("site %s: the SuperNode keeps failing to connect although the coordinator "
-                                "answers; restarting it (log: %s)", self.config.name, self.log_path)
-                    stop(self.supernode)
-                    self.start_supernode()
-                elif self.supernode is not None:
-                    backoff = 1.0
-        finally:
-            self.shutdown()
-        return 0
+        while not self.stop_event.wait(1.0):
+            reap_orphans()
+            if self.supernode is not None and self.supernode.poll() is not None:
+                log.warning("site %s: SuperNode exited with code %s; reconnecting in %.0fs (log: %s)",
+                            self.config.name, self.supernode.returncode, backoff, self.log_path)
+                if self.stop_event.wait(backoff):
+                    break
+                backoff = min(backoff * 2, 30.0)
+                self.start_supernode()
+            elif self.supernode is not None and self.supernode_stuck():
+                log.warning("site %s: the SuperNode keeps failing to connect although the coordinator "
+                            "answers; restarting it (log: %s)", self.config.name, self.log_path)
+                stop(self.supernode)
+                self.start_supernode()
+            elif self.supernode is not None:
+                backoff = 1.0
 
     def shutdown(self) -> None:
+        if self.server is None and self.supernode is None:
+            return
         stop(self.supernode)
         self.supernode = None
         if self.server is not None:
@@ -171,3 +172,32 @@ class SiteDaemon:
         except FileNotFoundError:
             pass
         log.info("site %s: stopped", self.config.name)
+
+
+def run_sites(daemons: list[SiteDaemon]) -> int:
+    """Serve one or several sites from this process until their shared ``stop_event`` is set.
+
+    Several sites in one process share torch and its libraries (about 250 MB a process), so
+    many sites fit on one machine; each keeps its own worker, socket, SuperNode and state.
+    Workers start one after the other first, so a bad config or data file stops everything
+    before any site joins.
+    """
+    become_subreaper()  # the SuperNodes' SuperExecs run in their own sessions: keep them in reach
+    threads = []
+    try:
+        for daemon in daemons:
+            daemon.start_worker()
+        for daemon in daemons:
+            thread = threading.Thread(target=daemon.supervise, name=f"site-{daemon.config.name}", daemon=True)
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join()
+    finally:
+        for daemon in daemons:
+            daemon.stop_event.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        for daemon in daemons:
+            daemon.shutdown()
+    return 0

@@ -74,6 +74,14 @@ class Federation:
         self.procs[name] = proc
         return proc
 
+    def start_sites(self, label: str, *names: str) -> subprocess.Popen:
+        """One `fedtl site` process serving several sites (``label`` names its process and log)."""
+        configs = [arg for name in names for arg in ("--config", str(self.root / name / "site.yaml"))]
+        cmd = fedtl_cmd("site", *configs, "--coordinator", self.address, *self._tls_site())
+        proc = start(cmd, self.root / f"{label}.log", cwd=self.root)
+        self.procs[label] = proc
+        return proc
+
     def start_coordinator(self, *extra: str) -> subprocess.Popen:
         tls = ["--certs", str(self.certs)] if self.certs else ["--insecure"]
         cmd = fedtl_cmd("coordinator", "--config", str(self.root / "federation.yaml"), *tls,

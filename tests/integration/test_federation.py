@@ -155,6 +155,29 @@ def test_late_joiner_starts_from_the_current_global_encoder(tmp_path):
     assert late[0]["received"] == rounds[first - 2]["global_digest"]
 
 
+def test_one_process_serves_several_sites_each_with_its_own_state(tmp_path):
+    """`fedtl site --config a --config b --config c`: three sites, one process, each a full participant."""
+    fed = Federation(tmp_path)
+    names = ("host_a", "host_b", "host_c")
+    for i, name in enumerate(names):
+        fed.add_site(name, types=("classification",) if i % 2 == 0 else ("regression",), seed=i)
+    fed.write_config(rounds=2, min_sites=3, min_available_sites=3, final_evaluate=False)
+    try:
+        host = fed.start_sites("host", *names)
+        fed.start_coordinator()
+        assert fed.wait_coordinator(400) == 0, fed.log("coordinator") + fed.log("host")
+        assert pids_matching(" site ", str(tmp_path / "host_b" / "site.yaml")) == [host.pid], "one process for all"
+        assert interrupt_and_check_exit(host, signal.SIGTERM) == 0  # and every site's SuperNode went with it
+    finally:
+        fed.stop_all()
+    rounds = fed.rounds()
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(set(r["sites"]) == set(names) for r in rounds)
+    for name in names:  # each site kept its own heads and history in its own state folder
+        assert [h["round"] for h in fed.site_history(name)] == [1, 2]
+        assert list((tmp_path / name / "state").rglob("*.safetensors")), f"{name} saved no heads"
+
+
 def test_a_site_killed_mid_round_does_not_stop_the_round(tmp_path):
     fed = Federation(tmp_path)
     fed.add_site("steady", types=("classification",))
