@@ -1,0 +1,144 @@
+"""Many real sites on one machine: seconds per round, overhead and memory per site, coordinator memory.
+
+``N`` sites (the bundled lexicon site's rows dealt across them, the tiny encoder) each with
+a real Flower SuperNode, served by ``fedtl site`` processes holding ``--per-process`` sites
+each, against a real ``fedtl coordinator`` (SuperLink, ServerApp, MLflow on SQLite) on
+loopback, for ``--rounds`` rounds. Memory is proportional set size (PSS: shared library pages
+split among the processes that map them), sampled every 2 s, the peak kept; per site it counts
+the whole tree of the site processes (workers, SuperNodes, SuperExecs, ClientApps) over N.
+
+    python benchmarks/scale.py [--sites 50] [--rounds 10] [--per-process 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from readme_block import write_block
+from rich.console import Console
+from rich.table import Table
+from split_sites import split_site
+
+from fedtl.server.history import read_rounds
+from fedtl.shared.examples import copy_examples
+from fedtl.shared.processes import free_port, start, stop_many, tool, tree
+
+OUT = Path(__file__).resolve().parent / "results" / "scale"
+MiB = 2**20
+
+
+def pss(pid: int) -> int:
+    """Proportional set size of one process in bytes (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_pss(root: int) -> int:
+    return sum(pss(pid) for pid in tree(root))
+
+
+def federation_yaml(root: Path, sites: int, rounds: int, steps: int) -> tuple[Path, str]:
+    config = {
+        "name": "scale", "encoder": "tiny", "update_mode": "full", "rounds": rounds, "min_sites": sites,
+        "min_available_sites": sites, "max_steps": steps, "round_timeout": 600, "wait_for_sites": 900,
+        "final_evaluate": False, "state_dir": str(root / "coordinator"),
+        "superlink": {"fleet_address": f"127.0.0.1:{free_port()}", "control_port": free_port()},
+        "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "scale"},
+    }
+    path = root / "federation.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, config["superlink"]["fleet_address"]
+
+
+def run(sites: int, rounds: int, per_process: int, steps: int, root: Path) -> dict:
+    bundled = copy_examples(root / "bundled")
+    configs = split_site(bundled["lexicon"], sites, root / "split")
+    fed_path, fleet = federation_yaml(root, sites, rounds, steps)
+    coordinator = start([tool("fedtl"), "coordinator", "--config", str(fed_path), "--insecure"],
+                        root / "coordinator.log", die_with_parent=True)
+    hosts = []
+    for k in range(0, sites, per_process):
+        args = [a for c in configs[k:k + per_process] for a in ("--config", str(c))]
+        hosts.append(start([tool("fedtl"), "site", *args, "--coordinator", fleet, "--insecure", "--encoder", "tiny"],
+                           root / f"sites-{k // per_process}.log", die_with_parent=True))
+    peak_sites = peak_coord = 0
+    started = time.monotonic()
+    try:
+        while coordinator.poll() is None:
+            peak_sites = max(peak_sites, sum(tree_pss(h.pid) for h in hosts))
+            peak_coord = max(peak_coord, tree_pss(coordinator.pid))
+            if time.monotonic() - started > 3600:
+                raise RuntimeError(f"no end after an hour; see {root}")
+            time.sleep(2.0)
+    finally:
+        stop_many([*hosts, coordinator])
+    records = read_rounds(root / "coordinator")
+    walls = [b["started_at"] - a["started_at"] for a, b in zip(records, records[1:])]
+    overheads = []
+    for record, wall in zip(records, walls):
+        slowest = max(float(e["report"]["seconds/total"]) + float(e["report"].get("seconds/baseline", 0.0))
+                      for e in record["sites"].values())
+        overheads.append(wall - slowest)
+    return {
+        "sites": sites, "per_process": per_process, "rounds": len(records), "exit_code": coordinator.returncode,
+        "failed_rounds": sum(1 for r in records if r["accepted"] < sites or not r["aggregated"]),
+        "round_seconds": statistics.fmean(walls[1:] or walls) if walls else None,
+        "overhead_per_site": statistics.fmean(o / sites for o in (overheads[1:] or overheads)) if overheads else None,
+        "site_pss": peak_sites / sites, "coordinator_pss": peak_coord,
+        "seconds": time.monotonic() - started,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, nargs="+", default=[50])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--per-process", type=int, nargs="+", default=[10])
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+
+    rows = []
+    for sites in args.sites:
+        for per_process in args.per_process:
+            with tempfile.TemporaryDirectory() as tmp:
+                rows.append(run(sites, args.rounds, per_process, args.steps, Path(tmp)))
+    table = Table(title=f"real SuperNodes on loopback, tiny encoder, {args.rounds} rounds x {args.steps} steps")
+    header = ["sites", "sites per process", "rounds done", "failed rounds", "s per round",
+              "overhead s per site", "MiB per site (PSS)", "coordinator MiB (PSS)"]
+    for col in header:
+        table.add_column(col, justify="right")
+    lines = [f"Real SuperNodes on loopback, tiny encoder, bundled lexicon rows dealt across the sites, "
+             f"{args.rounds} rounds x {args.steps} encoder steps, {platform.machine()} CPU, 2 cores.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [str(r["sites"]), str(r["per_process"]), str(r["rounds"]), str(r["failed_rounds"]),
+                 f"{r['round_seconds']:.1f}", f"{r['overhead_per_site']:.2f}", f"{r['site_pss'] / MiB:.0f}",
+                 f"{r['coordinator_pss'] / MiB:.0f}"]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    Console().print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scale.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "scale.md").write_text("\n".join(lines) + "\n")
+    if args.out == OUT:
+        write_block("scale", "\n".join(lines))
+    worst = max(rows, key=lambda r: r["site_pss"])
+    print(f"scale: {sum(r['failed_rounds'] for r in rows)} failed rounds; at most "
+          f"{worst['site_pss'] / MiB:.0f} MiB per site (PSS; target <= 400 MB)")
+
+
+if __name__ == "__main__":
+    main()
