@@ -2,7 +2,7 @@
 
 FedAvg and every strategy built on FedAvg's weighted mean (FedProx, FedAvgM, FedAdam,
 FedYogi) need only ``sum_i n_i * model_i`` and ``sum_i n_i``. ``RoundAggregator`` keeps those
-running sums (one fused multiply-add per tensor), so the coordinator holds one model's worth
+running sums (one BLAS multiply-add pass per tensor), so the coordinator holds one model's worth
 of sums whatever the number of sites, and hands the strategy a single reply carrying the
 weighted mean: Flower's own server optimizers (momentum, Adam moments) then run unchanged.
 
@@ -39,8 +39,9 @@ class RunningSum:
     """``sum_i w_i * x_i`` and ``sum_i w_i`` over named tensors, one BLAS ``saxpy`` per tensor.
 
     ``saxpy`` reads the update once and the sum once and writes the sum once, in one pass
-    (numpy's multiply then add would take two); its result does not depend on where the
-    buffers lie in memory, so a run is bit-identical to its ``--resume``.
+    (numpy's multiply then add would take two). Its result does not depend on where the
+    buffers lie in memory, only on the order the updates come in (it rounds each
+    multiply-add once): the same replies in the same order give bit-identical sums.
     """
 
     def __init__(self) -> None:
