@@ -27,6 +27,7 @@ from pathlib import Path
 from readme_block import write_block
 from rich.console import Console
 from rich.table import Table
+from round_timing import timed_rounds
 
 from fedtl.server.control import FlowerControl
 from fedtl.server.history import read_rounds
@@ -36,20 +37,12 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "overhead"
 
 
-def site_seconds(report: dict) -> float:
-    """A site's own work in a round: training and evaluation, plus its local-only baseline (round 1)."""
-    return float(report["seconds/total"]) + float(report.get("seconds/baseline", 0.0))
-
-
 def fedtl_rounds(encoder: str, update: str, rounds: int, workdir: Path) -> list[dict]:
     cmd = [tool("fedtl"), "demo", "--encoder", encoder, "--update", update, "--rounds", str(rounds),
            "--workdir", str(workdir)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
-    records = read_rounds(workdir / "coordinator")
     out = []
-    for record, after in zip(records, records[1:]):  # a round's wall time: from its start to the next one's
-        sites = {s: site_seconds(e["report"]) for s, e in record["sites"].items()}
-        wall = after["started_at"] - record["started_at"]
+    for record, wall, sites in timed_rounds(read_rounds(workdir / "coordinator")):
         out.append({"round": record["round"], "seconds": wall, "sites": sites,
                     "bytes_down": record["bytes_down"], "bytes_up": record["bytes_up"],
                     "overhead": wall - max(sites.values())})

@@ -24,6 +24,7 @@ import yaml
 from readme_block import write_block
 from rich.console import Console
 from rich.table import Table
+from round_timing import timed_rounds
 from split_sites import split_site
 
 from fedtl.server.history import read_rounds
@@ -85,12 +86,9 @@ def run(sites: int, rounds: int, per_process: int, steps: int, root: Path) -> di
     finally:
         stop_many([*hosts, coordinator])
     records = read_rounds(root / "coordinator")
-    walls = [b["started_at"] - a["started_at"] for a, b in zip(records, records[1:])]
-    overheads = []
-    for record, wall in zip(records, walls):
-        slowest = max(float(e["report"]["seconds/total"]) + float(e["report"].get("seconds/baseline", 0.0))
-                      for e in record["sites"].values())
-        overheads.append(wall - slowest)
+    timed = list(timed_rounds(records))
+    walls = [wall for _, wall, _ in timed]
+    overheads = [wall - max(sites.values()) for _, wall, sites in timed]
     return {
         "sites": sites, "per_process": per_process, "rounds": len(records), "exit_code": coordinator.returncode,
         "failed_rounds": sum(1 for r in records if r["accepted"] < sites or not r["aggregated"]),

@@ -101,11 +101,15 @@ class Exchange:
     def bytes_down(self) -> int:
         return sum(record_nbytes(m.content[ARRAYS]) for m in self.sent)
 
-    def received(self, msg: Message) -> None:
-        """Count a reply as it arrives (before aggregation may release its tensors)."""
-        self.replies.append(msg)
-        if not msg.has_error() and ARRAYS in msg.content.array_records:
-            self.bytes_up += record_nbytes(msg.content[ARRAYS])
+    def collect(self, grid: Grid, rnd: int, timeout: float, wire: WireLog) -> Iterator[Message]:
+        """Each reply as it arrives, logged on the wire log and counted (before aggregation may
+        release its tensors)."""
+        for msg in receive(grid, self.sent, timeout):
+            wire.record("up", rnd, msg)
+            self.replies.append(msg)
+            if not msg.has_error() and ARRAYS in msg.content.array_records:
+                self.bytes_up += record_nbytes(msg.content[ARRAYS])
+            yield msg
 
 
 @dataclass
@@ -221,19 +225,16 @@ def exchange(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], conf
              personal: dict[int, dict[str, np.ndarray]] | None = None) -> Exchange:
     """Sample, send, and collect every reply (evaluation: replies carry metrics only)."""
     ex = send(grid, strategy, rnd, arrays, config, wire, evaluate, personal)
-    for msg in receive(grid, ex.sent, timeout):
-        wire.record("up", rnd, msg)
-        ex.received(msg)
+    for _ in ex.collect(grid, rnd, timeout, wire):
+        pass
     return ex
 
 
-def train_exchange(grid: Grid, strategy, rnd: int, ex: Exchange, global_arrays: dict[str, np.ndarray],
+def train_exchange(grid: Grid, rnd: int, ex: Exchange, global_arrays: dict[str, np.ndarray],
                    aggregator: RoundAggregator, fed: FederationConfig, wire: WireLog) -> Judgement:
     """Receive the training replies, judging each and folding accepted ones into ``aggregator``."""
     failed, rejected = [], []
-    for msg in receive(grid, ex.sent, fed.round_timeout):
-        wire.record("up", rnd, msg)
-        ex.received(msg)
+    for msg in ex.collect(grid, rnd, fed.round_timeout, wire):
         verdict = check_update(msg, global_arrays, fed.max_update_norm)
         if verdict.ok:
             aggregator.add(msg, verdict, ex.bases.get(verdict.node_id, global_arrays))
@@ -346,7 +347,7 @@ class FederationRun:
         log.info("round %d: sending the encoder (%s) to %d sites", rnd, fed.update_mode, len(ex.sent))
         keep = fed.personalization.method == "similarity" or fed.strategy.name not in STREAMING_STRATEGIES
         aggregator = RoundAggregator(strategy, global_arrays, keep_models=keep, sketch=self._sketch, sums=self._sums)
-        verdicts = train_exchange(grid, strategy, rnd, ex, global_arrays, aggregator, fed, wire)
+        verdicts = train_exchange(grid, rnd, ex, global_arrays, aggregator, fed, wire)
         for entry in verdicts.rejected:
             log.warning("round %d: rejected the update of %s: %s", rnd, entry["site"], entry["reason"])
         for entry in verdicts.failed:
