@@ -37,6 +37,7 @@ from fedtl.client.local_training import load_site_data, prepare_tasks
 from fedtl.client.loss_weighting import LossWeighting
 from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
 from fedtl.client.trainer import LocalTrainer, PreparedTask, mean_primary, resolve_device, resolve_precision
+from fedtl.client.wire_codecs import SiteCodecs
 from fedtl.shared.atomic import write_bytes_atomic, write_json_atomic
 from fedtl.shared.config import SiteConfig
 from fedtl.shared.encoders import load_encoder
@@ -87,6 +88,7 @@ class SiteWorker:
         self._schedule_part = (0, 1)  # this round's place in the lr schedule (round k of n)
         self.lock = threading.Lock()
         self.rounds_done = 0
+        self.codecs = SiteCodecs()  # the reference encoder of a coded downlink, the uplink's residual
         self.baseline: dict[str, dict[str, float]] | None = self._read_json(self.root / "baseline.json")
         self._load_encoder(encoder_spec or config.encoder, seed=0)
 
@@ -102,6 +104,8 @@ class SiteWorker:
         self.encoder.eval()
         self.encoder_spec, self.encoder_seed = spec, seed
         self.param_names = [n for n, _ in self.encoder.named_parameters()]
+        self._pristine = True  # the encoder's tensors are still the pretrained ones
+        self.codecs.reset()
         self.tasks: list[PreparedTask] = prepare_tasks(
             self.datas, self.encoder, self.store, self.config.training.max_length, self.config.training.seed
         )
@@ -139,12 +143,26 @@ class SiteWorker:
             self.rounds_done = 0
             self.optimizer_state.clear()
 
-    def _apply_global(self, config: RoundConfig, content: RecordDict) -> tuple[UpdateMode, dict[str, np.ndarray]]:
-        """Load the coordinator's encoder tensors into the local encoder; return them."""
+    def _pretrained_tensors(self, names: list[str]) -> dict[str, np.ndarray]:
+        """The pretrained values of ``names`` (from the encoder while untouched, else loaded again)."""
+        encoder = self.encoder if self._pristine else load_encoder(self.encoder_spec, seed=self.encoder_seed)
+        params = dict(encoder.named_parameters())
+        return {n: params[n].detach().float().cpu().numpy().copy() for n in names}
+
+    def _apply_global(self, config: RoundConfig, content: RecordDict,
+                      train: bool = False) -> tuple[UpdateMode, dict[str, np.ndarray]]:
+        """Load the coordinator's encoder tensors into the local encoder; return them.
+
+        A training message may carry them coded (``client/wire_codecs.py``): what is loaded
+        and returned is the encoder they stand for."""
         self._ensure_encoder(config)
         mode = UpdateMode.parse(config.update_mode)
         arrays = from_record(content[ARRAYS])
         expected = exchanged_names(self.param_names, mode)
+        if train:
+            params = dict(self.encoder.named_parameters())
+            arrays = self.codecs.receive(config, arrays, {n: tuple(params[n].shape) for n in expected},
+                                         lambda: self._pretrained_tensors(expected))
         if sorted(arrays) != expected:
             extra, missing = sorted(set(arrays) - set(expected)), sorted(set(expected) - set(arrays))
             raise ValueError(f"coordinator sent tensors that do not fit update mode {mode}: "
@@ -156,6 +174,7 @@ class SiteWorker:
                     raise ValueError(f"tensor {name}: shape {value.shape} from the coordinator, "
                                      f"{tuple(params[name].shape)} here")
                 params[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+        self._pristine = False
         return mode, arrays
 
     def _training_config(self, config: RoundConfig):
@@ -220,7 +239,7 @@ class SiteWorker:
         if self.baseline is None and self.rounds_done == 0:
             self._ensure_baseline(training, frozen)  # the encoder is still the pretrained one here
             baseline_seconds = time.time() - handled_at
-        mode, global_arrays = self._apply_global(config, content)
+        mode, global_arrays = self._apply_global(config, content, train=True)
         names = set(global_arrays)
         log.info("site %s: round %d: training (%s)", self.config.name, round_, mode)
         faults.hold_before_training(round_)
@@ -233,6 +252,7 @@ class SiteWorker:
         trained = trainer.finetuned_encoder or dict(self.encoder.named_parameters())
         delta = {n: trained[n].detach().float().cpu().numpy() - global_arrays[n] for n in sorted(names)}
         faults.poison_update(delta)
+        wire = self.codecs.send(config, delta)  # the delta itself, or its coding (with error feedback)
         params = dict(self.encoder.named_parameters())  # the shared path's kept model, as the site serves it
         write_bytes_atomic(self.root / "encoder.safetensors",
                            save_arrays({n: params[n].detach().float().cpu().numpy() for n in sorted(names)}))
@@ -253,7 +273,7 @@ class SiteWorker:
         norm = l2_norm(delta)
         self._append_history({
             "round": round_, "run_id": config.run_id, "received": digest(global_arrays),
-            "sent": digest(delta), "heads": self._heads_digest(), "kept": result.kept, "update_norm": norm,
+            "sent": digest(wire), "heads": self._heads_digest(), "kept": result.kept, "update_norm": norm,
             "metrics": served.final, "seconds": seconds, "startup_seconds": startup,
         })
 
@@ -273,7 +293,7 @@ class SiteWorker:
             Section.BASELINE: self.baseline or {}, Section.TRAIN_LOSS: result.train_loss, Section.SECONDS: seconds,
         })
         report[ReportKey.SITE_MODEL] = site_model
-        return RecordDict({ARRAYS: to_record(delta), METRICS: metrics, REPORT: report})
+        return RecordDict({ARRAYS: to_record(wire), METRICS: metrics, REPORT: report})
 
     def _choose_site_model(self, federated: dict[str, dict[str, float]], round_: int, personal: bool = False):
         """The model this site should serve: the federated one, unless its baseline validates better.

@@ -24,25 +24,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedtl.server.aggregation import STREAMING_STRATEGIES, CountSketch, RoundAggregator, RunningSum
 from fedtl.server.checkpoints import latest_checkpoint, load_checkpoint_into, save_checkpoint
+from fedtl.server.downlink import Downlink
 from fedtl.server.resume import ResumePoint, load_resume_point, restore_strategy, save_resume_point, strategy_state
 from fedtl.server.similarity import cosine_matrix, mix, mixing_weights
 from fedtl.server.strategies import build_strategy, strategy_settings
 from fedtl.server.validation import Verdict, check_update, site_name
 from fedtl.server.wire_log import WireLog
+from fedtl.shared.codecs import Codec, CodecError, decode
 from fedtl.shared.encoders import TextEncoder, load_encoder
 from fedtl.shared.federation_config import FederationConfig
-from fedtl.shared.protocol import ARRAYS, METRICS, REPORT, RoundConfig, SiteMetric
-from fedtl.shared.records import digest, record_nbytes, to_record
+from fedtl.shared.protocol import ARRAYS, CONFIG, METRICS, REPORT, RoundConfig, SiteMetric
+from fedtl.shared.records import digest, from_record, record_nbytes, to_record
 from fedtl.shared.update_modes import exchanged_names
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class Exchange:
     replies: list[Message] = field(default_factory=list)
     bases: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     bytes_up: int = 0
+    node_bytes_up: dict[int, int] = field(default_factory=dict)
 
     @property
     def sampled(self) -> set[int]:
@@ -101,6 +104,9 @@ class Exchange:
     def bytes_down(self) -> int:
         return sum(record_nbytes(m.content[ARRAYS]) for m in self.sent)
 
+    def node_bytes_down(self) -> dict[int, int]:
+        return {m.metadata.dst_node_id: record_nbytes(m.content[ARRAYS]) for m in self.sent}
+
     def collect(self, grid: Grid, rnd: int, timeout: float, wire: WireLog) -> Iterator[Message]:
         """Each reply as it arrives, logged on the wire log and counted (before aggregation may
         release its tensors)."""
@@ -108,7 +114,9 @@ class Exchange:
             wire.record("up", rnd, msg)
             self.replies.append(msg)
             if not msg.has_error() and ARRAYS in msg.content.array_records:
-                self.bytes_up += record_nbytes(msg.content[ARRAYS])
+                size = record_nbytes(msg.content[ARRAYS])
+                self.bytes_up += size
+                self.node_bytes_up[msg.metadata.src_node_id] = size
             yield msg
 
 
@@ -173,15 +181,26 @@ class RoundResult:
 
 
 def send(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: RoundConfig, wire: WireLog,
-         evaluate: bool = False, personal: dict[int, dict[str, np.ndarray]] | None = None) -> Exchange:
-    """Sample sites and build their messages. ``personal[node]``: that node gets these tensors instead."""
+         evaluate: bool = False, personal: dict[int, dict[str, np.ndarray]] | None = None,
+         downlink: Downlink | None = None) -> Exchange:
+    """Sample sites and build their messages. ``personal[node]``: that node gets these tensors instead;
+    ``downlink``: every node gets what brings its encoder up to date (``server/downlink.py``)."""
     configure = strategy.configure_evaluate if evaluate else strategy.configure_train
+    # the strategy sees the global tensors (FedAdam & co. keep them for their server step)
     sent = list(configure(rnd, to_record(arrays), config.to_record(), grid))
     bases = {}
+    encoded: dict[str, tuple[ArrayRecord, ConfigRecord]] = {}  # one record per payload, shared by its nodes
     for msg in sent:
         node = msg.metadata.dst_node_id
         bases[node] = (personal or {}).get(node, arrays)
-        if bases[node] is not arrays:  # strategies share one RecordDict among their messages: give it its own
+        if downlink is not None:
+            payload, base = downlink.payload(node)
+            if base not in encoded:
+                cfg = ConfigRecord({**msg.content[CONFIG], RoundConfig.key("base_digest"): base})
+                encoded[base] = (to_record(payload), cfg)
+            record, cfg = encoded[base]
+            msg.content = RecordDict({**msg.content, ARRAYS: record, CONFIG: cfg})
+        elif bases[node] is not arrays:  # strategies share one RecordDict among their messages: give it its own
             msg.content = RecordDict({**msg.content, ARRAYS: to_record(bases[node])})
         wire.record("down", rnd, msg)
     return Exchange(sent, bases=bases)
@@ -230,11 +249,30 @@ def exchange(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], conf
     return ex
 
 
+def decode_reply(msg: Message, codec: Codec, shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """Replace a reply's encoded delta by the fp32 tensors it stands for; the reason if it does not decode."""
+    if msg.has_error() or ARRAYS not in msg.content.array_records:
+        return None
+    try:
+        msg.content[ARRAYS] = to_record(decode(from_record(msg.content[ARRAYS]), codec, shapes))
+    except CodecError as exc:
+        return f"the {codec} update does not decode: {exc}"
+    return None
+
+
 def train_exchange(grid: Grid, rnd: int, ex: Exchange, global_arrays: dict[str, np.ndarray],
-                   aggregator: RoundAggregator, fed: FederationConfig, wire: WireLog) -> Judgement:
+                   aggregator: RoundAggregator, fed: FederationConfig, wire: WireLog,
+                   downlink: Downlink | None = None) -> Judgement:
     """Receive the training replies, judging each and folding accepted ones into ``aggregator``."""
     failed, rejected = [], []
+    up = Codec.parse(fed.codec.up)
+    shapes = {n: a.shape for n, a in global_arrays.items()}
     for msg in ex.collect(grid, rnd, fed.round_timeout, wire):
+        if downlink is not None:
+            downlink.answered(msg.metadata.src_node_id, not msg.has_error())
+        if up.lossy and (reason := decode_reply(msg, up, shapes)) is not None:
+            rejected.append({"site": site_name(msg), "reason": reason})
+            continue
         verdict = check_update(msg, global_arrays, fed.max_update_norm)
         if verdict.ok:
             aggregator.add(msg, verdict, ex.bases.get(verdict.node_id, global_arrays))
@@ -244,6 +282,9 @@ def train_exchange(grid: Grid, rnd: int, ex: Exchange, global_arrays: dict[str, 
             rejected.append({"site": verdict.site, "reason": verdict.reason})
     failed += [{"site": f"node-{n}", "reason": f"no reply within round_timeout ({fed.round_timeout:.0f}s)"}
                for n in sorted(ex.sampled - ex.answered)]
+    if downlink is not None:
+        for node in ex.sampled - ex.answered:
+            downlink.answered(node, False)
     return Judgement(aggregator.accepted, failed, rejected)
 
 
@@ -260,6 +301,7 @@ class FederationRun:
     node_sites: dict[int, str] = field(default_factory=dict)
     _sketch: CountSketch = field(default_factory=CountSketch, repr=False)  # one sign table for every round
     _sums: RunningSum = field(default_factory=RunningSum, repr=False)  # one set of sum buffers for every round
+    _downlink: Downlink | None = field(default=None, repr=False)  # codec.down lossy: what the sites hold
 
     def _emit(self, event: str, *args: Any) -> None:
         for observer in self.observers:
@@ -307,6 +349,8 @@ class FederationRun:
             restore_strategy(strategy, point.strategy)
             done = point.round
             self.site_models = point.site_models
+        if Codec.parse(fed.codec.down).lossy:  # sites hold the pretrained tensors, not a resumed encoder
+            self._downlink = Downlink(Codec.parse(fed.codec.down), global_arrays, sites_hold_start=point is None)
         self._emit("start", {
             "run_id": self.run_id, "config": fed.model_dump(mode="json"), "start_round": done + 1,
             "strategy_settings": strategy_settings(fed), "tensors": len(global_arrays),
@@ -343,11 +387,14 @@ class FederationRun:
         started = time.time()
         wait_for_sites(grid, fed.sites_to_start, fed.wait_for_sites)
         personal = {node: self.site_models[site] for node, site in self.node_sites.items() if site in self.site_models}
-        ex = send(grid, strategy, rnd, global_arrays, self.round_config(), wire, personal=personal)
+        config = replace(self.round_config(), up_codec=fed.codec.up, down_codec=fed.codec.down)
+        if self._downlink is not None:
+            self._downlink.prepare(global_arrays)
+        ex = send(grid, strategy, rnd, global_arrays, config, wire, personal=personal, downlink=self._downlink)
         log.info("round %d: sending the encoder (%s) to %d sites", rnd, fed.update_mode, len(ex.sent))
         keep = fed.personalization.method == "similarity" or fed.strategy.name not in STREAMING_STRATEGIES
         aggregator = RoundAggregator(strategy, global_arrays, keep_models=keep, sketch=self._sketch, sums=self._sums)
-        verdicts = train_exchange(grid, rnd, ex, global_arrays, aggregator, fed, wire)
+        verdicts = train_exchange(grid, rnd, ex, global_arrays, aggregator, fed, wire, self._downlink)
         for entry in verdicts.rejected:
             log.warning("round %d: rejected the update of %s: %s", rnd, entry["site"], entry["reason"])
         for entry in verdicts.failed:
@@ -356,6 +403,7 @@ class FederationRun:
         self.node_sites.update({v.node_id: v.site for _, v in verdicts.accepted})
         agg_started = time.perf_counter()
         new_arrays, agg_metrics, mixing = None, {}, {}
+        down = ex.node_bytes_down()
         if len(verdicts.accepted) >= fed.min_sites:
             if fed.personalization.method == "similarity":
                 mixing = self.personalize(verdicts.accepted, aggregator)
@@ -369,7 +417,9 @@ class FederationRun:
             aggregated=new_arrays is not None,
             global_arrays=new_arrays if new_arrays is not None else global_arrays,
             bytes_down=ex.bytes_down(), bytes_up=ex.bytes_up, metrics=agg_metrics,
-            sites={v.site: {"metrics": dict(m.content[METRICS]), "report": _report(m)} for m, v in verdicts.accepted},
+            sites={v.site: {"metrics": dict(m.content[METRICS]), "report": _report(m),
+                            "bytes_down": down.get(v.node_id, 0), "bytes_up": ex.node_bytes_up.get(v.node_id, 0)}
+                   for m, v in verdicts.accepted},
             update_cosine=aggregator.cosine(), mixing=mixing,
         )
         result.seconds = time.time() - started

@@ -350,6 +350,9 @@ def round_metrics(record: dict[str, Any], baselines_logged: set[str]) -> dict[st
         out[f"site/{site}/num_examples"] = m.get(SiteMetric.NUM_EXAMPLES, 0)
         out[f"site/{site}/seconds"] = m.get(SiteMetric.SECONDS, 0)
         out[f"site/{site}/startup_seconds"] = m.get(SiteMetric.STARTUP_SECONDS, 0)
+        for direction in ("bytes_down", "bytes_up"):  # as encoded on the wire (codec.up / codec.down)
+            if direction in entry:
+                out[f"site/{site}/{direction}"] = entry[direction]
         for task, primary in primary_metrics(report):
             first = f"{site}/{task}" not in baselines_logged
             for key, value in report.items():

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from fedtl.shared.codecs import Codec
 from fedtl.shared.config import Name, _resolve, resolve_encoder_spec, resolve_state_dir
 from fedtl.shared.encoder_specs import encoder_folder, encoder_layers
 from fedtl.shared.update_modes import UpdateMode
@@ -58,6 +59,26 @@ class PersonalizationConfig(BaseModel):
                                                               ".inf: serve the global encoder)")
     similarity_temperature: float = Field(default=0.1, gt=0, description="similarity: softmax temperature over "
                                           "update cosine; lower keeps more of a site's own model")
+
+
+class CodecConfig(BaseModel):
+    """How encoder tensors are packed on the wire, per direction (``shared/codecs.py``).
+
+    Lossy codecs keep error feedback: the site carries what its uplink encoding dropped into its
+    next update; the coordinator sends the change of the global encoder since what the sites hold,
+    so what one round's downlink dropped goes out with the next.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    up: str = Field(default="none", description="site -> coordinator: none | fp16 | bf16 | int8 | int8:tensor | "
+                                                "topk:F (the F largest of each tensor, with their indices)")
+    down: str = Field(default="none", description="coordinator -> site: the same choices")
+
+    @field_validator("up", "down")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return str(Codec.parse(value))
 
 
 class SuperLinkConfig(BaseModel):
@@ -122,6 +143,7 @@ class FederationConfig(BaseModel):
     state_dir: Path = Field(default=Path("coordinator"), description="checkpoints and round history")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
+    codec: CodecConfig = Field(default_factory=CodecConfig)
     superlink: SuperLinkConfig = Field(default_factory=SuperLinkConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
@@ -146,6 +168,14 @@ class FederationConfig(BaseModel):
     @classmethod
     def _resolve_state_dir(cls, value: Path, info: ValidationInfo) -> Path:
         return resolve_state_dir(value, info)
+
+    @model_validator(mode="after")
+    def _downlink_is_one_model(self) -> FederationConfig:
+        if Codec.parse(self.codec.down).lossy and self.personalization.method == "similarity":
+            raise ValueError(f"codec.down {self.codec.down} sends every site the same encoder as changes since the "
+                             "last round, but personalization similarity sends each site its own model; "
+                             "use codec.down: none with similarity")
+        return self
 
     @property
     def sites_to_start(self) -> int:

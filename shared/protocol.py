@@ -51,6 +51,10 @@ class RoundConfig:
     personalization: str = "fedrep"    # what the site trains and serves: fedrep | ditto | similarity
     ditto_lambda: float | None = None  # ditto: pull of the personal model towards the global one
     num_rounds: int | None = None      # the federation's rounds: a site's lr schedule spans them all
+    up_codec: str | None = None        # how the site packs its delta (shared/codecs.py); None: fp32
+    down_codec: str | None = None      # how ARRAYS are packed; None: the global tensors in fp32
+    base_digest: str | None = None     # down_codec: ARRAYS are a change to the encoder with this digest
+                                       # ("": ARRAYS are the whole reference encoder, fp32)
 
     @staticmethod
     def key(field_name: str) -> str:
@@ -74,7 +78,8 @@ class RoundConfig:
             raise ValueError(f"round config lacks {missing}; is the coordinator running fedtl?")
         casts = {"update_mode": str, "encoder": str, "encoder_seed": int, "run_id": int, "server_round": int,
                  "encoder_epochs": int, "max_steps": int, "proximal_mu": float, "personalization": str,
-                 "ditto_lambda": float, "num_rounds": int}
+                 "ditto_lambda": float, "num_rounds": int,
+                 "up_codec": str, "down_codec": str, "base_digest": str}
         return cls(**{name: casts[name](value) for name, value in values.items()})
 
 
