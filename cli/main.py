@@ -120,7 +120,7 @@ def site(
 def demo(
     rounds: Annotated[int | None, typer.Option(min=1, help="Federated rounds (default 3).")] = None,
     encoder: Annotated[str | None, typer.Option(help="minilm (default), tiny, or a Hugging Face model folder.")] = None,
-    update: Annotated[str | None, typer.Option(help="Update mode: full, last:N (default last:2) or bias.")] = None,
+    update: Annotated[str | None, typer.Option(help="Update mode: full, last:N (default last:2), bias or lora.")] = None,
     site: Annotated[list[Path] | None, typer.Option(
         "--site", help="A site.yaml; repeat for more sites. Default: the bundled examples.")] = None,
     federation: Annotated[Path | None, typer.Option(help="A federation.yaml for the other settings.")] = None,

@@ -41,6 +41,7 @@ from fedtl.client.wire_codecs import SiteCodecs
 from fedtl.shared.atomic import write_bytes_atomic, write_json_atomic
 from fedtl.shared.config import SiteConfig
 from fedtl.shared.encoders import load_encoder
+from fedtl.shared.lora import LoraSettings, add_adapters
 from fedtl.shared.protocol import (
     ARRAYS,
     CONFIG,
@@ -105,6 +106,7 @@ class SiteWorker:
         self.encoder_spec, self.encoder_seed = spec, seed
         self.param_names = [n for n, _ in self.encoder.named_parameters()]
         self._pristine = True  # the encoder's tensors are still the pretrained ones
+        self.adapters: LoraSettings | None = None  # update mode lora: the adapters on the encoder
         self.codecs.reset()
         self.tasks: list[PreparedTask] = prepare_tasks(
             self.datas, self.encoder, self.store, self.config.training.max_length, self.config.training.seed
@@ -135,17 +137,38 @@ class SiteWorker:
             raise ValueError(f"site worker cannot handle message type {message_type!r}")
 
     def _ensure_encoder(self, config: RoundConfig) -> None:
-        """Hold the same pretrained encoder as the coordinator."""
+        """Hold the same pretrained encoder as the coordinator (with the same adapters, under lora)."""
         spec, seed = config.encoder, config.encoder_seed
-        if (spec, seed) != (self.encoder_spec, self.encoder_seed):
+        adapters = None
+        if UpdateMode.parse(config.update_mode).kind == "lora":
+            defaults = LoraSettings()
+            adapters = LoraSettings(config.lora_rank or defaults.rank, config.lora_alpha or defaults.alpha,
+                                    config.lora_dropout if config.lora_dropout is not None else defaults.dropout,
+                                    config.lora_targets or defaults.targets)
+        if (spec, seed) != (self.encoder_spec, self.encoder_seed) or (self.adapters not in (None, adapters)):
             log.info("coordinator uses encoder %s (seed %d); switching from %s", spec, seed, self.encoder_spec)
             self._load_encoder(spec, seed)
             self.rounds_done = 0
             self.optimizer_state.clear()
+        if adapters is not None and self.adapters is None:
+            self._add_adapters(adapters)
+
+    def _add_adapters(self, settings: LoraSettings) -> None:
+        """LoRA adapters on the encoder, initialised as the coordinator's (same seed): only they train."""
+        add_adapters(self.encoder, settings, seed=self.encoder_seed)
+        self.encoder.to(self.device)
+        self.adapters = settings
+        self.param_names = [n for n, _ in self.encoder.named_parameters()]
+        self.optimizer_state.clear()
+        self.codecs.reset()
 
     def _pretrained_tensors(self, names: list[str]) -> dict[str, np.ndarray]:
         """The pretrained values of ``names`` (from the encoder while untouched, else loaded again)."""
-        encoder = self.encoder if self._pristine else load_encoder(self.encoder_spec, seed=self.encoder_seed)
+        encoder = self.encoder
+        if not self._pristine:
+            encoder = load_encoder(self.encoder_spec, seed=self.encoder_seed)
+            if self.adapters is not None:
+                add_adapters(encoder, self.adapters, seed=self.encoder_seed)
         params = dict(encoder.named_parameters())
         return {n: params[n].detach().float().cpu().numpy().copy() for n in names}
 

@@ -3,12 +3,15 @@
 ``<state_dir>/checkpoints/round-0003/`` holds ``model.safetensors``, ``config.json`` and the
 tokenizer, so ``load_encoder(path)`` (or ``transformers.AutoModel``) loads it directly.
 ``<state_dir>/checkpoints/latest.json`` names the newest one; ``--resume`` starts from it.
+Under update mode ``lora`` the folder holds the encoder with the adapters merged in, and
+``adapter/`` the adapters themselves as a PEFT folder (``PeftModel.from_pretrained(base, path)``).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ import torch
 
 from fedtl.shared.atomic import atomic_folder, keep_newest, write_json_atomic
 from fedtl.shared.encoders import TextEncoder
+from fedtl.shared.lora import LoraSettings, merged, save_adapter_folder
 from fedtl.shared.records import digest
 
 PREFIX = "backbone."
@@ -28,15 +32,26 @@ def apply_arrays(encoder: TextEncoder, arrays: dict[str, np.ndarray]) -> None:
             params[name].copy_(torch.from_numpy(np.asarray(value)))
 
 
+@dataclass(frozen=True)
+class LoraCheckpoint:
+    """What a lora checkpoint needs besides the adapters: their settings and the plain target weights."""
+
+    settings: LoraSettings
+    base_weights: dict[str, np.ndarray]  # the pretrained weights the adapters go on
+    base_name: str  # written into adapter_config.json as base_model_name_or_path
+
+
 def save_checkpoint(root: Path, round_: int, encoder: TextEncoder, arrays: dict[str, np.ndarray],
-                    keep: int = 3) -> Path:
+                    keep: int = 3, lora: LoraCheckpoint | None = None) -> Path:
     """Write the full global encoder after ``round_``; keep the newest ``keep`` checkpoints."""
-    apply_arrays(encoder, arrays)
+    apply_arrays(encoder, merged(lora.base_weights, arrays, lora.settings) if lora is not None else arrays)
     folder = root / "checkpoints"
     final = folder / f"round-{round_:04d}"
     with atomic_folder(final) as tmp:
         encoder.backbone.save_pretrained(tmp, safe_serialization=True)
         encoder.tokenizer.save_pretrained(tmp)
+        if lora is not None:
+            save_adapter_folder(tmp / "adapter", arrays, lora.settings, lora.base_name)
         (tmp / "fedtl.json").write_text(json.dumps({"round": round_, "encoder": encoder.name,
                                                     "digest": digest(arrays)}, indent=2))
     write_json_atomic(folder / "latest.json", {"round": round_, "path": final.name, "digest": digest(arrays),

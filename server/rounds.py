@@ -33,16 +33,18 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedtl.server.aggregation import STREAMING_STRATEGIES, CountSketch, RoundAggregator, RunningSum
-from fedtl.server.checkpoints import latest_checkpoint, load_checkpoint_into, save_checkpoint
+from fedtl.server.checkpoints import LoraCheckpoint, latest_checkpoint, load_checkpoint_into, save_checkpoint
 from fedtl.server.downlink import Downlink
+from fedtl.server.lora_aggregation import product_mean
 from fedtl.server.resume import ResumePoint, load_resume_point, restore_strategy, save_resume_point, strategy_state
 from fedtl.server.similarity import cosine_matrix, mix, mixing_weights
 from fedtl.server.strategies import build_strategy, strategy_settings
 from fedtl.server.validation import Verdict, check_update, site_name
 from fedtl.server.wire_log import WireLog
 from fedtl.shared.codecs import Codec, CodecError, decode
-from fedtl.shared.encoders import TextEncoder, load_encoder
+from fedtl.shared.encoders import TextEncoder, encoder_folder, load_encoder
 from fedtl.shared.federation_config import FederationConfig
+from fedtl.shared.lora import add_adapters
 from fedtl.shared.protocol import ARRAYS, CONFIG, METRICS, REPORT, RoundConfig, SiteMetric
 from fedtl.shared.records import digest, from_record, record_nbytes, to_record
 from fedtl.shared.update_modes import exchanged_names
@@ -302,6 +304,7 @@ class FederationRun:
     _sketch: CountSketch = field(default_factory=CountSketch, repr=False)  # one sign table for every round
     _sums: RunningSum = field(default_factory=RunningSum, repr=False)  # one set of sum buffers for every round
     _downlink: Downlink | None = field(default=None, repr=False)  # codec.down lossy: what the sites hold
+    _lora: LoraCheckpoint | None = field(default=None, repr=False)  # update mode lora: for checkpoints
 
     def _emit(self, event: str, *args: Any) -> None:
         for observer in self.observers:
@@ -313,16 +316,30 @@ class FederationRun:
     def round_config(self) -> RoundConfig:
         fed = self.fed
         p = fed.personalization
-        return RoundConfig(update_mode=fed.update_mode, encoder=fed.encoder, encoder_seed=fed.seed,
-                           run_id=self.run_id, encoder_epochs=fed.encoder_epochs, max_steps=fed.max_steps,
-                           personalization=p.method, ditto_lambda=p.ditto_lambda if p.method == "ditto" else None,
-                           num_rounds=fed.rounds)
+        config = RoundConfig(update_mode=fed.update_mode, encoder=fed.encoder, encoder_seed=fed.seed,
+                             run_id=self.run_id, encoder_epochs=fed.encoder_epochs, max_steps=fed.max_steps,
+                             personalization=p.method, ditto_lambda=p.ditto_lambda if p.method == "ditto" else None,
+                             num_rounds=fed.rounds)
+        if fed.mode.kind == "lora":
+            config = replace(config, lora_rank=fed.lora.rank, lora_alpha=fed.lora.alpha,
+                             lora_dropout=fed.lora.dropout, lora_targets=tuple(fed.lora.targets))
+        return config
 
     def _initial(self) -> tuple[TextEncoder, dict[str, np.ndarray], ResumePoint | None]:
         fed = self.fed
         encoder = load_encoder(fed.encoder, seed=fed.seed)  # the sites' architecture, exactly
-        names = exchanged_names([n for n, _ in encoder.named_parameters()], fed.mode)
         params = dict(encoder.named_parameters())
+        if fed.mode.kind == "lora":  # the adapters as every site adds them (same seed); the encoder stays plain
+            adapted = load_encoder(fed.encoder, seed=fed.seed)
+            add_adapters(adapted, fed.lora.settings(), seed=fed.seed)
+            params = dict(adapted.named_parameters())
+            plain = dict(encoder.named_parameters())
+            targets = {n.split(".lora_", 1)[0] + ".weight" for n in params if ".lora_A." in n}
+            folder = encoder_folder(fed.encoder)
+            self._lora = LoraCheckpoint(fed.lora.settings(),
+                                        {t: plain[t].detach().cpu().numpy().copy() for t in targets},
+                                        str(folder) if folder is not None else fed.encoder)
+        names = exchanged_names(list(params), fed.mode)
         arrays = {n: params[n].detach().cpu().numpy().astype(np.float32, copy=True) for n in names}
         point = load_resume_point(self.state_dir) if self.resume else None
         if point is None and self.resume and (found := latest_checkpoint(self.state_dir)) is not None:
@@ -366,7 +383,8 @@ class FederationRun:
                 result = self.train_round(rnd, grid, strategy, global_arrays, wire)
                 global_arrays = result.global_arrays
                 if rnd % fed.checkpoint_every == 0 or rnd == fed.rounds:
-                    result.checkpoint = str(save_checkpoint(self.state_dir, rnd, encoder, global_arrays))
+                    result.checkpoint = str(save_checkpoint(self.state_dir, rnd, encoder, global_arrays,
+                                                            lora=self._lora))
                 if (fed.evaluate_every and rnd % fed.evaluate_every == 0) or (rnd == fed.rounds and fed.final_evaluate):
                     result.evaluate = self.evaluate_round(rnd, grid, strategy, global_arrays, wire)
                 record = result.record()
@@ -392,7 +410,9 @@ class FederationRun:
             self._downlink.prepare(global_arrays)
         ex = send(grid, strategy, rnd, global_arrays, config, wire, personal=personal, downlink=self._downlink)
         log.info("round %d: sending the encoder (%s) to %d sites", rnd, fed.update_mode, len(ex.sent))
-        keep = fed.personalization.method == "similarity" or fed.strategy.name not in STREAMING_STRATEGIES
+        product = fed.mode.kind == "lora" and fed.lora.aggregation == "product"
+        keep = (fed.personalization.method == "similarity" or fed.strategy.name not in STREAMING_STRATEGIES
+                or product)
         aggregator = RoundAggregator(strategy, global_arrays, keep_models=keep, sketch=self._sketch, sums=self._sums)
         verdicts = train_exchange(grid, rnd, ex, global_arrays, aggregator, fed, wire, self._downlink)
         for entry in verdicts.rejected:
@@ -408,6 +428,9 @@ class FederationRun:
             if fed.personalization.method == "similarity":
                 mixing = self.personalize(verdicts.accepted, aggregator)
             new_arrays, agg_metrics = aggregator.aggregate(rnd)
+            if product and new_arrays is not None:  # the mean of B @ A, not mean(B) @ mean(A)
+                weights = {v.site: int(m.content[METRICS][SiteMetric.NUM_EXAMPLES]) for m, v in verdicts.accepted}
+                new_arrays = {**new_arrays, **product_mean(aggregator.models, weights)}
         else:
             log.warning("round %d: only %d of the %d sites needed answered with a valid update; "
                         "the global encoder is unchanged", rnd, len(verdicts.accepted), fed.min_sites)

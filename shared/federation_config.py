@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from fedtl.shared.codecs import Codec
 from fedtl.shared.config import Name, _resolve, resolve_encoder_spec, resolve_state_dir
 from fedtl.shared.encoder_specs import encoder_folder, encoder_layers
+from fedtl.shared.lora import LoraSettings, check_targets, encoder_linear_modules
 from fedtl.shared.update_modes import UpdateMode
 from fedtl.shared.yamlconfig import load_model
 
@@ -81,6 +82,25 @@ class CodecConfig(BaseModel):
         return str(Codec.parse(value))
 
 
+class LoraConfig(BaseModel):
+    """update_mode lora: the adapters every site trains and sends (``shared/lora.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(default=8, ge=1, description="r: the adapters' rank")
+    alpha: float = Field(default=16.0, gt=0, description="the update is scaled by alpha / rank")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="dropout on the adapters' input while training")
+    targets: list[str] = Field(default_factory=lambda: list(LoraSettings().targets), min_length=1,
+                               description="linear modules (names or name suffixes) that get adapters; add "
+                                           "intermediate.dense and output.dense for the feed-forward layers")
+    aggregation: Literal["factors", "product"] = Field(
+        default="factors", description="factors: the strategy averages A and B; product: the coordinator "
+                                       "averages the sites' B @ A and factors it again (rank r, by SVD)")
+
+    def settings(self) -> LoraSettings:
+        return LoraSettings(self.rank, self.alpha, self.dropout, tuple(self.targets))
+
+
 class SuperLinkConfig(BaseModel):
     """Where the coordinator's Flower SuperLink listens."""
 
@@ -125,7 +145,7 @@ class FederationConfig(BaseModel):
 
     name: Name = "fedtl"
     encoder: str = Field(default="minilm", description="minilm | tiny | path to a Hugging Face model folder")
-    update_mode: str = Field(default="full", description="full | last:N | bias")
+    update_mode: str = Field(default="full", description="full | last:N | bias | lora (see lora:)")
     rounds: int = Field(default=3, ge=1)
     min_sites: int = Field(default=2, ge=1, description="sites needed to start and to aggregate a round")
     min_available_sites: int | None = Field(
@@ -144,6 +164,7 @@ class FederationConfig(BaseModel):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     superlink: SuperLinkConfig = Field(default_factory=SuperLinkConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
@@ -168,6 +189,16 @@ class FederationConfig(BaseModel):
     @classmethod
     def _resolve_state_dir(cls, value: Path, info: ValidationInfo) -> Path:
         return resolve_state_dir(value, info)
+
+    @model_validator(mode="after")
+    def _lora_fits(self) -> FederationConfig:
+        if self.mode.kind != "lora":
+            return self
+        check_targets(encoder_linear_modules(self.encoder), self.lora.targets)
+        if self.lora.aggregation == "product" and self.strategy.name != "fedavg":
+            raise ValueError("lora.aggregation product replaces the strategy's average of the adapters; "
+                             f"it works with strategy fedavg, not {self.strategy.name}")
+        return self
 
     @model_validator(mode="after")
     def _downlink_is_one_model(self) -> FederationConfig:

@@ -54,6 +54,10 @@ class RoundConfig:
     up_codec: str | None = None        # how the site packs its delta (shared/codecs.py); None: fp32
     down_codec: str | None = None      # how ARRAYS are packed; None: the global tensors in fp32
     base_digest: str | None = None     # down_codec: ARRAYS are a change to the encoder with this digest
+    lora_rank: int | None = None       # update_mode lora: the adapters a site adds (shared/lora.py)
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
+    lora_targets: tuple[str, ...] | None = None
                                        # ("": ARRAYS are the whole reference encoder, fp32)
 
     @staticmethod
@@ -61,8 +65,8 @@ class RoundConfig:
         return field_name.replace("_", "-")
 
     def to_record(self) -> ConfigRecord:
-        return ConfigRecord({self.key(f.name): getattr(self, f.name) for f in fields(self)
-                             if getattr(self, f.name) is not None})
+        values = {self.key(f.name): getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return ConfigRecord({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> RoundConfig:
@@ -79,7 +83,8 @@ class RoundConfig:
         casts = {"update_mode": str, "encoder": str, "encoder_seed": int, "run_id": int, "server_round": int,
                  "encoder_epochs": int, "max_steps": int, "proximal_mu": float, "personalization": str,
                  "ditto_lambda": float, "num_rounds": int,
-                 "up_codec": str, "down_codec": str, "base_digest": str}
+                 "up_codec": str, "down_codec": str, "base_digest": str, "lora_rank": int, "lora_alpha": float,
+                 "lora_dropout": float, "lora_targets": lambda v: tuple(str(t) for t in v)}
         return cls(**{name: casts[name](value) for name, value in values.items()})
 
 

@@ -3,6 +3,8 @@
 - ``full``: every encoder parameter.
 - ``last:N``: the last N transformer layers (the rest stay pretrained at every site).
 - ``bias``: only bias terms (BitFit, Ben Zaken et al. 2022): tiny updates, cheap rounds.
+- ``lora``: LoRA adapters on the encoder's projections (``shared/lora.py``); only they train
+  and travel, the pretrained weights stay as they are.
 
 Tensors outside the mode never change anywhere, so a late joiner that loads the same
 pretrained encoder and receives the mode's tensors holds exactly the global encoder.
@@ -19,13 +21,13 @@ LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
 @dataclass(frozen=True)
 class UpdateMode:
-    kind: Literal["full", "last", "bias"]
+    kind: Literal["full", "last", "bias", "lora"]
     layers: int = 0
 
     @classmethod
     def parse(cls, text: str) -> UpdateMode:
         text = text.strip().lower()
-        if text in ("full", "bias"):
+        if text in ("full", "bias", "lora"):
             return cls(text)  # type: ignore[arg-type]
         if text.startswith("last:"):
             try:
@@ -34,7 +36,7 @@ class UpdateMode:
                 n = 0
             if n >= 1:
                 return cls("last", n)
-        raise ValueError(f"unknown update mode {text!r}; use full, last:N (N >= 1) or bias")
+        raise ValueError(f"unknown update mode {text!r}; use full, last:N (N >= 1), bias or lora")
 
     def __str__(self) -> str:
         return f"last:{self.layers}" if self.kind == "last" else self.kind
@@ -45,8 +47,15 @@ class UpdateMode:
             return True
         if self.kind == "bias":
             return name.endswith(".bias")
+        if self.kind == "lora":
+            return is_adapter(name)
         match = LAYER_INDEX.search(name)
         return match is not None and int(match.group(1)) >= num_layers - self.layers
+
+
+def is_adapter(name: str) -> bool:
+    """A LoRA adapter tensor (PEFT's ``<module>.lora_A.<adapter>.weight``, ``lora_B``)."""
+    return ".lora_A." in name or ".lora_B." in name
 
 
 def num_layers(param_names: list[str]) -> int:
@@ -61,5 +70,6 @@ def exchanged_names(param_names: list[str], mode: UpdateMode) -> list[str]:
         raise ValueError(f"update mode {mode} asks for {mode.layers} layers; the encoder has {layers}")
     names = sorted(n for n in param_names if mode.selects(n, layers))
     if not names:
-        raise ValueError(f"update mode {mode} selects no encoder parameters")
+        hint = " (add the adapters first: shared/lora.py)" if mode.kind == "lora" else ""
+        raise ValueError(f"update mode {mode} selects no encoder parameters{hint}")
     return names

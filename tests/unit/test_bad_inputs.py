@@ -172,7 +172,7 @@ def test_demo_rounds_below_one_names_the_flag(tmp_path):
 
 
 def test_demo_unknown_update_mode_names_the_flag(tmp_path):
-    refused(*demo(tmp_path, "--update", "lora"), "--update 'lora'", "full, last:N")
+    refused(*demo(tmp_path, "--update", "adapters"), "--update 'adapters'", "full, last:N")
 
 
 def test_demo_update_mode_beyond_the_encoder_names_the_flag(tmp_path):
