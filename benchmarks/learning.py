@@ -138,13 +138,15 @@ class Collector:
 
 
 def federated(cfgs: list[SiteConfig], encoder_spec: str, update: str, rounds: int, steps: int,
-              settings: dict[str, Any], root: Path) -> Collector:
+              settings: dict[str, Any], root: Path, collector: Any = None) -> Any:
+    """``rounds`` rounds of FedAvg-like training through fedtl's round loop; the observer (default:
+    a ``Collector``) is returned with what it saw."""
     fed = FederationConfig.model_validate({
         "name": "bench", "encoder": encoder_spec, "update_mode": update, "rounds": rounds, "min_sites": len(cfgs),
         "max_steps": steps, "state_dir": root / "coordinator", "final_evaluate": False, "round_timeout": 3600,
         "mlflow": {"enabled": False}, **copy.deepcopy(settings)})
     workers = {i + 1: SiteWorker(cfg, encoder_spec) for i, cfg in enumerate(cfgs)}
-    collector = Collector()
+    collector = collector or Collector()
     FederationRun(fed, fed.state_dir, run_id=1, observers=[collector]).run(InProcessGrid(workers))
     return collector
 

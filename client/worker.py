@@ -41,7 +41,7 @@ from fedtl.client.wire_codecs import SiteCodecs
 from fedtl.shared.atomic import write_bytes_atomic, write_json_atomic
 from fedtl.shared.config import SiteConfig
 from fedtl.shared.encoders import load_encoder
-from fedtl.shared.lora import LoraSettings, add_adapters
+from fedtl.shared.lora import LoraSettings, add_adapters, round_settings
 from fedtl.shared.protocol import (
     ARRAYS,
     CONFIG,
@@ -139,12 +139,7 @@ class SiteWorker:
     def _ensure_encoder(self, config: RoundConfig) -> None:
         """Hold the same pretrained encoder as the coordinator (with the same adapters, under lora)."""
         spec, seed = config.encoder, config.encoder_seed
-        adapters = None
-        if UpdateMode.parse(config.update_mode).kind == "lora":
-            defaults = LoraSettings()
-            adapters = LoraSettings(config.lora_rank or defaults.rank, config.lora_alpha or defaults.alpha,
-                                    config.lora_dropout if config.lora_dropout is not None else defaults.dropout,
-                                    config.lora_targets or defaults.targets)
+        adapters = round_settings(config)
         if (spec, seed) != (self.encoder_spec, self.encoder_seed) or (self.adapters not in (None, adapters)):
             log.info("coordinator uses encoder %s (seed %d); switching from %s", spec, seed, self.encoder_spec)
             self._load_encoder(spec, seed)
@@ -206,6 +201,8 @@ class SiteWorker:
             updates["encoder_epochs"] = config.encoder_epochs
         if config.max_steps is not None:
             updates["max_steps"] = config.max_steps
+        if UpdateMode.parse(config.update_mode).kind == "lora" and config.lora_lr_scale:
+            updates["encoder_lr"] = self.config.training.encoder_lr * config.lora_lr_scale
         return self.config.training.model_copy(update=updates)
 
     def _trainer(self, tasks: list[PreparedTask], training, frozen_layers: int, **kwargs) -> LocalTrainer:

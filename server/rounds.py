@@ -322,7 +322,8 @@ class FederationRun:
                              num_rounds=fed.rounds)
         if fed.mode.kind == "lora":
             config = replace(config, lora_rank=fed.lora.rank, lora_alpha=fed.lora.alpha,
-                             lora_dropout=fed.lora.dropout, lora_targets=tuple(fed.lora.targets))
+                             lora_dropout=fed.lora.dropout, lora_targets=tuple(fed.lora.targets),
+                             lora_lr_scale=fed.lora.lr_scale)
         return config
 
     def _initial(self) -> tuple[TextEncoder, dict[str, np.ndarray], ResumePoint | None]:

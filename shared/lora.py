@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fedtl.shared.protocol import RoundConfig
+from fedtl.shared.update_modes import UpdateMode
+
 ADAPTER = "default"  # PEFT's adapter name inside the model
 PREFIX = "backbone."  # TextEncoder's name for the Hugging Face model
 
@@ -40,6 +43,16 @@ class LoraSettings:
 
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
                           target_modules=list(self.targets), bias="none", base_model_name_or_path=base)
+
+
+def round_settings(config: RoundConfig) -> LoraSettings | None:
+    """The adapters a round asks a site for (None unless its update mode is lora)."""
+    if UpdateMode.parse(config.update_mode).kind != "lora":
+        return None
+    defaults = LoraSettings()
+    return LoraSettings(config.lora_rank or defaults.rank, config.lora_alpha or defaults.alpha,
+                        config.lora_dropout if config.lora_dropout is not None else defaults.dropout,
+                        config.lora_targets or defaults.targets)
 
 
 def linear_modules(model) -> list[str]:

@@ -58,6 +58,7 @@ class RoundConfig:
     lora_alpha: float | None = None
     lora_dropout: float | None = None
     lora_targets: tuple[str, ...] | None = None
+    lora_lr_scale: float | None = None  # the site's encoder_lr times this, for the adapters
                                        # ("": ARRAYS are the whole reference encoder, fp32)
 
     @staticmethod
@@ -84,7 +85,8 @@ class RoundConfig:
                  "encoder_epochs": int, "max_steps": int, "proximal_mu": float, "personalization": str,
                  "ditto_lambda": float, "num_rounds": int,
                  "up_codec": str, "down_codec": str, "base_digest": str, "lora_rank": int, "lora_alpha": float,
-                 "lora_dropout": float, "lora_targets": lambda v: tuple(str(t) for t in v)}
+                 "lora_dropout": float, "lora_targets": lambda v: tuple(str(t) for t in v),
+                 "lora_lr_scale": float}
         return cls(**{name: casts[name](value) for name, value in values.items()})
 
 

@@ -92,3 +92,17 @@ def test_product_averaging_and_coded_links_run_a_federation(tmp_path):
                                       lora={"rank": 2, "aggregation": "product"})
     assert [(r["accepted"], r["aggregated"], r["failed"]) for r in rounds] == [(2, True, []), (2, True, [])]
     assert all(w.codecs.reference_digest == run._downlink.reference_digest for w in workers.values())
+
+
+def test_adapters_train_at_the_sites_rate_times_lr_scale(lora_run):
+    from fedtl.shared.protocol import RoundConfig
+
+    _, workers, _ = lora_run
+    worker = workers[1]
+    base = worker.config.training.encoder_lr
+    config = RoundConfig(update_mode="lora", encoder="tiny", lora_lr_scale=4.0)
+    assert worker._training_config(config).encoder_lr == 4.0 * base
+    assert worker._training_config(RoundConfig(update_mode="last:1", encoder="tiny", lora_lr_scale=4.0)).encoder_lr == base
+    sent = RoundConfig.from_record(RoundConfig(update_mode="lora", encoder="tiny", lora_targets=("query",),
+                                               lora_lr_scale=2.0).to_record())
+    assert sent.lora_targets == ("query",) and sent.lora_lr_scale == 2.0
