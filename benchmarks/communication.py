@@ -39,6 +39,8 @@ ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "lora r=8 lr x1": ("lora", "none", {"rank": 8, "alpha": 16, "lr_scale": 1}),
     "lora r=8 lr x3": ("lora", "none", {"rank": 8, "alpha": 16, "lr_scale": 3}),
     "lora r=8 lr x10": ("lora", "none", {"rank": 8, "alpha": 16, "lr_scale": 10}),
+    "lora r=8 lr x30": ("lora", "none", {"rank": 8, "alpha": 16, "lr_scale": 30}),
+    "lora r=8 lr x100": ("lora", "none", {"rank": 8, "alpha": 16, "lr_scale": 100}),
     "last:2 fp16": ("last:2", "fp16", {}),
     "last:2 bf16": ("last:2", "bf16", {}),
     "last:2 int8": ("last:2", "int8", {}),

@@ -55,10 +55,18 @@ def demo_federation(workdir: Path, n_sites: int, base: dict[str, Any], overrides
     return path
 
 
-def check_flags(base: dict[str, Any], source: str, encoder: str | None, update: str | None) -> None:
-    """Refuse bad --encoder / --update before anything starts, naming the flag (or the file) at fault."""
+def check_flags(base: dict[str, Any], source: str, encoder: str | None, update: str | None,
+                codec: str | None = None) -> None:
+    """Refuse bad --encoder / --update / --codec before anything starts, naming the flag (or the file) at fault."""
+    from fedtl.shared.codecs import Codec
     from fedtl.shared.encoder_specs import EncoderError, encoder_folder, encoder_layers
     from fedtl.shared.update_modes import UpdateMode
+
+    if codec is not None:
+        try:
+            Codec.parse(codec)
+        except ValueError as exc:
+            fail(f"--codec {codec!r}: {exc}")
 
     if update is not None:
         try:
@@ -114,7 +122,7 @@ def summary_json(rounds: list[dict[str, Any]], run: dict[str, Any], seconds: flo
 
 
 def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: int | None,
-             encoder: str | None, update: str | None, json_out: Path | None) -> int:
+             encoder: str | None, update: str | None, json_out: Path | None, codec: str | None = None) -> int:
     from fedtl.server.coordinator import Coordinator, CoordinatorError
     from fedtl.server.history import read_rounds
     from fedtl.shared.data import DataError
@@ -129,7 +137,7 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
         base = dict(read_mapping(federation)[0]) if federation else {}
         if federation:
             load_federation_config(federation)  # the user's file on its own: errors name its lines
-        check_flags(base, str(federation), encoder, update)
+        check_flags(base, str(federation), encoder, update, codec)
         names = check_sites(sites) if sites else []
         workdir.mkdir(parents=True, exist_ok=True)
         if not sites:
@@ -137,7 +145,8 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
             names = check_sites(sites)
             console.print(f"bundled example sites copied to {workdir}")
         fed_path = demo_federation(workdir, len(sites), base,
-                                   {"rounds": rounds, "encoder": encoder, "update_mode": update})
+                                   {"rounds": rounds, "encoder": encoder, "update_mode": update,
+                                    "codec": {"up": codec, "down": codec} if codec else None})
         fed = load_federation_config(fed_path)
     except (ConfigError, DataError, EncoderError) as exc:
         fail(str(exc))

@@ -121,6 +121,8 @@ def demo(
     rounds: Annotated[int | None, typer.Option(min=1, help="Federated rounds (default 3).")] = None,
     encoder: Annotated[str | None, typer.Option(help="minilm (default), tiny, or a Hugging Face model folder.")] = None,
     update: Annotated[str | None, typer.Option(help="Update mode: full, last:N (default last:2), bias or lora.")] = None,
+    codec: Annotated[str | None, typer.Option(
+        help="Codec both ways: none (default), fp16, bf16, int8, int8:tensor or topk:F.")] = None,
     site: Annotated[list[Path] | None, typer.Option(
         "--site", help="A site.yaml; repeat for more sites. Default: the bundled examples.")] = None,
     federation: Annotated[Path | None, typer.Option(help="A federation.yaml for the other settings.")] = None,
@@ -130,7 +132,7 @@ def demo(
     """Run a real federation on this machine: a SuperLink and one daemon per site, on 127.0.0.1."""
     from fedtl.cli.demo import run_demo
 
-    raise typer.Exit(run_demo(workdir, list(site or []), federation, rounds, encoder, update, json_out))
+    raise typer.Exit(run_demo(workdir, list(site or []), federation, rounds, encoder, update, json_out, codec))
 
 
 @app.command()

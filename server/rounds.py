@@ -44,7 +44,7 @@ from fedtl.server.wire_log import WireLog
 from fedtl.shared.codecs import Codec, CodecError, decode
 from fedtl.shared.encoders import TextEncoder, encoder_folder, load_encoder
 from fedtl.shared.federation_config import FederationConfig
-from fedtl.shared.lora import add_adapters
+from fedtl.shared.lora import add_adapters, target_weight
 from fedtl.shared.protocol import ARRAYS, CONFIG, METRICS, REPORT, RoundConfig, SiteMetric
 from fedtl.shared.records import digest, from_record, record_nbytes, to_record
 from fedtl.shared.update_modes import exchanged_names
@@ -335,7 +335,7 @@ class FederationRun:
             add_adapters(adapted, fed.lora.settings(), seed=fed.seed)
             params = dict(adapted.named_parameters())
             plain = dict(encoder.named_parameters())
-            targets = {n.split(".lora_", 1)[0] + ".weight" for n in params if ".lora_A." in n}
+            targets = {target_weight(n) for n in params if ".lora_A." in n}
             folder = encoder_folder(fed.encoder)
             self._lora = LoraCheckpoint(fed.lora.settings(),
                                         {t: plain[t].detach().cpu().numpy().copy() for t in targets},

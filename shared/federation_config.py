@@ -90,10 +90,10 @@ class LoraConfig(BaseModel):
     rank: int = Field(default=8, ge=1, description="r: the adapters' rank")
     alpha: float = Field(default=16.0, gt=0, description="the update is scaled by alpha / rank")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="dropout on the adapters' input while training")
-    lr_scale: float = Field(default=10.0, gt=0,
+    lr_scale: float = Field(default=30.0, gt=0,
                             description="the sites' encoder_lr times this for the adapters (LoRA wants a higher "
-                                        "rate than fine-tuning the weights; 10 was the best of 1, 3 and 10 in "
-                                        "benchmarks/communication.py)")
+                                        "rate than fine-tuning the weights; 30 was the best of 1, 3, 10, 30 and "
+                                        "100 in benchmarks/communication.py, where 100 diverged)")
     targets: list[str] = Field(default_factory=lambda: list(LoraSettings().targets), min_length=1,
                                description="linear modules (names or name suffixes) that get adapters; add "
                                            "intermediate.dense and output.dense for the feed-forward layers")

@@ -98,7 +98,7 @@ def add_adapters(encoder, settings: LoraSettings, seed: int = 0) -> None:
         inject_adapter_in_model(settings.peft_config(), encoder.backbone, adapter_name=ADAPTER)
 
 
-def _target_of(name: str) -> str:
+def target_weight(name: str) -> str:
     """``backbone.<module>.lora_A.default.weight`` -> ``backbone.<module>.weight``."""
     return name.split(".lora_", 1)[0] + ".weight"
 
@@ -111,7 +111,7 @@ def merged(plain: Mapping[str, np.ndarray], adapters: Mapping[str, np.ndarray],
         if ".lora_A." not in name:
             continue
         b = adapters[name.replace(".lora_A.", ".lora_B.")]
-        target = _target_of(name)
+        target = target_weight(name)
         out[target] = (plain[target] + settings.scaling * (b @ a)).astype(np.float32)
     return out
 

@@ -175,6 +175,10 @@ def test_demo_unknown_update_mode_names_the_flag(tmp_path):
     refused(*demo(tmp_path, "--update", "adapters"), "--update 'adapters'", "full, last:N")
 
 
+def test_demo_unknown_codec_names_the_flag(tmp_path):
+    refused(*demo(tmp_path, "--codec", "int4"), "--codec 'int4'", "topk:F")
+
+
 def test_demo_update_mode_beyond_the_encoder_names_the_flag(tmp_path):
     refused(*demo(tmp_path, "--encoder", "tiny", "--update", "last:4"), "--update last:4", "has 2")
 

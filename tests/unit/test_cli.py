@@ -80,3 +80,13 @@ def test_site_rejects_a_malformed_coordinator_address(tmp_path, address):
     config = make_site(tmp_path / "site")
     result = runner.invoke(app, ["site", "--config", str(config), "--coordinator", address, "--insecure"])
     assert result.exit_code == 1 and "HOST:PORT" in result.output
+
+
+def test_demo_codec_flag_reaches_federation_yaml(tmp_path):
+    from fedtl.cli.demo import demo_federation
+    from fedtl.shared.federation_config import load_federation_config
+
+    path = demo_federation(tmp_path, 2, {}, {"encoder": "tiny", "codec": {"up": "int8", "down": "int8"}})
+    fed = load_federation_config(path)
+    assert (fed.codec.up, fed.codec.down) == ("int8", "int8")
+    assert load_federation_config(demo_federation(tmp_path, 2, {}, {"encoder": "tiny", "codec": None})).codec.up == "none"
