@@ -104,7 +104,7 @@ class Exchange:
         return {m.metadata.src_node_id for m in self.replies}
 
     def bytes_down(self) -> int:
-        return sum(record_nbytes(m.content[ARRAYS]) for m in self.sent)
+        return sum(self.node_bytes_down().values())
 
     def node_bytes_down(self) -> dict[int, int]:
         return {m.metadata.dst_node_id: record_nbytes(m.content[ARRAYS]) for m in self.sent}
