@@ -93,13 +93,16 @@ def handle_stop_signals(on_stop: Callable[[], None] | None = None, grace: float 
     def handler(signum, frame):
         state["signals"] += 1
         if state["signals"] > 1:
-            console.print("[red]second interrupt: killing every process this command started[/]")
-            kill_now()
+            try:  # the first signal's message may be half-way through rich's imports: kill regardless
+                console.print("[red]second interrupt: killing every process this command started[/]")
+            finally:
+                kill_now()
         console.print(f"[yellow]stopping (within {grace:.0f}s; press Ctrl-C again to kill at once)[/]")
         threading.Thread(target=watchdog, name="fedtl-stop-watchdog", daemon=True).start()
         if on_stop is None:
             raise KeyboardInterrupt
         on_stop()
 
+    console.render_str("[yellow]ready[/]")  # import rich's markup modules now, not inside a handler
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)

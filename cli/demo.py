@@ -166,6 +166,8 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
             procs[name] = start(cmd, workdir / "logs" / f"{name}.log", env=env, die_with_parent=True)
         console.print(f"started {len(procs)} sites ({', '.join(names)}) and a SuperLink on "
                       f"{fed.superlink.fleet_address}; logs in {workdir / 'logs'}")
+        console.print("[yellow]insecure: the demo runs without TLS or site keys, on this machine only; a real "
+                      "federation uses `fedtl certs` (see the README's security section)[/]")
         coord.submit()
         def sites_alive() -> None:
             for name, proc in procs.items():

@@ -70,7 +70,7 @@ def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path
 
 
 def run_site(configs: list[Path], coordinator: str, insecure: bool, root_certificates: Path | None,
-             encoder: str | None) -> int:
+             encoder: str | None, keys: list[Path] | None = None) -> int:
     import socket
 
     from fedtl.client.head_store import HeadStoreError
@@ -79,6 +79,7 @@ def run_site(configs: list[Path], coordinator: str, insecure: bool, root_certifi
     from fedtl.shared.data import DataError
     from fedtl.shared.encoders import EncoderError
     from fedtl.shared.federation_config import split_address
+    from fedtl.shared.site_keys import SiteKeyError, fingerprint, load_private_key
     from fedtl.shared.yamlconfig import ConfigError
 
     try:
@@ -99,12 +100,19 @@ def run_site(configs: list[Path], coordinator: str, insecure: bool, root_certifi
                 if value in seen:
                     fail(f"{path} and {seen[value]} have the same {field} ({value}); each site needs its own")
                 seen[value] = path
+        keys = list(keys or [])
+        if keys and len(keys) != len(configs):
+            fail(f"{len(keys)} --key for {len(configs)} --config: give each site its own key, in the same order")
         stop_event = threading.Event()
-        settings = SuperNodeSettings(coordinator, insecure, root_certificates)
-        daemons = [SiteDaemon(cfg, settings, encoder, stop_event) for cfg in site_cfgs]
+        daemons = []
+        for i, cfg in enumerate(site_cfgs):
+            key = keys[i] if keys else None
+            settings = SuperNodeSettings(coordinator, insecure, root_certificates, key,
+                                         key_fingerprint=fingerprint(load_private_key(key).public_key()) if key else None)
+            daemons.append(SiteDaemon(cfg, settings, encoder, stop_event))
         handle_stop_signals(on_stop=stop_event.set)
         code = run_sites(daemons)
-    except (ConfigError, DataError, EncoderError, HeadStoreError) as exc:
+    except (ConfigError, DataError, EncoderError, HeadStoreError, SiteKeyError) as exc:
         fail(str(exc))
     # Stopped cleanly. A round may still be training in a worker thread: exit without joining it.
     logging.shutdown()

@@ -62,19 +62,31 @@ def train_local_cmd(
         write_json(json_out, local_summary_json(summary))
 
 
-def _tls_files(certs: Path | None, insecure: bool):
+def _tls_files(certs: Path | None, insecure: bool, allowed_sites: Path | None = None):
     from fedtl.server.coordinator import TLSFiles
+    from fedtl.shared.site_keys import ALLOWED_SITES
 
     if insecure and certs is not None:
         fail("choose either --insecure or --certs, not both")
     if not insecure and certs is None:
-        fail("pass --certs DIR (ca.crt, server.pem, server.key) for TLS, or --insecure on a trusted network")
+        fail("no TLS material: pass --certs DIR (ca.crt, server.pem, server.key; make them with "
+             "`fedtl certs --out DIR --host HOST --site NAME`), or --insecure on a trusted network")
+    if allowed_sites is not None and certs is None:
+        fail("--allowed-sites needs TLS (--certs DIR): Flower authenticates sites only over TLS")
     if certs is None:
         return None
     files = TLSFiles(certs / "ca.crt", certs / "server.pem", certs / "server.key")
     for path in (files.ca, files.cert, files.key):
         if not path.exists():
             fail(f"{path}: not found (expected ca.crt, server.pem and server.key in {certs})")
+    if allowed_sites is None and (certs / ALLOWED_SITES).exists():
+        allowed_sites = certs / ALLOWED_SITES
+    if allowed_sites is not None and not allowed_sites.exists():
+        fail(f"--allowed-sites {allowed_sites}: not found")
+    if allowed_sites is None:
+        console.print(f"[yellow]site authentication is off: any process that reaches the Fleet port can join. "
+                      f"Give sites keys with `fedtl certs --out {certs} --site NAME`.[/]")
+    files.allowed_sites = allowed_sites
     return files
 
 
@@ -83,13 +95,18 @@ def coordinator(
     config: Annotated[Path, typer.Option("--config", "-c", help="The federation's federation.yaml.")],
     resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in state_dir.")] = False,
     insecure: Annotated[bool, typer.Option(help="Plain gRPC without TLS (trusted networks, demos).")] = False,
-    certs: Annotated[Path | None, typer.Option(help="Folder with ca.crt, server.pem, server.key for TLS.")] = None,
+    certs: Annotated[Path | None, typer.Option(
+        help="Folder with ca.crt, server.pem, server.key for TLS (and allowed_sites.txt, if there, for site keys).")] = None,
+    allowed_sites: Annotated[Path | None, typer.Option(
+        help="Only sites whose public keys are in this file may join (default: CERTS/allowed_sites.txt if it "
+             "exists). Edit it while the federation runs to add or revoke sites.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the round history as JSON here ('-': stdout).")] = None,
 ) -> None:
     """Start the SuperLink and run the federation in federation.yaml; show each round live."""
     from fedtl.cli.federation import run_coordinator
 
-    raise typer.Exit(run_coordinator(config, resume=resume, tls=_tls_files(certs, insecure), json_out=json_out))
+    tls = _tls_files(certs, insecure, allowed_sites)
+    raise typer.Exit(run_coordinator(config, resume=resume, tls=tls, json_out=json_out))
 
 
 @app.command()
@@ -100,6 +117,9 @@ def site(
     coordinator: Annotated[str, typer.Option(help="The coordinator's Fleet API address, HOST:PORT.")],
     insecure: Annotated[bool, typer.Option(help="Plain gRPC without TLS (trusted networks, demos).")] = False,
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate that signed the coordinator's.")] = None,
+    key: Annotated[list[Path] | None, typer.Option(
+        help="This site's private key (from `fedtl certs --site NAME`), for coordinators that admit only "
+             "allowed sites; with several --config, one --key per site, in the same order.")] = None,
     encoder: Annotated[str | None, typer.Option(help="Load this encoder at start instead of site.yaml's.")] = None,
     threads: Annotated[int | None, typer.Option(envvar="FEDTL_THREADS", help="CPU threads for training.")] = None,
 ) -> None:
@@ -111,9 +131,14 @@ def site(
 
         torch.set_num_threads(threads)
 
+    if insecure and root_certificates is not None:
+        fail("choose either --insecure or --root-certificates, not both")
     if not insecure and root_certificates is None:
-        fail("pass --root-certificates ca.crt for TLS, or --insecure on a trusted network")
-    raise typer.Exit(run_site(config, coordinator, insecure, root_certificates, encoder))
+        fail("no TLS material: pass --root-certificates ca.crt (the coordinator's operator has it, from "
+             "`fedtl certs`), or --insecure on a trusted network")
+    if key and insecure:
+        fail("--key needs TLS (--root-certificates): Flower authenticates sites only over TLS")
+    raise typer.Exit(run_site(config, coordinator, insecure, root_certificates, encoder, list(key or [])))
 
 
 @app.command()
@@ -150,20 +175,45 @@ def ui(
 
 @app.command()
 def certs(
-    out: Annotated[Path, typer.Option(help="Folder for ca.crt, ca.key, server.pem, server.key.")],
-    host: Annotated[list[str], typer.Option("--host", help="DNS name or IP sites use to reach the coordinator; repeat.")],
+    out: Annotated[Path, typer.Option(help="Folder for the CA, the coordinator's certificate and the site keys.")],
+    host: Annotated[list[str] | None, typer.Option(
+        "--host", help="DNS name or IP sites use to reach the coordinator; repeat. Needed when OUT has no CA yet.")] = None,
+    site: Annotated[list[str] | None, typer.Option(
+        "--site", help="Make a key pair for this site and allow it (OUT/allowed_sites.txt); repeat.")] = None,
     days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
 ) -> None:
-    """Make a development CA and a TLS certificate for the coordinator (not for production PKI)."""
-    from fedtl.shared.certs import generate_dev_certs
+    """Make a development CA, the coordinator's TLS certificate and site keys (not for production PKI).
 
-    try:
-        paths = generate_dev_certs(out, host, days)
-    except ValueError as exc:
-        fail(str(exc))
-    console.print(f"coordinator: fedtl coordinator --config federation.yaml --certs {out}")
-    console.print(f"each site:   fedtl site --config site.yaml --coordinator HOST:9092 --root-certificates {paths['ca']}")
-    console.print(f"[yellow]keep {paths['ca_key']} private; copy only {paths['ca'].name} to the sites[/]")
+    Run it again with more --site to add sites: existing certificates and keys are kept.
+    """
+    from fedtl.shared.certs import generate_dev_certs
+    from fedtl.shared.site_keys import ALLOWED_SITES, SITE_KEYS_DIR, SiteKeyError, allow_site, generate_site_key
+
+    if (out / "ca.crt").exists():
+        if host:
+            console.print(f"kept the CA and server certificate already in {out} (delete them to make new ones)")
+    else:
+        if not host:
+            fail(f"{out} has no CA yet: name the coordinator's host with --host (DNS name or IP; repeat)")
+        try:
+            generate_dev_certs(out, host, days)
+        except ValueError as exc:
+            fail(str(exc))
+        console.print(f"coordinator: fedtl coordinator --config federation.yaml --certs {out}")
+    for name in site or []:
+        try:
+            private, public, created = generate_site_key(out / SITE_KEYS_DIR, name)
+            allowed = allow_site(out / ALLOWED_SITES, public)
+        except SiteKeyError as exc:
+            fail(str(exc))
+        state = "made" if created else "kept"
+        console.print(f"site {name}: {state} key {private} ({allowed.fingerprint}), allowed in {out / ALLOWED_SITES}")
+        console.print(f"  fedtl site --config site.yaml --coordinator HOST:9092 --root-certificates {out / 'ca.crt'} "
+                      f"--key {private}")
+    if not site:
+        console.print(f"each site:   fedtl site --config site.yaml --coordinator HOST:9092 --root-certificates "
+                      f"{out / 'ca.crt'}")
+    console.print(f"[yellow]keep {out / 'ca.key'} private; a site gets ca.crt and only its own key[/]")
 
 
 @app.command("examples")

@@ -32,6 +32,9 @@ from fedtl.shared.processes import (
 log = logging.getLogger(__name__)
 UNIX_PATH_MAX = 100
 STUCK_AFTER = 20.0  # seconds of failed connection attempts, while the coordinator answers, before a restart
+MAX_BACKOFF = 30.0  # seconds between SuperNode restarts at most
+REFUSED_BACKOFF = 8.0  # a refused key may be allowed any moment: look again soon, without flooding its log
+REFUSED = "Failed to activate SuperNode"  # Flower's SuperNode, when the SuperLink does not know its key
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -69,6 +72,7 @@ class SuperNodeSettings:
     root_certificates: Path | None = None
     auth_private_key: Path | None = None
     port: int | None = None
+    key_fingerprint: str | None = None  # of auth_private_key's public key, for messages
 
 
 class SiteDaemon:
@@ -85,6 +89,7 @@ class SiteDaemon:
         self.log_path = config.state_dir / "supernode.log"
         self._log_offset = 0
         self._failing_since: float | None = None
+        self._refused = False  # the SuperLink refused this SuperNode's key (site authentication)
 
     def start_worker(self) -> SiteWorker:
         worker = SiteWorker(self.config, self.encoder)
@@ -122,10 +127,7 @@ class SiteDaemon:
         """
         now = time.monotonic() if now is None else now
         if self.log_path.exists():
-            with self.log_path.open("rb") as fh:
-                fh.seek(self._log_offset)
-                text = fh.read().decode(errors="replace")
-                self._log_offset = fh.tell()
+            text = self._new_log_text()
             ok = max(text.rfind("Connection successful"), text.rfind("SuperNode ID:"))
             failed = text.rfind("Connection attempt failed")
             if failed > ok:
@@ -143,6 +145,27 @@ class SiteDaemon:
         host, _, port = self.settings.coordinator.rpartition(":")
         return port_open(host.strip("[]") or "127.0.0.1", int(port))
 
+    def _new_log_text(self) -> str:
+        """What the SuperNode logged since the last look; notes a refused key on the way."""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as fh:
+            fh.seek(self._log_offset)
+            text = fh.read().decode(errors="replace")
+            self._log_offset = fh.tell()
+        if REFUSED in text:
+            self._refused = True
+        return text
+
+    def refused_message(self) -> str:
+        s = self.settings
+        if s.auth_private_key is None:
+            return (f"site {self.config.name}: the coordinator at {s.coordinator} admits only allowed sites and this "
+                    "site has no key: ask its operator for one (`fedtl certs --site NAME`) and pass --key")
+        return (f"site {self.config.name}: the coordinator at {s.coordinator} refused this site's key "
+                f"{s.key_fingerprint} ({s.auth_private_key}): ask its operator to add "
+                f"{s.auth_private_key}.pub to its allowed sites; retrying")
+
     def run(self) -> int:
         """Serve until ``stop_event`` is set (the CLI sets it on SIGTERM/Ctrl-C); keep a SuperNode up."""
         return run_sites([self])
@@ -154,11 +177,17 @@ class SiteDaemon:
         while not self.stop_event.wait(1.0):
             reap_orphans()
             if self.supernode is not None and self.supernode.poll() is not None:
-                log.warning("site %s: SuperNode exited with code %s; reconnecting in %.0fs (log: %s)",
-                            self.config.name, self.supernode.returncode, backoff, self.log_path)
+                self._new_log_text()
+                if self._refused:
+                    self._refused = False
+                    backoff = REFUSED_BACKOFF
+                    log.error("%s in %.0fs", self.refused_message(), backoff)
+                else:
+                    log.warning("site %s: SuperNode exited with code %s; reconnecting in %.0fs (log: %s)",
+                                self.config.name, self.supernode.returncode, backoff, self.log_path)
                 if self.stop_event.wait(backoff):
                     break
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, MAX_BACKOFF)
                 self.start_supernode()
             elif self.supernode is not None and self.supernode_stuck():
                 log.warning("site %s: the SuperNode keeps failing to connect although the coordinator "

@@ -13,7 +13,14 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.proto.control_pb2 import ListRunsRequest, StartRunRequest, StopRunRequest
+from flwr.proto.control_pb2 import (
+    ListNodesRequest,
+    ListRunsRequest,
+    RegisterNodeRequest,
+    StartRunRequest,
+    StopRunRequest,
+    UnregisterNodeRequest,
+)
 from flwr.supercore.control.control_http_client import ControlHttpClient
 
 FINISHED = "finished"
@@ -40,6 +47,16 @@ class RunState:
     def as_dict(self) -> dict[str, object]:
         return {"run-id": self.run_id, "status": self.status, "status-details": self.details,
                 "bytes-sent": self.bytes_sent, "bytes-received": self.bytes_recv}
+
+
+@dataclass(frozen=True)
+class RegisteredNode:
+    """A SuperNode the SuperLink knows: its id, public key (PEM), name and status."""
+
+    node_id: int
+    public_key: bytes
+    name: str
+    status: str
 
 
 class FlowerControl:
@@ -79,6 +96,19 @@ class FlowerControl:
 
     def stop_run(self, run_id: int) -> None:
         self._call("StopRun", self._client.StopRun, StopRunRequest(run_id=run_id))
+
+    # SuperNode authentication: the SuperLink admits only the public keys registered here.
+    def register_node(self, public_key_pem: bytes, name: str) -> int:
+        reply = self._call("RegisterNode", self._client.RegisterNode,
+                           RegisterNodeRequest(public_key=public_key_pem, name=name))
+        return int(reply.node_id)
+
+    def unregister_node(self, node_id: int) -> None:
+        self._call("UnregisterNode", self._client.UnregisterNode, UnregisterNodeRequest(node_id=node_id))
+
+    def nodes(self) -> list[RegisteredNode]:
+        reply = self._call("ListNodes", self._client.ListNodes, ListNodesRequest())
+        return [RegisteredNode(int(n.node_id), bytes(n.public_key), n.name, n.status) for n in reply.nodes_info]
 
     def close(self) -> None:
         self._client.close()

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from fedtl.server.control import ControlError, FlowerControl, RunState
 from fedtl.server.flower_app import app_dir
+from fedtl.server.site_registry import RefusalWatch, SiteRegistry
 from fedtl.shared.federation_config import FederationConfig, split_address
 from fedtl.shared.processes import child_env, start, stop, tool, wait_for_port
+from fedtl.shared.site_keys import SiteKeyError
 
 log = logging.getLogger(__name__)
 CONNECTION = "fedtl"  # the connection name in FLWR_HOME/config.toml, for operators' own `flwr` calls
@@ -36,6 +38,7 @@ class TLSFiles:
     ca: Path
     cert: Path
     key: Path
+    allowed_sites: Path | None = None  # set: only sites whose keys are listed there may join
 
 
 def port_taken(host: str, port: int) -> str | None:
@@ -62,6 +65,8 @@ class Coordinator:
         self.superlink: subprocess.Popen | None = None
         self.run_id: int | None = None
         self._control: FlowerControl | None = None
+        self.registry: SiteRegistry | None = None
+        self.refusals: RefusalWatch | None = None
         self.tracking_uri = self._tracking_uri()
 
     def _tracking_uri(self) -> str:
@@ -89,6 +94,7 @@ class Coordinator:
     def start_superlink(self, timeout: float = 60.0) -> None:
         s = self.fed.superlink
         self.check_ports()
+        allowed = self._allowed_sites()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         cmd = [tool("flower-superlink"), "--fleet-api-address", s.fleet_address, "--host", s.control_host,
                "--port", str(s.control_port), "--disable-runtime-dependency-installation"]
@@ -97,6 +103,8 @@ class Coordinator:
         else:
             cmd += ["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert),
                     "--ssl-keyfile", str(self.tls.key)]
+        if allowed is not None:
+            cmd.append("--enable-supernode-auth")
         log_path = self.state_dir / "superlink.log"
         self.superlink = start(cmd, log_path, env=self._env(), die_with_parent=True)
         log.info("SuperLink (pid %d): sites connect to %s", self.superlink.pid, s.fleet_address)
@@ -109,6 +117,37 @@ class Coordinator:
             self.shutdown()
             raise CoordinatorError(str(exc)) from None
         self._write_connection()
+        if allowed is not None:
+            self.registry = SiteRegistry(self.control(), allowed)
+            self.refusals = RefusalWatch(log_path)
+            try:
+                self.registry.sync(force=True)
+            except ControlError as exc:
+                self.shutdown()
+                raise CoordinatorError(f"could not register the allowed sites: {exc}") from None
+            log.info("site authentication on: %d site(s) allowed by %s (edit it to add or revoke sites)",
+                     len(self.registry.sites), allowed)
+
+    def _allowed_sites(self) -> Path | None:
+        """The allowed-sites file when site authentication is on; a bad file stops the start here."""
+        if self.tls is None or self.tls.allowed_sites is None:
+            return None
+        try:
+            SiteRegistry.check(self.tls.allowed_sites)
+        except SiteKeyError as exc:
+            raise CoordinatorError(str(exc)) from None
+        return self.tls.allowed_sites
+
+    def watch_sites(self) -> None:
+        """Apply edits of the allowed-sites file and report refused sites (called on every poll)."""
+        if self.registry is None or self.refusals is None:
+            return
+        try:
+            self.registry.sync()
+        except ControlError as exc:
+            log.warning("could not apply the allowed sites yet: %s", exc)
+            self.registry.retry()
+        self.refusals.check()
 
     def _write_connection(self) -> None:
         s = self.fed.superlink
@@ -165,6 +204,7 @@ class Coordinator:
                 time.sleep(poll)
                 continue
             last_answer = time.monotonic()
+            self.watch_sites()
             if on_poll is not None:
                 on_poll(state)
             if state.finished:

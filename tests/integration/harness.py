@@ -67,9 +67,11 @@ class Federation:
     def _tls_site(self) -> list[str]:
         return ["--root-certificates", str(self.certs / "ca.crt")] if self.certs else ["--insecure"]
 
-    def start_site(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start_site(self, name: str, env: dict[str, str] | None = None,
+                   tls: list[str] | None = None) -> subprocess.Popen:
+        """``tls``: the site's TLS and key arguments, if not the federation's own (``_tls_site``)."""
         cmd = fedtl_cmd("site", "--config", str(self.root / name / "site.yaml"),
-                        "--coordinator", self.address, *self._tls_site())
+                        "--coordinator", self.address, *(self._tls_site() if tls is None else tls))
         proc = start(cmd, self.root / f"{name}.log", cwd=self.root, env=child_env(env) if env else None)
         self.procs[name] = proc
         return proc

@@ -331,24 +331,6 @@ def test_a_second_ctrl_c_kills_at_once(tmp_path):
         fed.stop_all()
 
 
-def test_federation_over_tls_with_dev_certificates(tmp_path):
-    from typer.testing import CliRunner
-
-    from fedtl.cli.main import app
-
-    result = CliRunner().invoke(app, ["certs", "--out", str(tmp_path / "certs"), "--host", "127.0.0.1",
-                                      "--host", "localhost"])
-    assert result.exit_code == 0, result.output
-    assert oct((tmp_path / "certs" / "server.key").stat().st_mode & 0o777) == "0o600"
-    fed = Federation(tmp_path)
-    fed.certs = tmp_path / "certs"
-    fed.add_site("secure", types=("classification",))
-    fed.write_config(rounds=1, min_sites=1, final_evaluate=False)
-    fed.run_to_completion("secure")
-    assert fed.rounds()[0]["accepted"] == 1
-    assert "--insecure" not in " ".join(fed.procs["secure"].args)
-
-
 def test_resume_after_sigkill_mid_round_logs_every_round_once_with_the_saved_moments(tmp_path):
     """SIGKILL the coordinator during round 3 of 4, resume: same MLflow run, steps 1..4 once each,
     and FedAdam's moments are those saved with round 2."""
