@@ -66,11 +66,14 @@ def rounds_table(rounds: list[dict[str, Any]], info: dict[str, Any] | None = Non
     """The coordinator's live per-round table."""
     status = (info or {}).get("status", "")
     table = Table(title=f"{title} {('· ' + status) if status else ''}".strip())
-    for col in ("round", "sites", "failed", "rejected", "train loss", "score", "update norm", "MB down", "MB up", "s"):
+    private = any("privacy" in r for r in rounds)
+    columns = ("round", "sites", "failed", "rejected", "train loss", "score", "update norm", "MB down", "MB up", "s")
+    for col in columns + (("ε spent",) if private else ()):
         table.add_column(col, justify="right")
     for r in rounds:
         m = r.get("metrics", {})
         norms = list(r.get("update_norms", {}).values())
+        spent = (f"{r['privacy']['epsilon']:.2f} / {r['privacy']['epsilon_budget']:g}",) if "privacy" in r else ("-",)
         table.add_row(
             str(r["round"]),
             f"{r['accepted']}/{r['sampled']}",
@@ -82,6 +85,7 @@ def rounds_table(rounds: list[dict[str, Any]], info: dict[str, Any] | None = Non
             _mb(r.get("bytes_down", 0)),
             _mb(r.get("bytes_up", 0)),
             f"{r.get('seconds', 0):.1f}",
+            *(spent if private else ()),
         )
     return table
 

@@ -42,6 +42,7 @@ from fedtl.shared.atomic import write_bytes_atomic, write_json_atomic
 from fedtl.shared.config import SiteConfig
 from fedtl.shared.encoders import load_encoder
 from fedtl.shared.lora import LoraSettings, add_adapters, round_settings
+from fedtl.shared.privacy import privatize
 from fedtl.shared.protocol import (
     ARRAYS,
     CONFIG,
@@ -272,6 +273,10 @@ class SiteWorker:
         trained = trainer.finetuned_encoder or dict(self.encoder.named_parameters())
         delta = {n: trained[n].detach().float().cpu().numpy() - global_arrays[n] for n in sorted(names)}
         faults.poison_update(delta)
+        privacy = None
+        if config.dp_clip is not None and config.dp_noise is not None:  # privacy: only the noised update leaves
+            delta, trained_norm = privatize(delta, config.dp_clip, config.dp_noise)
+            privacy = {"clip_norm": config.dp_clip, "noise_multiplier": config.dp_noise, "trained_norm": trained_norm}
         wire = self.codecs.send(config, delta)  # the delta itself, or its coding (with error feedback)
         params = dict(self.encoder.named_parameters())  # the shared path's kept model, as the site serves it
         write_bytes_atomic(self.root / "encoder.safetensors",
@@ -290,10 +295,11 @@ class SiteWorker:
         if personal is not None:
             seconds["personal"] = sum(personal.seconds.values())
         startup = handled_at - timing.process_started_at if timing.process_started_at else float("nan")
-        norm = l2_norm(delta)
+        norm = l2_norm(delta)  # of what is sent: with privacy on, the trained norm stays in the history
         self._append_history({
             "round": round_, "run_id": config.run_id, "received": digest(global_arrays),
             "sent": digest(wire), "heads": self._heads_digest(), "kept": result.kept, "update_norm": norm,
+            **({"privacy": privacy} if privacy is not None else {}),
             "metrics": served.final, "seconds": seconds, "startup_seconds": startup,
         })
 

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,6 +46,7 @@ from fedtl.shared.codecs import Codec, CodecError, decode
 from fedtl.shared.encoders import TextEncoder, encoder_folder, load_encoder
 from fedtl.shared.federation_config import FederationConfig
 from fedtl.shared.lora import add_adapters, target_weight
+from fedtl.shared.privacy import epsilon_spent, noise_multiplier
 from fedtl.shared.protocol import ARRAYS, CONFIG, METRICS, REPORT, RoundConfig, SiteMetric
 from fedtl.shared.records import digest, from_record, record_nbytes, to_record
 from fedtl.shared.update_modes import exchanged_names
@@ -152,6 +154,7 @@ class RoundResult:
     mixing: dict[str, dict[str, float]] = field(default_factory=dict)
     checkpoint: str | None = None
     evaluate: dict[str, Any] | None = None
+    privacy: dict[str, float] | None = None  # privacy on: epsilon spent so far, delta, noise multiplier, clip
 
     def record(self) -> dict[str, Any]:
         out = {
@@ -179,6 +182,8 @@ class RoundResult:
             out["checkpoint"] = self.checkpoint
         if self.evaluate is not None:
             out["evaluate"] = self.evaluate
+        if self.privacy is not None:
+            out["privacy"] = self.privacy
         return out
 
 
@@ -324,7 +329,24 @@ class FederationRun:
             config = replace(config, lora_rank=fed.lora.rank, lora_alpha=fed.lora.alpha,
                              lora_dropout=fed.lora.dropout, lora_targets=tuple(fed.lora.targets),
                              lora_lr_scale=fed.lora.lr_scale)
+        if fed.privacy.enabled:
+            config = replace(config, dp_clip=fed.privacy.clip_norm, dp_noise=self.noise_multiplier)
         return config
+
+    @cached_property
+    def noise_multiplier(self) -> float:
+        """privacy: the z that keeps all rounds, with sites sampled at ``fraction``, within epsilon."""
+        p = self.fed.privacy
+        return noise_multiplier(p.epsilon, p.delta, self.fed.fraction, self.fed.rounds)
+
+    def privacy_spent(self, rnd: int) -> dict[str, float] | None:
+        """What the round table and MLflow show after round ``rnd`` (None with privacy off)."""
+        p = self.fed.privacy
+        if not p.enabled:
+            return None
+        return {"epsilon": epsilon_spent(self.noise_multiplier, self.fed.fraction, rnd, p.delta),
+                "epsilon_budget": p.epsilon, "delta": p.delta, "noise_multiplier": self.noise_multiplier,
+                "clip_norm": p.clip_norm}
 
     def _initial(self) -> tuple[TextEncoder, dict[str, np.ndarray], ResumePoint | None]:
         fed = self.fed
@@ -444,7 +466,7 @@ class FederationRun:
             sites={v.site: {"metrics": dict(m.content[METRICS]), "report": _report(m),
                             "bytes_down": down.get(v.node_id, 0), "bytes_up": ex.node_bytes_up.get(v.node_id, 0)}
                    for m, v in verdicts.accepted},
-            update_cosine=aggregator.cosine(), mixing=mixing,
+            update_cosine=aggregator.cosine(), mixing=mixing, privacy=self.privacy_spent(rnd),
         )
         result.seconds = time.time() - started
         log.info("round %d: %d/%d sites answered, %d accepted, aggregated=%s, %.1fs", rnd, result.answered,

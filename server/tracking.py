@@ -343,6 +343,9 @@ def round_metrics(record: dict[str, Any], baselines_logged: set[str]) -> dict[st
         "federation/aggregation_seconds": record["aggregation_seconds"],
         "federation/aggregated": 1.0 if record["aggregated"] else 0.0,
     })
+    if "privacy" in record:  # epsilon spent so far, against the budget
+        out["privacy/epsilon"] = record["privacy"]["epsilon"]
+        out["privacy/epsilon_budget"] = record["privacy"]["epsilon_budget"]
     for site, norm in record.get("update_norms", {}).items():
         out[f"site/{site}/update_norm"] = norm
     for site, entry in record.get("sites", {}).items():

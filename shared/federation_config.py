@@ -105,6 +105,23 @@ class LoraConfig(BaseModel):
         return LoraSettings(self.rank, self.alpha, self.dropout, tuple(self.targets))
 
 
+class PrivacyConfig(BaseModel):
+    """Differential privacy of the sites' encoder updates (``shared/privacy.py``); off by default.
+
+    Each site clips its update to ``clip_norm`` and adds Gaussian noise sized so that the
+    federation's ``rounds``, with sites sampled at ``fraction``, spend at most ``epsilon``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="clip and noise every site's encoder update")
+    epsilon: float = Field(default=8.0, gt=0, description="the privacy budget for the whole federation")
+    delta: float = Field(default=1e-5, gt=0, lt=1, description="probability the epsilon bound may fail; "
+                                                                "well below 1 / number of sites' records")
+    clip_norm: float = Field(default=1.0, gt=0, description="L2 bound of one site's update per round (all "
+                                                            "exchanged tensors together)")
+
+
 class SuperLinkConfig(BaseModel):
     """Where the coordinator's Flower SuperLink listens."""
 
@@ -169,6 +186,7 @@ class FederationConfig(BaseModel):
     personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     superlink: SuperLinkConfig = Field(default_factory=SuperLinkConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 

@@ -54,12 +54,14 @@ class RoundConfig:
     up_codec: str | None = None        # how the site packs its delta (shared/codecs.py); None: fp32
     down_codec: str | None = None      # how ARRAYS are packed; None: the global tensors in fp32
     base_digest: str | None = None     # down_codec: ARRAYS are a change to the encoder with this digest
+                                       # ("": ARRAYS are the whole reference encoder, fp32)
     lora_rank: int | None = None       # update_mode lora: the adapters a site adds (shared/lora.py)
     lora_alpha: float | None = None
     lora_dropout: float | None = None
     lora_targets: tuple[str, ...] | None = None
     lora_lr_scale: float | None = None  # the site's encoder_lr times this, for the adapters
-                                       # ("": ARRAYS are the whole reference encoder, fp32)
+    dp_clip: float | None = None       # privacy: clip the update to this L2 norm ...
+    dp_noise: float | None = None      # ... and add N(0, (dp_noise * dp_clip)^2) per value (shared/privacy.py)
 
     @staticmethod
     def key(field_name: str) -> str:
@@ -86,7 +88,7 @@ class RoundConfig:
                  "ditto_lambda": float, "num_rounds": int,
                  "up_codec": str, "down_codec": str, "base_digest": str, "lora_rank": int, "lora_alpha": float,
                  "lora_dropout": float, "lora_targets": lambda v: tuple(str(t) for t in v),
-                 "lora_lr_scale": float}
+                 "lora_lr_scale": float, "dp_clip": float, "dp_noise": float}
         return cls(**{name: casts[name](value) for name, value in values.items()})
 
 

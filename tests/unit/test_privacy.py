@@ -1,0 +1,82 @@
+"""Differential privacy: clipping, noise, accounting, and a federation whose sites send only noised updates."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fedtl.shared.privacy import epsilon_spent, noise_multiplier, privatize
+from fedtl.shared.records import l2_norm
+from tests.unit.test_codec_rounds import federation
+
+
+def test_clipping_bounds_the_update_and_keeps_its_direction():
+    rng = np.random.default_rng(0)
+    delta = {"a": rng.normal(size=(30, 4)).astype(np.float32), "b": rng.normal(size=7).astype(np.float32)}
+    norm = l2_norm(delta)
+    clipped, before = privatize(delta, clip=norm / 4, z=0.0)
+    assert before == pytest.approx(norm)
+    assert l2_norm(clipped) == pytest.approx(norm / 4, rel=1e-5)
+    for name in delta:
+        np.testing.assert_allclose(clipped[name], delta[name] / 4, rtol=1e-5, atol=1e-7)
+    unchanged, _ = privatize(delta, clip=norm * 2, z=0.0)
+    for name in delta:
+        np.testing.assert_allclose(unchanged[name], delta[name], rtol=1e-6)
+
+
+def test_noise_has_the_calibrated_spread_and_is_fresh_each_time():
+    zeros = {"w": np.zeros((400, 500), np.float32)}
+    first, _ = privatize(zeros, clip=0.5, z=2.0)
+    second, _ = privatize(zeros, clip=0.5, z=2.0)
+    assert float(first["w"].std()) == pytest.approx(1.0, rel=0.01)  # z * clip
+    assert abs(float(first["w"].mean())) < 0.01
+    assert not np.array_equal(first["w"], second["w"])
+
+
+def test_a_broken_update_stays_broken():
+    out, _ = privatize({"w": np.array([1.0, np.nan], np.float32)}, clip=1.0, z=1.0)
+    assert not np.isfinite(out["w"]).all()
+
+
+def test_the_noise_multiplier_spends_the_budget_and_no_more():
+    for q, rounds in ((1.0, 3), (0.5, 10), (0.1, 50)):
+        z = noise_multiplier(8.0, 1e-5, q, rounds)
+        spent = epsilon_spent(z, q, rounds, 1e-5)
+        assert 7.0 < spent <= 8.0
+        assert epsilon_spent(z, q, rounds - 1, 1e-5) < spent  # it grows round by round
+    assert noise_multiplier(8.0, 1e-5, 0.1, 3) < noise_multiplier(8.0, 1e-5, 1.0, 3)  # sampling amplifies
+    assert noise_multiplier(1.0, 1e-5, 1.0, 3) > noise_multiplier(8.0, 1e-5, 1.0, 3)
+    assert epsilon_spent(1.0, 1.0, 0, 1e-5) == 0.0
+
+
+def test_a_private_federation_sends_only_clipped_and_noised_updates(tmp_path):
+    from fedtl.cli.reports import rounds_table
+    from fedtl.server.tracking import round_metrics
+
+    privacy = {"enabled": True, "epsilon": 4.0, "delta": 1e-5, "clip_norm": 0.01}
+    run, workers, rounds = federation(tmp_path, {"up": "none", "down": "none"}, rounds=2, privacy=privacy)
+    z = run.noise_multiplier
+    assert z == pytest.approx(noise_multiplier(4.0, 1e-5, 1.0, 2))
+    spent = [r["privacy"]["epsilon"] for r in rounds]
+    assert 0 < spent[0] < spent[1] <= 4.0
+    _, global_arrays, _ = run._initial()
+    d = sum(a.size for a in global_arrays.values())  # values a site sends
+    for worker in workers.values():
+        history = [json.loads(line) for line in (worker.root / "history.jsonl").read_text().splitlines()]
+        assert len(history) == 2
+        for entry in history:
+            p = entry["privacy"]
+            assert (p["clip_norm"], p["noise_multiplier"]) == (0.01, z)
+            assert p["trained_norm"] > 0.01  # so clipping did bite
+            # what left: the update clipped to 0.01 plus noise of norm about z * 0.01 * sqrt(d)
+            expected = math.sqrt(0.01**2 + (z * 0.01) ** 2 * d)
+            assert entry["update_norm"] == pytest.approx(expected, rel=0.05)
+    for record in rounds:
+        for norm in record["update_norms"].values():
+            assert norm > 0.01  # the coordinator saw noise on top of at most 0.01 of update
+        assert round_metrics(record, set())["privacy/epsilon"] == record["privacy"]["epsilon"]
+    table = rounds_table(rounds)
+    assert [c.header for c in table.columns][-1] == "ε spent"
