@@ -46,7 +46,8 @@ from fedtl.shared.codecs import Codec, CodecError, decode
 from fedtl.shared.encoders import TextEncoder, encoder_folder, load_encoder
 from fedtl.shared.federation_config import FederationConfig
 from fedtl.shared.lora import add_adapters, target_weight
-from fedtl.shared.privacy import epsilon_spent, noise_multiplier
+from fedtl.shared.privacy import epsilon_spent
+from fedtl.shared.privacy import noise_multiplier as calibrate_noise
 from fedtl.shared.protocol import ARRAYS, CONFIG, METRICS, REPORT, RoundConfig, SiteMetric
 from fedtl.shared.records import digest, from_record, record_nbytes, to_record
 from fedtl.shared.update_modes import exchanged_names
@@ -337,7 +338,7 @@ class FederationRun:
     def noise_multiplier(self) -> float:
         """privacy: the z that keeps all rounds, with sites sampled at ``fraction``, within epsilon."""
         p = self.fed.privacy
-        return noise_multiplier(p.epsilon, p.delta, self.fed.fraction, self.fed.rounds)
+        return calibrate_noise(p.epsilon, p.delta, self.fed.fraction, self.fed.rounds)
 
     def privacy_spent(self, rnd: int) -> dict[str, float] | None:
         """What the round table and MLflow show after round ``rnd`` (None with privacy off)."""
@@ -397,6 +398,7 @@ class FederationRun:
             "encoder_parameters": int(sum(a.size for a in global_arrays.values())),
             "initial_digest": digest(global_arrays),
             "resumed_strategy_digest": digest(point.strategy) if point is not None else None,
+            **({"privacy_noise_multiplier": self.noise_multiplier} if fed.privacy.enabled else {}),
         })
         if point is not None and point.record:
             self._emit("round", point.record)  # observers that missed it (a crash right after the save)

@@ -241,6 +241,8 @@ class MlflowTracker:
                 except Exception:
                     pass
             params["encoder_parameters_exchanged"] = info.get("encoder_parameters")
+            if "privacy_noise_multiplier" in info:
+                params["privacy.noise_multiplier"] = info["privacy_noise_multiplier"]
             ops.append({"op": "params", "params": {k: ("" if v is None else v) for k, v in params.items()}})
             if self.config_path is not None and self.config_path.exists():
                 ops.append(self._artifact(self.config_path, "config"))

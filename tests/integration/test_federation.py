@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import torch
 from fedtl.server.wire_log import read_wire_log
 from fedtl.shared.encoders import load_encoder
 from fedtl.shared.processes import alive, tree
+from tests.capture import Capture, require_tcpdump, tcp_streams
 from tests.integration.harness import Federation, interrupt_and_check_exit, pids_matching
 from tests.waiting import wait_until
 
@@ -28,7 +31,9 @@ def finished(tmp_path_factory):
     fed.add_site("site_a", types=("classification",))
     fed.add_site("site_b", types=("regression", "multilabel"), seed=1)
     fed.write_config(rounds=2, min_sites=2)
-    fed.run_to_completion("site_a", "site_b", timeout=400)
+    capture = Capture(fed.fleet_port, fed.root / "fleet.pcap") if shutil.which("tcpdump") else nullcontext()
+    with capture:  # what really crosses loopback (test_the_wire_itself_...)
+        fed.run_to_completion("site_a", "site_b", timeout=400)
     return fed
 
 
@@ -114,16 +119,48 @@ def test_privacy_no_head_tensor_and_no_input_text_crosses_the_wire(finished):
             assert set(record) <= encoder_names, set(record) - encoder_names
             assert not set(record) & head_names
 
-    texts = []
-    for site in ("site_a", "site_b"):
-        with (finished.root / site / "data.csv").open() as fh:
-            texts += [row["text"] for row in csv.DictReader(fh)]
+    texts = site_texts(finished, "site_a", "site_b")
     wire_strings = list(_strings(entries))
     dump = "\n".join(wire_strings)
     leaked = [t for t in texts if t in dump]
     assert not leaked, leaked[:3]
     # and no cell of the data travels on its own either (labels are names of classes: allowed in reports)
     assert not set(texts) & set(wire_strings)
+
+
+def head_tensor_names(fed: Federation, *sites: str) -> set[str]:
+    """Each head tensor's full name (``task.key``) as the sites store them."""
+    from safetensors import safe_open
+
+    names = set()
+    for site in sites:
+        for path in (fed.root / site / "state" / "federated" / "heads").glob("*.safetensors"):
+            with safe_open(path, "pt") as f:
+                names |= {f"{path.stem}.{k}" for k in f.keys()}
+    return names
+
+
+def site_texts(fed: Federation, *sites: str) -> list[str]:
+    texts = []
+    for site in sites:
+        with (fed.root / site / "data.csv").open() as fh:
+            texts += [row["text"] for row in csv.DictReader(fh)]
+    return texts
+
+
+def test_the_wire_itself_carries_encoder_tensors_but_no_head_and_no_text(finished):
+    """tcpdump on loopback during the plain-gRPC federation: the encoder's tensor names are there
+    (the capture sees the traffic), no head tensor name and no input text is."""
+    require_tcpdump()
+    wire = b"".join(tcp_streams(finished.root / "fleet.pcap").values())
+    assert len(wire) > 100_000
+    encoder_names = [n for n, _ in load_encoder("tiny").named_parameters()]
+    seen = [n for n in encoder_names if n.encode() in wire]
+    assert len(seen) >= len(encoder_names) // 2, seen
+    heads = head_tensor_names(finished, "site_a", "site_b")
+    assert heads and not [n for n in heads if n.encode() in wire]
+    texts = site_texts(finished, "site_a", "site_b")
+    assert texts and not [t for t in texts if t.encode() in wire]
 
 
 def test_late_joiner_starts_from_the_current_global_encoder(tmp_path):

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import csv
 import re
+import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fedtl.cli.main import app
 from fedtl.shared.site_keys import ALLOWED_SITES, read_allowed_sites
+from tests.capture import Capture, require_tcpdump, tcp_streams
+from tests.conftest import write_csv
 from tests.integration.harness import Federation
+from tests.integration.test_federation import head_tensor_names, site_texts
 from tests.waiting import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 def make_certs(out: Path, *sites: str) -> None:
@@ -28,7 +37,7 @@ def says(path: Path, needle: str) -> bool:
 def test_only_allowed_sites_join_a_tls_federation(tmp_path):
     """Two allowed sites finish 2 rounds; a site with a key the coordinator does not know is refused
     (both sides say so with its fingerprint) and a site without TLS never connects; neither stops
-    the rounds."""
+    the rounds. tcpdump on loopback sees no tensor name, text or label in the clear."""
     certs, rogue = tmp_path / "certs", tmp_path / "rogue-certs"
     make_certs(certs, "alpha", "beta")
     make_certs(rogue, "gamma")  # a key pair of the right kind that this coordinator never saw
@@ -42,21 +51,28 @@ def test_only_allowed_sites_join_a_tls_federation(tmp_path):
     fed.certs = certs
     for name in ("alpha", "beta", "gamma", "delta"):
         fed.add_site(name, types=("classification",))
+        labels = {"good": f"{name}-favourable", "bad": f"{name}-unfavourable"}  # labels worth looking for
+        rows = list(csv.DictReader((tmp_path / name / "data.csv").open()))
+        for row in rows:
+            row["label"] = labels[row["label"]]
+        write_csv(tmp_path / name / "data.csv", rows)
     fed.write_config(rounds=2, min_sites=2, final_evaluate=False)
     ca = str(certs / "ca.crt")
-    try:
-        fed.start_site("gamma", tls=["--root-certificates", ca, "--key", str(rogue / "sites" / "gamma")])
-        fed.start_site("delta", tls=["--insecure"])
-        for name in ("alpha", "beta"):
-            fed.start_site(name, tls=["--root-certificates", ca, "--key", str(certs / "sites" / name)])
-        fed.start_coordinator()
-        assert fed.wait_coordinator(300) == 0, fed.log("coordinator")
-        # the rogue site keeps trying: its refusal reaches both logs (it may lag the last round)
-        wait_until(lambda: says(fed.root / "gamma.log", f"refused this site's key {gamma_fp}"), 60,
-                   lambda: fed.log("gamma"))
-        wait_until(lambda: says(fed.root / "delta.log", "cannot reach the coordinator"), 60, lambda: fed.log("delta"))
-    finally:
-        fed.stop_all()
+    capture = Capture(fed.fleet_port, tmp_path / "fleet.pcap") if shutil.which("tcpdump") else nullcontext()
+    with capture:
+        try:
+            fed.start_site("gamma", tls=["--root-certificates", ca, "--key", str(rogue / "sites" / "gamma")])
+            fed.start_site("delta", tls=["--insecure"])
+            for name in ("alpha", "beta"):
+                fed.start_site(name, tls=["--root-certificates", ca, "--key", str(certs / "sites" / name)])
+            fed.start_coordinator()
+            assert fed.wait_coordinator(300) == 0, fed.log("coordinator")
+            # the rogue site keeps trying: its refusal reaches both logs (it may lag the last round)
+            wait_until(lambda: says(fed.root / "gamma.log", f"refused this site's key {gamma_fp}"), 60,
+                       lambda: fed.log("gamma"))
+            wait_until(lambda: says(fed.root / "delta.log", "cannot reach the coordinator"), 60, lambda: fed.log("delta"))
+        finally:
+            fed.stop_all()
 
     coordinator = fed.root / "coordinator.log"
     assert says(coordinator, "site authentication on: 2 site(s) allowed"), fed.log("coordinator")
@@ -71,6 +87,18 @@ def test_only_allowed_sites_join_a_tls_federation(tmp_path):
     assert len(fed.site_history("alpha")) == 2 and len(fed.site_history("beta")) == 2
     assert fed.site_history("gamma") == [] and fed.site_history("delta") == []
     assert "--insecure" not in " ".join(fed.procs["alpha"].args)
+
+    # what crossed loopback: TLS all the way, so no name, text or label of a site in the clear
+    require_tcpdump()
+    wire = b"".join(tcp_streams(tmp_path / "fleet.pcap").values())
+    assert len(wire) > 100_000  # the rounds' traffic was captured
+    assert b"encoder.layer.0" not in wire and b"embeddings.word_embeddings" not in wire
+    heads = head_tensor_names(fed, "alpha", "beta")
+    assert heads and not [n for n in heads if n.encode() in wire]
+    texts = site_texts(fed, "alpha", "beta")
+    assert texts and not [t for t in texts if t.encode() in wire]
+    labels = {row["label"] for name in ("alpha", "beta") for row in csv.DictReader((tmp_path / name / "data.csv").open())}
+    assert len(labels) == 4 and not [x for x in labels if x.encode() in wire]
 
 
 def test_allowed_sites_file_edits_apply_while_the_superlink_runs(tmp_path):
