@@ -7,8 +7,9 @@ import math
 
 import numpy as np
 import pytest
+from opacus.accountants import RDPAccountant
 
-from fedtl.shared.privacy import epsilon_spent, noise_multiplier, privatize
+from fedtl.shared.privacy import ALPHAS, epsilon_spent, noise_multiplier, privatize
 from fedtl.shared.records import l2_norm
 from tests.unit.test_codec_rounds import federation
 
@@ -57,16 +58,20 @@ def test_a_private_federation_sends_only_clipped_and_noised_updates(tmp_path):
     from fedtl.server.tracking import round_metrics
 
     privacy = {"enabled": True, "epsilon": 4.0, "delta": 1e-5, "clip_norm": 0.01}
-    run, workers, rounds = federation(tmp_path, {"up": "none", "down": "none"}, rounds=2, privacy=privacy)
+    run, workers, rounds = federation(tmp_path, {"up": "none", "down": "none"}, rounds=3, privacy=privacy)
     z = run.noise_multiplier
-    assert z == pytest.approx(noise_multiplier(4.0, 1e-5, 1.0, 2))
+    assert z == pytest.approx(noise_multiplier(4.0, 1e-5, 1.0, 3))
+    accountant = RDPAccountant()  # Opacus's own, stepped once per round, beside what the federation logged
+    for record in rounds:
+        accountant.step(noise_multiplier=z, sample_rate=1.0)
+        assert record["privacy"]["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5, alphas=ALPHAS), rel=5e-4)
     spent = [r["privacy"]["epsilon"] for r in rounds]
-    assert 0 < spent[0] < spent[1] <= 4.0
+    assert 0 < spent[0] < spent[1] < spent[2] <= 4.0
     _, global_arrays, _ = run._initial()
     d = sum(a.size for a in global_arrays.values())  # values a site sends
     for worker in workers.values():
         history = [json.loads(line) for line in (worker.root / "history.jsonl").read_text().splitlines()]
-        assert len(history) == 2
+        assert len(history) == 3
         for entry in history:
             p = entry["privacy"]
             assert (p["clip_norm"], p["noise_multiplier"]) == (0.01, z)
