@@ -252,6 +252,8 @@ class SiteWorker:
         handled_at = time.time()  # per-round start-up ends here: the warm worker has the message
         config = RoundConfig.from_record(content[CONFIG])
         round_ = config.server_round
+        if (why := self.config.privacy.refusal(config.dp_clip, config.dp_noise)) is not None:
+            raise ValueError(f"site {self.config.name} refuses round {round_}: {why}")
         training = self._training_config(config)
         self._schedule_part = self._schedule_position(config)
         self._ensure_encoder(config)

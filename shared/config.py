@@ -136,6 +136,37 @@ class TrainingConfig(BaseModel):
     )
 
 
+class SitePrivacyConfig(BaseModel):
+    """What this site demands of a federation's differential privacy before its update leaves.
+
+    The coordinator sets the clip and noise (``federation.yaml``'s ``privacy:``); a site that
+    must not rely on it refuses rounds below its own floor, so a misconfigured or dishonest
+    coordinator cannot get an update with less noise than the site agreed to.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_noise_multiplier: float = Field(default=0.0, ge=0, description="refuse rounds with less noise than "
+                                                                         "this (0: privacy not required)")
+    max_clip_norm: float | None = Field(default=None, gt=0, description="refuse rounds that clip updates at a "
+                                                                         "larger norm than this")
+
+    def refusal(self, clip: float | None, noise: float | None) -> str | None:
+        """Why a round with this clip and noise multiplier is refused, or None."""
+        required = self.min_noise_multiplier > 0 or self.max_clip_norm is not None
+        if not required:
+            return None
+        if clip is None or noise is None:
+            return "this site requires differential privacy (site.yaml privacy:) and the round has none"
+        if noise < self.min_noise_multiplier:
+            return (f"the round's noise multiplier {noise:.4g} is below this site's minimum "
+                    f"{self.min_noise_multiplier:g} (site.yaml privacy.min_noise_multiplier)")
+        if self.max_clip_norm is not None and clip > self.max_clip_norm:
+            return (f"the round clips updates at {clip:g}, above this site's maximum {self.max_clip_norm:g} "
+                    "(site.yaml privacy.max_clip_norm)")
+        return None
+
+
 class SiteConfig(BaseModel):
     """`site.yaml`: one data owner, its private tasks and how it trains."""
 
@@ -147,6 +178,7 @@ class SiteConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    privacy: SitePrivacyConfig = Field(default_factory=SitePrivacyConfig)
     tasks: list[TaskConfig] = Field(min_length=1)
 
     @field_validator("state_dir")

@@ -22,10 +22,13 @@ from tests.conftest import make_site
 from tests.unit.test_round_contract import Recorder
 
 
-def federation(tmp_path, codec: dict, rounds: int = 3, sites: int = 2, grid_wrap=None, **settings):
+def federation(tmp_path, codec: dict, rounds: int = 3, sites: int = 2, grid_wrap=None,
+               site_yaml: dict[int, str] | None = None, **settings):
+    """``site_yaml[i]``: text appended to site i's site.yaml."""
     workers = {}
     for i in range(sites):
         path = make_site(tmp_path / f"s{i}", name=f"site{i}", types=("classification",), n=60, head_epochs=3)
+        path.write_text(path.read_text() + (site_yaml or {}).get(i, ""))
         workers[i + 1] = SiteWorker(load_site_config(path), "tiny")
     fed = FederationConfig.model_validate({
         "name": "codec", "encoder": "tiny", "update_mode": "last:1", "rounds": rounds, "min_sites": 1,

@@ -85,3 +85,19 @@ def test_a_private_federation_sends_only_clipped_and_noised_updates(tmp_path):
         assert round_metrics(record, set())["privacy/epsilon"] == record["privacy"]["epsilon"]
     table = rounds_table(rounds)
     assert [c.header for c in table.columns][-1] == "ε spent"
+
+
+def test_a_site_refuses_rounds_below_its_own_privacy_floor(tmp_path):
+    """site0 demands more noise than the federation's budget gives; site1 trains on."""
+    privacy = {"enabled": True, "epsilon": 8.0, "delta": 1e-5, "clip_norm": 0.01}
+    floor = {0: "privacy: {min_noise_multiplier: 50}\n"}
+    run, workers, rounds = federation(tmp_path / "low", {"up": "none", "down": "none"}, rounds=1, privacy=privacy,
+                                      site_yaml=floor)
+    (record,) = rounds
+    assert set(record["sites"]) == {"site1"}
+    (failed,) = record["failed"]
+    assert "refuses round 1" in failed["reason"] and "below this site's minimum 50" in failed["reason"]
+    assert not (workers[1].root / "history.jsonl").exists()  # nothing trained, nothing sent
+
+    _, _, rounds = federation(tmp_path / "none", {"up": "none", "down": "none"}, rounds=1, site_yaml=floor)
+    assert "requires differential privacy" in rounds[0]["failed"][0]["reason"]
