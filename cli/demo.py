@@ -50,6 +50,7 @@ def demo_federation(workdir: Path, n_sites: int, base: dict[str, Any], overrides
     config["state_dir"] = str((workdir / "coordinator").resolve())
     config["superlink"] = {"fleet_address": f"127.0.0.1:{free_port()}", "control_host": "127.0.0.1",
                            "control_port": free_port()}
+    config["hub"] = {**dict(config.get("hub") or {}), "address": f"127.0.0.1:{free_port()}", "linger": 0}
     path = workdir / "federation.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -159,6 +160,8 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
     handle_stop_signals()
     try:
         coord.start_superlink()
+        if coord.start_hub() is not None:
+            console.print(f"follow it from another shell: fedtl status --coordinator {fed.hub.address} --insecure --watch")
         for name, path in zip(names, sites):
             cmd = [tool("fedtl"), "site", "--config", str(path), "--coordinator", fed.superlink.fleet_address,
                    "--insecure", "--encoder", fed.encoder]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -32,6 +33,12 @@ def follow_run(coord, title: str, check=None) -> dict:
         return coord.wait(on_poll=refresh).as_dict()
 
 
+def _reachable(address: str) -> str:
+    """An address people can use for a listening one (0.0.0.0 means this host)."""
+    host, _, port = address.rpartition(":")
+    return f"{socket.gethostname() if host.strip('[]') in ('0.0.0.0', '::') else host}:{port}"
+
+
 def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path | None = None) -> int:
     from fedtl.server.coordinator import Coordinator, CoordinatorError
     from fedtl.server.history import read_rounds
@@ -49,8 +56,12 @@ def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path
     handle_stop_signals()
     try:
         coord.start_superlink()
+        if coord.start_hub() is not None:
+            console.print(f"hub: fedtl status --coordinator {_reachable(fed.hub.address)}"
+                          + (" --root-certificates CA" if tls else " --insecure"))
         coord.submit()
         info = follow_run(coord, fed.name)
+        coord.stop_hub(linger=fed.hub.linger)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping the run and the SuperLink[/]")
         coord.stop_run()
@@ -71,8 +82,6 @@ def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path
 
 def run_site(configs: list[Path], coordinator: str, insecure: bool, root_certificates: Path | None,
              encoder: str | None, keys: list[Path] | None = None) -> int:
-    import socket
-
     from fedtl.client.head_store import HeadStoreError
     from fedtl.client.site_daemon import SiteDaemon, SuperNodeSettings, run_sites
     from fedtl.shared.config import load_site_config

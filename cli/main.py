@@ -216,6 +216,83 @@ def certs(
     console.print(f"[yellow]keep {out / 'ca.key'} private; a site gets ca.crt and only its own key[/]")
 
 
+def _hub(coordinator: str, insecure: bool, root_certificates: Path | None, token: str | None):
+    from fedtl.cli.hub_client import HubClient
+
+    if insecure == (root_certificates is not None):
+        fail("pass --root-certificates ca.crt for a TLS coordinator, or --insecure for a plain one")
+    return HubClient(coordinator, root_certificates, token)
+
+
+HubAddress = Annotated[str, typer.Option(help="The coordinator's hub address, HOST:PORT (federation.yaml hub.address).")]
+HubInsecure = Annotated[bool, typer.Option(help="The coordinator runs without TLS.")]
+HubRoots = Annotated[Path | None, typer.Option(help="CA certificate that signed the coordinator's.")]
+HubToken = Annotated[str | None, typer.Option(envvar="FEDTL_HUB_TOKEN", help="The hub's token (hub.token), if set.")]
+
+
+@app.command()
+def status(
+    coordinator: HubAddress,
+    insecure: HubInsecure = False,
+    root_certificates: HubRoots = None,
+    token: HubToken = None,
+    watch: Annotated[bool, typer.Option(help="Follow the rounds live until the federation ends.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (one object; with --watch one line per round).")] = False,
+) -> None:
+    """How a running federation is going: state, rounds, sites, MLflow run."""
+    import json
+
+    from fedtl.cli.hub_client import HubError
+    from fedtl.cli.reports import hub_status_table, rounds_table
+
+    client = _hub(coordinator, insecure, root_certificates, token)
+    try:
+        if watch:
+            seen: list[dict] = []
+            for record in client.watch():
+                entry = json.loads(record.record_json)
+                if json_out:
+                    typer.echo(json.dumps(entry, sort_keys=True))
+                else:
+                    seen.append(entry)
+                    console.print(rounds_table(seen[-1:], title=f"round {record.round}"))
+        current = client.status()
+        if json_out and not watch:
+            from google.protobuf.json_format import MessageToDict
+
+            typer.echo(json.dumps(MessageToDict(current, preserving_proto_field_name=True), indent=2, sort_keys=True))
+        elif not json_out:
+            console.print(hub_status_table(current))
+    except HubError as exc:
+        fail(str(exc))
+    finally:
+        client.close()
+
+
+@app.command()
+def pull(
+    coordinator: HubAddress,
+    out: Annotated[Path, typer.Option(help="Folder to write the encoder to (a Hugging Face model folder).")],
+    round_: Annotated[int, typer.Option("--round", min=0, help="The round's checkpoint (0: the latest).")] = 0,
+    insecure: HubInsecure = False,
+    root_certificates: HubRoots = None,
+    token: HubToken = None,
+) -> None:
+    """Download the federation's global encoder; transformers.AutoModel.from_pretrained(OUT) loads it."""
+    from fedtl.cli.hub_client import HubError
+
+    client = _hub(coordinator, insecure, root_certificates, token)
+    try:
+        with progress() as bars:
+            task = bars.add_task("pulling the encoder", total=None)
+            pulled = client.pull(out, round_, lambda done, total: bars.update(task, completed=done, total=total))
+    except HubError as exc:
+        fail(str(exc))
+    finally:
+        client.close()
+    console.print(f"encoder of round {pulled} in {out}")
+
+
 @app.command("examples")
 def examples_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to copy the example sites and data into.")],

@@ -123,3 +123,31 @@ def sites_table(rounds: list[dict[str, Any]]) -> Table:
             table.add_row(site, task, metric, _fmt(base), _fmt(fed), _fmt(glob), gain,
                           report.get(ReportKey.SITE_MODEL, ""))
     return table
+
+
+def hub_status_table(status) -> Table:
+    """`fedtl status`: a federation's state as its hub reports it (a ``fedtl.v1.Status``)."""
+    from fedtl.v1 import hub_pb2
+
+    table = Table(title=f"federation {status.federation}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    last = status.last_round if status.HasField("last_round") else None
+    rows = [
+        ("state", hub_pb2.Status.State.Name(status.state).lower()),
+        ("round", f"{status.current_round} of {status.rounds_total}"),
+        ("sites connected", str(status.connected_sites)),
+        ("sites in the last round", f"{last.accepted} accepted of {status.sampled_sites}" if last else "-"),
+        ("encoder", f"{status.encoder} ({status.update_mode})"),
+        ("MLflow", f"run {status.mlflow_run_id} in {status.mlflow_tracking_uri}" if status.mlflow_run_id else "off"),
+    ]
+    if last is not None:
+        rows.append(("last round", f"{last.seconds:.1f}s, score {_fmt(last.metrics.get(SiteMetric.SCORE))}, "
+                                   f"{_mb(last.bytes_down)} MB down, {_mb(last.bytes_up)} MB up"))
+        rows += [(f"failed: {p.site}", p.reason) for p in last.failed]
+        rows += [(f"rejected: {p.site}", p.reason) for p in last.rejected]
+    if status.details:
+        rows.append(("details", status.details))
+    for row in rows:
+        table.add_row(*row)
+    return table

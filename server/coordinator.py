@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fedtl.server.control import ControlError, FlowerControl, RunState
 from fedtl.server.flower_app import app_dir
+from fedtl.server.hub import HubServicer, RunView, serve_hub, stop_hub
 from fedtl.server.site_registry import RefusalWatch, SiteRegistry
 from fedtl.shared.federation_config import FederationConfig, split_address
 from fedtl.shared.processes import child_env, start, stop, tool, wait_for_port
@@ -67,6 +68,9 @@ class Coordinator:
         self._control: FlowerControl | None = None
         self.registry: SiteRegistry | None = None
         self.refusals: RefusalWatch | None = None
+        self.run_view = RunView()  # what the hub reports of the run
+        self.hub = None  # (grpc server, servicer) while the hub runs
+        self.hub_port: int | None = None
         self.tracking_uri = self._tracking_uri()
 
     def _tracking_uri(self) -> str:
@@ -85,8 +89,11 @@ class Coordinator:
         """Both SuperLink ports must be free before anything starts: say which one is not, and where it is set."""
         s = self.fed.superlink
         fleet_host, fleet_port = split_address(s.fleet_address)
-        for field, host, port in (("superlink.fleet_address", fleet_host, fleet_port),
-                                  ("superlink.control_port", s.control_host, s.control_port)):
+        checks = [("superlink.fleet_address", fleet_host, fleet_port),
+                  ("superlink.control_port", s.control_host, s.control_port)]
+        if self.fed.hub.enabled:
+            checks.append(("hub.address", *split_address(self.fed.hub.address)))
+        for field, host, port in checks:
             if (why := port_taken(host, port)) is not None:
                 raise CoordinatorError(f"{self.config_path}: {field}: cannot listen on {host}:{port} ({why}); "
                                        "another federation or program may use it: choose another port")
@@ -157,6 +164,33 @@ class Coordinator:
         lines.append(f'root-certificates = "{self.tls.ca}"' if self.tls else "insecure = true")
         (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
 
+    # ------------------------------------------------------------ the hub
+    def start_hub(self) -> int | None:
+        """fedtl's own API on hub.address, with the SuperLink's TLS material; returns its port."""
+        hub = self.fed.hub
+        if not hub.enabled:
+            return None
+        s = self.fed.superlink
+        nodes = FlowerControl(f"{s.control_host}:{s.control_port}", self.tls.ca if self.tls else None, timeout=2.0)
+        servicer = HubServicer(self.state_dir, self.fed.name, self.fed.rounds, self.fed.update_mode, self.fed.encoder,
+                               self.run_view, self.tracking_uri,
+                               connected=lambda: sum(n.status == "online" for n in nodes.nodes()))
+        tls = (self.tls.cert.read_bytes(), self.tls.key.read_bytes()) if self.tls else None
+        try:
+            server, self.hub_port = serve_hub(servicer, hub.address, tls, hub.token)
+        except RuntimeError as exc:
+            raise CoordinatorError(f"{self.config_path}: {exc}") from None
+        self.hub = (server, servicer, nodes)
+        log.info("hub (fedtl status / pull) on %s%s", hub.address, " with TLS" if tls else "")
+        return self.hub_port
+
+    def stop_hub(self, linger: float = 0.0) -> None:
+        if self.hub is not None:
+            server, servicer, nodes = self.hub
+            self.hub = None
+            stop_hub(server, servicer, linger)
+            nodes.close()
+
     # ------------------------------------------------------------ the run
     def control(self) -> FlowerControl:
         if self._control is None:
@@ -204,6 +238,7 @@ class Coordinator:
                 time.sleep(poll)
                 continue
             last_answer = time.monotonic()
+            self.run_view.flower_status, self.run_view.details = state.status, state.details
             self.watch_sites()
             if on_poll is not None:
                 on_poll(state)
@@ -219,6 +254,7 @@ class Coordinator:
                 log.warning("could not stop run %s: %s", self.run_id, exc)
 
     def shutdown(self) -> None:
+        self.stop_hub()
         if self._control is not None:
             self._control.close()
             self._control = None

@@ -122,6 +122,24 @@ class PrivacyConfig(BaseModel):
                                                             "exchanged tensors together)")
 
 
+class HubConfig(BaseModel):
+    """fedtl's own API on the coordinator (``protos/fedtl/v1/hub.proto``): status, rounds, the encoder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    address: str = Field(default="0.0.0.0:9094", description="HOST:PORT the hub listens on")
+    token: str | None = Field(default=None, min_length=16,
+                              description="calls must carry 'authorization: Bearer <token>' (none: no token)")
+    linger: float = Field(default=3.0, ge=0, description="seconds the hub keeps answering after the run ends")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        split_address(value)
+        return value
+
+
 class SuperLinkConfig(BaseModel):
     """Where the coordinator's Flower SuperLink listens."""
 
@@ -187,6 +205,7 @@ class FederationConfig(BaseModel):
     codec: CodecConfig = Field(default_factory=CodecConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    hub: HubConfig = Field(default_factory=HubConfig)
     superlink: SuperLinkConfig = Field(default_factory=SuperLinkConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 

@@ -33,6 +33,7 @@ class Federation:
     root: Path
     fleet_port: int = field(default_factory=free_port)
     control_port: int = field(default_factory=free_port)
+    hub_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -52,6 +53,7 @@ class Federation:
             "name": "test", "encoder": "tiny", "update_mode": "full", "rounds": 2, "min_sites": 2,
             "round_timeout": 120, "wait_for_sites": 120, "state_dir": str(self.state_dir),
             "superlink": {"fleet_address": self.address, "control_port": self.control_port},
+            "hub": {"address": f"127.0.0.1:{self.hub_port}", "linger": 0},
             "mlflow": {"tracking_uri": self.tracking_uri, "experiment": "tests", "registered_model": "test-encoder"},
         }
         config.update(settings)

@@ -1,0 +1,237 @@
+"""The coordinator's public gRPC API (``protos/fedtl/v1/hub.proto``): status, rounds, encoder.
+
+It serves what the coordinator already writes to ``state_dir`` (``rounds.jsonl``, the
+checkpoints, ``mlflow_run.json``) plus the run's state as ``fedtl coordinator`` follows it,
+so the hub holds no state of its own and cannot disagree with the files. It runs in the
+coordinator's process on its own port, with the SuperLink's TLS material.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from fedtl.server.checkpoints import latest_checkpoint
+from fedtl.server.history import read_rounds
+from fedtl.v1 import hub_pb2, hub_pb2_grpc
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20  # bytes per EncoderChunk: at most 1 MiB, far below gRPC's 4 MiB message limit
+WATCH_POLL = 0.5  # seconds between looks at rounds.jsonl while a WatchRounds stream waits
+
+
+@dataclass
+class RunView:
+    """What the coordinator knows of its run, updated as it follows it."""
+
+    flower_status: str = ""  # "" until submitted; then Flower's pending|running|finished:<sub>
+    details: str = ""
+
+    @property
+    def ended(self) -> bool:
+        return self.flower_status.startswith("finished")
+
+
+def round_message(record: dict[str, Any]) -> hub_pb2.RoundRecord:
+    norms = record.get("update_norms", {})
+    sites = [hub_pb2.SiteResult(
+        site=name, bytes_down=int(entry.get("bytes_down", 0)), bytes_up=int(entry.get("bytes_up", 0)),
+        update_norm=float(norms.get(name, 0.0)),
+        metrics={k: float(v) for k, v in entry.get("metrics", {}).items() if isinstance(v, (int, float))})
+        for name, entry in sorted(record.get("sites", {}).items())]
+    return hub_pb2.RoundRecord(
+        round=record["round"], started_at=record.get("started_at", 0.0), seconds=record.get("seconds", 0.0),
+        sampled=record.get("sampled", 0), answered=record.get("answered", 0), accepted=record.get("accepted", 0),
+        aggregated=bool(record.get("aggregated")), sites=sites,
+        failed=[hub_pb2.Problem(site=p["site"], reason=p["reason"]) for p in record.get("failed", [])],
+        rejected=[hub_pb2.Problem(site=p["site"], reason=p["reason"]) for p in record.get("rejected", [])],
+        bytes_down=int(record.get("bytes_down", 0)), bytes_up=int(record.get("bytes_up", 0)),
+        metrics={k: float(v) for k, v in record.get("metrics", {}).items() if isinstance(v, (int, float))},
+        global_digest=record.get("global_digest", ""),
+        epsilon_spent=float(record.get("privacy", {}).get("epsilon", 0.0)),
+        record_json=json.dumps(record, sort_keys=True, default=str))
+
+
+def checkpoint_files(folder: Path) -> list[tuple[str, Path]]:
+    """A checkpoint folder's files as (relative posix path, path), sorted: the order they stream in."""
+    return sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+class HubServicer(hub_pb2_grpc.HubServicer):
+    def __init__(self, state_dir: Path, federation: str, rounds_total: int, update_mode: str, encoder: str,
+                 run: RunView, tracking_uri: str = "", connected: Callable[[], int] | None = None,
+                 stopping: threading.Event | None = None):
+        self.state_dir = Path(state_dir)
+        self.federation, self.rounds_total = federation, rounds_total
+        self.update_mode, self.encoder = update_mode, encoder
+        self.run, self.tracking_uri = run, tracking_uri
+        self.connected = connected or (lambda: 0)
+        self.stopping = stopping or threading.Event()
+        self._sha: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> digest
+
+    # ------------------------------------------------------------ status and rounds
+    def _state(self, rounds: list[dict[str, Any]]) -> int:
+        status = self.run.flower_status
+        if status == "finished:completed":
+            return hub_pb2.Status.FINISHED
+        if self.run.ended:
+            return hub_pb2.Status.FAILED
+        return hub_pb2.Status.RUNNING if rounds else hub_pb2.Status.WAITING
+
+    def GetStatus(self, request, context):
+        rounds = read_rounds(self.state_dir)
+        meta = self.state_dir / "mlflow_run.json"
+        run_id = ""
+        if meta.exists():
+            try:
+                run_id = str(json.loads(meta.read_text()).get("run_id", ""))
+            except (json.JSONDecodeError, OSError):
+                run_id = ""
+        try:
+            connected = self.connected()
+        except Exception as exc:  # the SuperLink may be going away: status still answers
+            log.debug("hub: connected sites unknown: %s", exc)
+            connected = 0
+        status = hub_pb2.Status(
+            federation=self.federation, state=self._state(rounds), current_round=rounds[-1]["round"] if rounds else 0,
+            rounds_total=self.rounds_total, connected_sites=connected,
+            sampled_sites=rounds[-1].get("sampled", 0) if rounds else 0, mlflow_run_id=run_id,
+            mlflow_tracking_uri=self.tracking_uri, details=self.run.details or self.run.flower_status,
+            update_mode=self.update_mode, encoder=self.encoder)
+        if rounds:
+            status.last_round.CopyFrom(round_message(rounds[-1]))
+        return status
+
+    def ListRounds(self, request, context):
+        return hub_pb2.ListRoundsResponse(rounds=[round_message(r) for r in read_rounds(self.state_dir)])
+
+    def WatchRounds(self, request, context) -> Iterator[hub_pb2.RoundRecord]:
+        next_round = max(1, request.from_round)
+        while context.is_active():
+            ended = self.run.ended  # read before the rounds: a round written before the end is not missed
+            for record in read_rounds(self.state_dir):
+                if record["round"] >= next_round:
+                    yield round_message(record)
+                    next_round = record["round"] + 1
+            if ended or self.stopping.wait(WATCH_POLL):
+                return
+
+    # ------------------------------------------------------------ the encoder
+    def _checkpoint(self, round_: int, context) -> tuple[int, Path]:
+        if round_ == 0:
+            latest = latest_checkpoint(self.state_dir)
+            if latest is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, "no checkpoint yet: the first round has not finished")
+            return latest
+        folder = self.state_dir / "checkpoints" / f"round-{round_:04d}"
+        if not folder.is_dir():
+            kept = sorted(p.name for p in (self.state_dir / "checkpoints").glob("round-*"))
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no checkpoint of round {round_} (kept: {', '.join(kept) or 'none'})")
+        return round_, folder
+
+    def _digest(self, path: Path) -> str:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._sha:
+            self._sha[key] = file_sha256(path)
+        return self._sha[key]
+
+    def PullEncoder(self, request, context) -> Iterator[hub_pb2.EncoderChunk]:
+        round_, folder = self._checkpoint(request.round, context)
+        try:
+            files = [(rel, path, path.stat().st_size, self._digest(path)) for rel, path in checkpoint_files(folder)]
+        except FileNotFoundError:
+            context.abort(grpc.StatusCode.ABORTED, f"the checkpoint of round {round_} was just removed; pull again")
+        names = [rel for rel, *_ in files]
+        if request.start_file and request.start_file not in names:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"start_file {request.start_file!r} is not in the "
+                                                            f"checkpoint of round {round_}")
+        total = sum(size for _, _, size, _ in files)
+        skipping = bool(request.start_file)
+        for rel, path, size, sha in files:
+            if skipping and rel != request.start_file:
+                continue
+            offset = request.start_offset if skipping else 0
+            skipping = False
+            if offset > size:
+                context.abort(grpc.StatusCode.OUT_OF_RANGE, f"start_offset {offset} is past the end of {rel} ({size} bytes)")
+            try:
+                with path.open("rb") as fh:
+                    fh.seek(offset)
+                    while True:
+                        data = fh.read(CHUNK)
+                        if not data and offset < size:
+                            context.abort(grpc.StatusCode.ABORTED, f"{rel} changed while it was sent; pull again")
+                        yield hub_pb2.EncoderChunk(round=round_, path=rel, file_size=size, sha256=sha, offset=offset,
+                                                   data=data, total_size=total, file_count=len(files))
+                        offset += len(data)
+                        if offset >= size:
+                            break
+            except FileNotFoundError:
+                context.abort(grpc.StatusCode.ABORTED, f"the checkpoint of round {round_} was removed while it "
+                                                       "was sent; pull again")
+
+
+class TokenCheck(grpc.ServerInterceptor):
+    """Every call must carry ``authorization: Bearer <token>`` (compared in constant time)."""
+
+    def __init__(self, token: str):
+        self.expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = str(metadata.get("authorization", "")).encode()
+        if hmac.compare_digest(given, self.expected):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong hub token (authorization: Bearer ...)")
+
+        if handler is not None and handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(deny, request_deserializer=handler.request_deserializer)
+        return grpc.unary_unary_rpc_method_handler(deny, request_deserializer=handler.request_deserializer
+                                                   if handler is not None else None)
+
+
+def serve_hub(servicer: HubServicer, address: str, tls: tuple[bytes, bytes] | None = None,
+              token: str | None = None, workers: int = 8) -> tuple[grpc.Server, int]:
+    """Start the hub on ``address``; ``tls`` is (certificate chain PEM, private key PEM). Returns (server, port)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedtl-hub"),
+                         interceptors=[TokenCheck(token)] if token else None)
+    hub_pb2_grpc.add_HubServicer_to_server(servicer, server)
+    if tls is not None:
+        cert, key = tls
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"hub: cannot listen on {address}")
+    server.start()
+    return server, port
+
+
+def stop_hub(server: grpc.Server, servicer: HubServicer, linger: float = 0.0) -> None:
+    """Keep answering for ``linger`` seconds (so status shows a finished run), then end streams and stop."""
+    if linger > 0:
+        servicer.stopping.wait(linger)  # nothing sets it meanwhile: an interruptible pause
+    servicer.stopping.set()
+    server.stop(grace=1.0).wait()

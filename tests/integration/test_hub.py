@@ -1,0 +1,112 @@
+"""The coordinator's hub (protos/fedtl/v1/hub.proto) on a real TLS federation: status, rounds, encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+
+import grpc
+import pytest
+from typer.testing import CliRunner
+
+from fedtl.cli.hub_client import HubClient, HubError
+from fedtl.cli.main import app
+from fedtl.v1 import hub_pb2
+from tests.integration.harness import Federation
+from tests.waiting import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+TOKEN = "hub-token-for-tests-0123456789"
+State = hub_pb2.Status
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_hub_reports_status_rounds_and_serves_the_encoder(tmp_path):
+    certs = tmp_path / "certs"
+    assert CliRunner().invoke(app, ["certs", "--out", str(certs), "--host", "127.0.0.1"]).exit_code == 0
+    fed = Federation(tmp_path)
+    fed.certs = certs
+    for name in ("north", "south"):
+        fed.add_site(name, types=("classification",))
+    hub_address = f"127.0.0.1:{fed.hub_port}"
+    fed.write_config(rounds=3, min_sites=2, final_evaluate=False,
+                     hub={"address": hub_address, "token": TOKEN, "linger": 20})
+    client = HubClient(hub_address, certs / "ca.crt", TOKEN, timeout=5)
+    states: list[int] = []
+    watched: list[int] = []
+    try:
+        fed.start_coordinator()  # before the sites: the federation is waiting for them
+
+        def answered():
+            try:
+                return client.status()
+            except HubError:
+                return None
+
+        first = wait_until(answered, 120, lambda: fed.log("coordinator"))
+        assert first.state == State.WAITING and first.current_round == 0 and first.rounds_total == 3
+        assert first.federation == "test" and first.update_mode == "full"
+
+        watcher = threading.Thread(target=lambda: watched.extend(r.round for r in client.watch(1)))
+        watcher.start()
+        for name in ("north", "south"):
+            fed.start_site(name)
+        while watcher.is_alive():  # the stream ends when the federation does
+            states.append(client.status().state)
+            watcher.join(0.2)
+        final = client.status()
+        assert final.state == State.FINISHED and final.current_round == 3
+        assert final.last_round.accepted == 2 and {s.site for s in final.last_round.sites} == {"north", "south"}
+        assert final.mlflow_run_id and final.mlflow_tracking_uri == fed.tracking_uri
+        assert [r.round for r in client.rounds()] == [1, 2, 3]
+
+        # the encoder: byte-identical to the checkpoint, loadable, resumable, and refused kindly
+        checkpoint = fed.state_dir / "checkpoints" / "round-0003"
+        result = CliRunner().invoke(app, ["pull", "--coordinator", hub_address, "--out", str(tmp_path / "pulled"),
+                                          "--root-certificates", str(certs / "ca.crt"), "--token", TOKEN])
+        assert result.exit_code == 0, result.output
+        files = sorted(p.relative_to(checkpoint) for p in checkpoint.rglob("*") if p.is_file())
+        assert files and files == sorted(p.relative_to(tmp_path / "pulled")
+                                         for p in (tmp_path / "pulled").rglob("*") if p.is_file())
+        for rel in files:
+            assert sha256(tmp_path / "pulled" / rel) == sha256(checkpoint / rel), rel
+        from transformers import AutoModel
+
+        AutoModel.from_pretrained(tmp_path / "pulled")
+
+        weights = (checkpoint / "model.safetensors").read_bytes()
+        cut = len(weights) // 3
+        resumed = list(client.chunks(3, "model.safetensors", cut))
+        assert resumed[0].path == "model.safetensors" and resumed[0].offset == cut
+        assert b"".join(c.data for c in resumed if c.path == "model.safetensors") == weights[cut:]
+        assert all(len(c.data) <= 1 << 20 for c in resumed)
+        assert resumed[0].sha256 == hashlib.sha256(weights).hexdigest() and resumed[0].file_size == len(weights)
+
+        for request, code in (((99,), grpc.StatusCode.NOT_FOUND),
+                              ((3, "no-such-file", 0), grpc.StatusCode.INVALID_ARGUMENT)):
+            with pytest.raises(grpc.RpcError) as err:
+                list(client.chunks(*request))
+            assert err.value.code() == code
+        for token in (None, "wrong-token-0123456789"):
+            with pytest.raises(HubError, match="UNAUTHENTICATED"):
+                HubClient(hub_address, certs / "ca.crt", token, timeout=5).status()
+        with pytest.raises(HubError, match="UNAVAILABLE"):
+            HubClient(hub_address, None, TOKEN, timeout=5).status()  # plain text to a TLS hub
+
+        result = CliRunner().invoke(app, ["status", "--coordinator", hub_address, "--root-certificates",
+                                          str(certs / "ca.crt"), "--token", TOKEN, "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["state"] == "FINISHED"
+        assert fed.wait_coordinator(120) == 0, fed.log("coordinator")
+    finally:
+        client.close()
+        fed.stop_all()
+
+    assert watched == [1, 2, 3]  # every round exactly once
+    assert states[0] in (State.WAITING, State.RUNNING) and State.RUNNING in states
+    assert states == sorted(states)  # waiting -> running -> finished, never back
+    assert "hub: fedtl status --coordinator 127.0.0.1:" in fed.log("coordinator").replace("\n", "")
