@@ -293,6 +293,33 @@ def pull(
     console.print(f"encoder of round {pulled} in {out}")
 
 
+@app.command()
+def predict(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The site's site.yaml.")],
+    input_file: Annotated[Path, typer.Option("--input", help="Texts to predict: .csv, .tsv, .jsonl or .parquet "
+                                                            "with the tasks' text columns.")],
+    output: Annotated[Path | None, typer.Option(help="Where to write (.csv, .tsv, .jsonl, .parquet); default: "
+                                                     "CSV on stdout.")] = None,
+) -> None:
+    """Predict every task of a site with the model it serves (site_model.json); keeps the input columns."""
+    from fedtl.client.head_store import HeadStoreError
+    from fedtl.client.predict import PredictError, SiteModel, predict_file
+    from fedtl.shared.config import load_site_config
+    from fedtl.shared.data import DataError
+    from fedtl.shared.encoders import EncoderError
+    from fedtl.shared.yamlconfig import ConfigError
+
+    try:
+        model = SiteModel.load(load_site_config(config))
+        count = predict_file(model, input_file, output)
+    except (ConfigError, DataError, EncoderError, HeadStoreError, PredictError) as exc:
+        fail(str(exc))
+    if output is not None:
+        served = model.info
+        console.print(f"{count} rows predicted with the {served['model']} model of round {served['round']} "
+                      f"-> {output}")
+
+
 @app.command("examples")
 def examples_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to copy the example sites and data into.")],

@@ -12,6 +12,7 @@ number of examples, metrics and timings. Never heads, never data.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -335,9 +336,13 @@ class SiteWorker:
         folder = self.ditto.root if personal else self.root
         entry = {"model": chosen, "round": round_, "metrics": metrics, "personalized": personal,
                  "heads": str(folder / "heads"), "encoder_tensors": str(folder / "encoder.safetensors"),
-                 "encoder": f"{self.encoder_spec} with encoder_tensors over it"}
+                 "encoder": f"{self.encoder_spec} with encoder_tensors over it",
+                 # what client/predict.py rebuilds the served model from
+                 "encoder_spec": self.encoder_spec, "encoder_seed": self.encoder_seed,
+                 "lora": dataclasses.asdict(self.adapters) if self.adapters is not None else None}
         if chosen == "baseline":
-            entry.update(heads=str(self.root / "baseline"), encoder_tensors=None, encoder=f"pretrained {self.encoder_spec}")
+            entry.update(heads=str(self.root / "baseline"), encoder_tensors=None, encoder=f"pretrained {self.encoder_spec}",
+                         lora=None)
         write_json_atomic(self.root / "site_model.json", entry)
         return chosen, metrics
 

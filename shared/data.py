@@ -182,7 +182,8 @@ def _is_missing(value: Any) -> bool:
     return isinstance(value, str) and value.strip() == ""
 
 
-def _text(row: dict[str, Any], task: TaskConfig, file: Path, row_no: int) -> str:
+def text_of_row(row: dict[str, Any], task: TaskConfig, file: Path, row_no: int) -> str:
+    """A task's input text from one row: its text columns joined; a missing or empty cell is a DataError."""
     parts = []
     for column in task.text_columns:
         if column not in row:
@@ -244,7 +245,7 @@ def _read_task_files(task: TaskConfig, files: list[Path]) -> _Raw:
     raw = _Raw([], [], [])
     for file in files:
         for row_no, row in read_rows(file):
-            raw.texts.append(_text(row, task, file, row_no))
+            raw.texts.append(text_of_row(row, task, file, row_no))
             raw.targets.append(_raw_target(row, task, file, row_no))
             raw.origin.append((str(file), row_no))
     return raw

@@ -1,0 +1,167 @@
+"""Predict with the model a site serves (``site_model.json``): every task, for a file of texts.
+
+The site worker writes ``state_dir/federated/site_model.json`` after each round: the encoder
+(pretrained spec and seed, the site's trained tensors over it, LoRA adapters where used) and
+the heads it serves, the federated ones or its local baseline's, whichever validated better.
+``SiteModel`` rebuilds exactly that and runs it; ``predict_file`` keeps every input column
+and adds, per task: ``<task>`` (the label, the labels joined by the task's separator, or the
+value) and, for classification, ``<task>_probability``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedtl.client.head_store import HeadStore
+from fedtl.shared.config import SiteConfig, TaskConfig
+from fedtl.shared.data import DataError, read_rows, text_of_row
+from fedtl.shared.encoders import TextEncoder, load_encoder
+from fedtl.shared.heads import HeadSpec, TaskHead, TaskType
+from fedtl.shared.lora import LoraSettings, add_adapters
+
+BATCH = 64
+OUTPUTS = (".csv", ".tsv", ".jsonl", ".parquet")
+
+
+class PredictError(RuntimeError):
+    """The site has no servable model, or its files do not fit together; says what to do."""
+
+
+@dataclass
+class _Task:
+    config: TaskConfig
+    spec: HeadSpec
+    head: TaskHead
+
+
+class SiteModel:
+    def __init__(self, site: SiteConfig, encoder: TextEncoder, tasks: list[_Task], info: dict[str, Any]):
+        self.site, self.encoder, self.tasks, self.info = site, encoder, tasks, info
+
+    @classmethod
+    def load(cls, site: SiteConfig) -> SiteModel:
+        meta = site.state_dir / "federated" / "site_model.json"
+        if not meta.exists():
+            raise PredictError(f"{meta}: not found; site {site.name} serves a model once it has taken part in a "
+                               "federated round")
+        info = json.loads(meta.read_text())
+        encoder = load_encoder(info["encoder_spec"], seed=int(info.get("encoder_seed", 0)))
+        if info.get("lora"):
+            lora = dict(info["lora"], targets=tuple(info["lora"]["targets"]))
+            add_adapters(encoder, LoraSettings(**lora), seed=int(info.get("encoder_seed", 0)))
+        if info.get("encoder_tensors"):
+            from safetensors.numpy import load_file
+
+            tensors = load_file(info["encoder_tensors"])
+            params = dict(encoder.named_parameters())
+            unknown = sorted(set(tensors) - set(params))
+            if unknown:
+                raise PredictError(f"{info['encoder_tensors']}: tensors the encoder lacks: {unknown[:3]}")
+            with torch.no_grad():
+                for name, value in tensors.items():
+                    params[name].copy_(torch.from_numpy(value))
+        store = HeadStore(info["heads"])
+        tasks = []
+        for task in site.tasks:
+            stored = store.load(task.name)
+            if stored is None:
+                raise PredictError(f"{info['heads']}: no head for task {task.name!r}")
+            spec, weights, _ = stored
+            head = spec.build()
+            head.load_state_dict(weights)
+            tasks.append(_Task(task, spec, head.eval()))
+        return cls(site, encoder.eval(), tasks, info)
+
+    @torch.no_grad()
+    def _features(self, texts: list[str]) -> torch.Tensor:
+        ids = self.encoder.tokenize(texts, self.site.training.max_length)
+        out = []
+        for start in range(0, len(ids), BATCH):
+            batch = ids[start:start + BATCH]
+            width = max(len(x) for x in batch)
+            input_ids = torch.full((len(batch), width), self.encoder.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, row in enumerate(batch):
+                input_ids[i, :len(row)] = torch.tensor(row)
+                mask[i, :len(row)] = 1
+            out.append(self.encoder(input_ids, mask))
+        return torch.cat(out) if out else torch.zeros((0, self.encoder.hidden_size))
+
+    @torch.no_grad()
+    def predict(self, texts_by_task: dict[str, list[str]]) -> dict[str, dict[str, list[Any]]]:
+        """Per task: its output columns, one value per text."""
+        results: dict[str, dict[str, list[Any]]] = {}
+        for task in self.tasks:
+            outputs = task.head(self._features(texts_by_task[task.config.name])).float()
+            spec = task.spec
+            if spec.type == TaskType.classification:
+                probs = torch.softmax(outputs, -1)
+                best = probs.argmax(-1)
+                results[task.config.name] = {
+                    task.config.name: [spec.labels[i] for i in best.tolist()],
+                    f"{task.config.name}_probability": probs.gather(1, best[:, None]).squeeze(1).tolist()}
+            elif spec.type == TaskType.multilabel:
+                on = spec.predict(outputs)
+                sep = task.config.label_separator
+                results[task.config.name] = {task.config.name: [
+                    sep.join(label for label, flag in zip(spec.labels, row) if flag) for row in on]}
+            else:
+                results[task.config.name] = {task.config.name: [float(v) for v in np.atleast_1d(spec.predict(outputs))]}
+        return results
+
+
+def predict_file(model: SiteModel, input_path: Path, output: Path | None) -> int:
+    """Predict every task for ``input_path`` (CSV/TSV/JSONL/Parquet); write ``output`` (same formats; None: CSV to stdout)."""
+    if output is not None and output.suffix.lower() not in OUTPUTS:
+        raise DataError(output, f"unsupported output type '{output.suffix}'; use .csv, .tsv, .jsonl or .parquet")
+    rows = read_rows(input_path)
+    texts = {t.config.name: [text_of_row(row, t.config, input_path, n) for n, row in rows] for t in model.tasks}
+    columns = model.predict(texts)
+    records = []
+    for i, (_, row) in enumerate(rows):
+        record = dict(row)
+        for task_columns in columns.values():
+            for name, values in task_columns.items():
+                record[name] = values[i]
+        records.append(record)
+    write_records(records, output)
+    return len(records)
+
+
+def write_records(records: list[dict[str, Any]], output: Path | None) -> None:
+    from fedtl.shared.atomic import write_bytes_atomic
+
+    fields = list(dict.fromkeys(k for r in records for k in r))
+    suffix = output.suffix.lower() if output is not None else ".csv"
+    if suffix == ".parquet":
+        import pandas as pd
+
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.tmp")
+        pd.DataFrame.from_records(records, columns=fields).to_parquet(tmp, index=False)
+        tmp.replace(output)
+        return
+    if suffix == ".jsonl":
+        text = "".join(json.dumps(r, default=str) + "\n" for r in records)
+    elif suffix in (".csv", ".tsv"):
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields, delimiter="\t" if suffix == ".tsv" else ",")
+        writer.writeheader()
+        writer.writerows(records)
+        text = buffer.getvalue()
+    else:
+        raise DataError(output, f"unsupported output type '{suffix}'; use .csv, .tsv, .jsonl or .parquet")
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        write_bytes_atomic(output, text.encode())
