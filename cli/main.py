@@ -296,10 +296,14 @@ def pull(
 @app.command()
 def predict(
     config: Annotated[Path, typer.Option("--config", "-c", help="The site's site.yaml.")],
-    input_file: Annotated[Path, typer.Option("--input", help="Texts to predict: .csv, .tsv, .jsonl or .parquet "
-                                                            "with the tasks' text columns.")],
+    input_file: Annotated[Path | None, typer.Option("--input", help="Texts to predict: .csv, .tsv, .jsonl or "
+                                                                   ".parquet with the tasks' text columns.")] = None,
     output: Annotated[Path | None, typer.Option(help="Where to write (.csv, .tsv, .jsonl, .parquet); default: "
                                                      "CSV on stdout.")] = None,
+    serve: Annotated[int | None, typer.Option(min=1, max=65535, help="Answer gRPC Predict calls on this port "
+                                                                     "(protos/fedtl/v1/predict.proto) until Ctrl-C.")] = None,
+    host: Annotated[str, typer.Option(help="With --serve: the interface to listen on (plain gRPC; keep it on the "
+                                           "site's own network).")] = "127.0.0.1",
 ) -> None:
     """Predict every task of a site with the model it serves (site_model.json); keeps the input columns."""
     from fedtl.client.head_store import HeadStoreError
@@ -309,8 +313,13 @@ def predict(
     from fedtl.shared.encoders import EncoderError
     from fedtl.shared.yamlconfig import ConfigError
 
+    if (input_file is None) == (serve is None):
+        fail("pass --input FILE to predict a file, or --serve PORT to answer Predict calls")
     try:
-        model = SiteModel.load(load_site_config(config))
+        site = load_site_config(config)
+        if serve is not None:
+            raise typer.Exit(_serve_predictions(site, f"{host}:{serve}"))
+        model = SiteModel.load(site)
         count = predict_file(model, input_file, output)
     except (ConfigError, DataError, EncoderError, HeadStoreError, PredictError) as exc:
         fail(str(exc))
@@ -318,6 +327,24 @@ def predict(
         served = model.info
         console.print(f"{count} rows predicted with the {served['model']} model of round {served['round']} "
                       f"-> {output}")
+
+
+def _serve_predictions(site, address: str) -> int:
+    import threading
+
+    from fedtl.cli.console import handle_stop_signals
+    from fedtl.client.predict_server import serve_predictions
+
+    try:
+        server, port = serve_predictions(site, address)
+    except RuntimeError as exc:
+        fail(str(exc))
+    stopped = threading.Event()
+    handle_stop_signals(on_stop=stopped.set)
+    console.print(f"site {site.name}: answering Predict on {address.rpartition(':')[0]}:{port} (Ctrl-C stops)")
+    stopped.wait()
+    server.stop(grace=2.0).wait()
+    return 0
 
 
 @app.command("examples")

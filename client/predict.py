@@ -96,26 +96,41 @@ class SiteModel:
         return torch.cat(out) if out else torch.zeros((0, self.encoder.hidden_size))
 
     @torch.no_grad()
-    def predict(self, texts_by_task: dict[str, list[str]]) -> dict[str, dict[str, list[Any]]]:
-        """Per task: its output columns, one value per text."""
-        results: dict[str, dict[str, list[Any]]] = {}
+    def predict(self, texts_by_task: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
+        """Per task, one result per text: ``label`` + ``probability`` | ``labels`` | ``value``."""
+        results: dict[str, list[dict[str, Any]]] = {}
         for task in self.tasks:
             outputs = task.head(self._features(texts_by_task[task.config.name])).float()
             spec = task.spec
             if spec.type == TaskType.classification:
                 probs = torch.softmax(outputs, -1)
                 best = probs.argmax(-1)
-                results[task.config.name] = {
-                    task.config.name: [spec.labels[i] for i in best.tolist()],
-                    f"{task.config.name}_probability": probs.gather(1, best[:, None]).squeeze(1).tolist()}
+                chosen = probs.gather(1, best[:, None]).squeeze(1)
+                results[task.config.name] = [{"label": spec.labels[i], "probability": float(p)}
+                                             for i, p in zip(best.tolist(), chosen.tolist())]
             elif spec.type == TaskType.multilabel:
-                on = spec.predict(outputs)
-                sep = task.config.label_separator
-                results[task.config.name] = {task.config.name: [
-                    sep.join(label for label, flag in zip(spec.labels, row) if flag) for row in on]}
+                results[task.config.name] = [{"labels": [label for label, on in zip(spec.labels, row) if on]}
+                                             for row in spec.predict(outputs)]
             else:
-                results[task.config.name] = {task.config.name: [float(v) for v in np.atleast_1d(spec.predict(outputs))]}
+                results[task.config.name] = [{"value": float(v)} for v in np.atleast_1d(spec.predict(outputs))]
         return results
+
+    def texts(self, rows: list[tuple[int, dict[str, Any]]], source: Path | str) -> dict[str, list[str]]:
+        """Each task's input texts from ``rows``; a missing or empty text column is a DataError naming it."""
+        return {t.config.name: [text_of_row(row, t.config, Path(source), n) for n, row in rows] for t in self.tasks}
+
+    def columns(self, results: dict[str, list[dict[str, Any]]], i: int) -> dict[str, Any]:
+        """Row ``i``'s output columns: ``<task>`` and, for classification, ``<task>_probability``."""
+        out: dict[str, Any] = {}
+        for task in self.tasks:
+            name, result = task.config.name, results[task.config.name][i]
+            if "label" in result:
+                out[name], out[f"{name}_probability"] = result["label"], result["probability"]
+            elif "labels" in result:
+                out[name] = task.config.label_separator.join(result["labels"])
+            else:
+                out[name] = result["value"]
+        return out
 
 
 def predict_file(model: SiteModel, input_path: Path, output: Path | None) -> int:
@@ -123,15 +138,8 @@ def predict_file(model: SiteModel, input_path: Path, output: Path | None) -> int
     if output is not None and output.suffix.lower() not in OUTPUTS:
         raise DataError(output, f"unsupported output type '{output.suffix}'; use .csv, .tsv, .jsonl or .parquet")
     rows = read_rows(input_path)
-    texts = {t.config.name: [text_of_row(row, t.config, input_path, n) for n, row in rows] for t in model.tasks}
-    columns = model.predict(texts)
-    records = []
-    for i, (_, row) in enumerate(rows):
-        record = dict(row)
-        for task_columns in columns.values():
-            for name, values in task_columns.items():
-                record[name] = values[i]
-        records.append(record)
+    results = model.predict(model.texts(rows, input_path))
+    records = [{**row, **model.columns(results, i)} for i, (_, row) in enumerate(rows)]
     write_records(records, output)
     return len(records)
 

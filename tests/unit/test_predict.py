@@ -64,3 +64,41 @@ def test_predict_errors_say_what_to_do(tmp_path):
 
     result = runner.invoke(app, ["predict", "--config", str(make_site(fresh, name="fresh")), "--input", str(bad)])
     assert result.exit_code == 1 and "site_model.json: not found" in result.output
+
+
+def test_serve_answers_predict_calls_like_the_file_path(tmp_path):
+    import signal
+
+    import grpc
+
+    from fedtl.shared.processes import free_port, port_open, start, stop
+    from fedtl.v1 import predict_pb2, predict_pb2_grpc
+    from tests.integration.harness import fedtl_cmd
+    from tests.waiting import wait_until
+
+    federation(tmp_path, {"up": "none", "down": "none"}, rounds=1, sites=1)
+    config, data = tmp_path / "s0" / "site.yaml", tmp_path / "s0" / "data.csv"
+    expected = tmp_path / "expected.csv"
+    assert runner.invoke(app, ["predict", "--config", str(config), "--input", str(data), "--output",
+                               str(expected)]).exit_code == 0
+    port = free_port()
+    proc = start(fedtl_cmd("predict", "--config", str(config), "--serve", str(port)), tmp_path / "serve.log")
+    try:
+        wait_until(lambda: port_open("127.0.0.1", port) or proc.poll() is not None, 60, "predict --serve did not listen")
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        source = list(csv.DictReader(data.open()))[:20]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = predict_pb2_grpc.PredictorStub(channel)
+            reply = stub.Predict(predict_pb2.PredictRequest(rows=[predict_pb2.Row(columns={"text": r["text"]})
+                                                                  for r in source]), timeout=30)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Predict(predict_pb2.PredictRequest(rows=[predict_pb2.Row(columns={"other": "x"})]), timeout=30)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "row 1" in err.value.details()
+        want = list(csv.DictReader(expected.open()))[:20]
+        assert [r.tasks[0].label for r in reply.rows] == [w["label"] for w in want]
+        assert [r.tasks[0].probability for r in reply.rows] == pytest.approx([float(w["label_probability"]) for w in want])
+        assert reply.model.site == "site0" and reply.model.round == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        stop(proc)
