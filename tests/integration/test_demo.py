@@ -93,3 +93,33 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
         assert not pids_matching(str(workdir)), "the demo left processes running"
     finally:
         stop(demo)
+
+
+def test_predict_after_a_demo_reproduces_the_clinic_sites_validation_accuracy(tmp_path):
+    """The bundled sites, one round: `fedtl predict` with clinic's served model scores its
+    validation rows exactly as the site reported for that model."""
+    import csv
+
+    from fedtl.shared.config import load_site_config
+    from fedtl.shared.data import load_task_data
+
+    workdir = tmp_path / "work"
+    proc = subprocess.run(fedtl_cmd("demo", "--encoder", "tiny", "--rounds", "1", "--workdir", str(workdir)),
+                          capture_output=True, text=True, timeout=500, cwd=tmp_path,
+                          env=child_env({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "insecure" in proc.stdout + proc.stderr
+    config = workdir / "sites" / "clinic.yaml"
+    site = load_site_config(config)
+    served = json.loads((site.state_dir / "federated" / "site_model.json").read_text())
+    out = tmp_path / "clinic-predicted.csv"
+    data = workdir / "data" / "clinic_reviews.csv"
+    predict = subprocess.run(fedtl_cmd("predict", "--config", str(config), "--input", str(data), "--output", str(out)),
+                             capture_output=True, text=True, timeout=300)
+    assert predict.returncode == 0, predict.stdout + predict.stderr
+    rows, truth = list(csv.DictReader(out.open())), list(csv.DictReader(data.open()))
+    assert len(rows) == len(truth)
+    val = load_task_data(site.tasks[0], seed=site.training.seed).val
+    hits = [rows[n - 1]["sentiment"] == truth[n - 1]["sentiment"] for _, n in val.origin]
+    assert len(hits) > 50
+    assert sum(hits) / len(hits) == pytest.approx(served["metrics"]["sentiment"]["accuracy"], abs=1e-9)

@@ -86,11 +86,13 @@ def test_hub_reports_status_rounds_and_serves_the_encoder(tmp_path):
         assert all(len(c.data) <= 1 << 20 for c in resumed)
         assert resumed[0].sha256 == hashlib.sha256(weights).hexdigest() and resumed[0].file_size == len(weights)
 
-        for request, code in (((99,), grpc.StatusCode.NOT_FOUND),
-                              ((3, "no-such-file", 0), grpc.StatusCode.INVALID_ARGUMENT)):
+        for request, code, says in (((99,), grpc.StatusCode.NOT_FOUND, "no checkpoint of round 99 (kept: round-"),
+                                    ((3, "no-such-file", 0), grpc.StatusCode.INVALID_ARGUMENT, "'no-such-file' is not"),
+                                    ((3, "model.safetensors", len(weights) + 1), grpc.StatusCode.OUT_OF_RANGE,
+                                     "past the end of model.safetensors")):
             with pytest.raises(grpc.RpcError) as err:
                 list(client.chunks(*request))
-            assert err.value.code() == code
+            assert err.value.code() == code and says in err.value.details(), err.value.details()
         for token in (None, "wrong-token-0123456789"):
             with pytest.raises(HubError, match="UNAUTHENTICATED"):
                 HubClient(hub_address, certs / "ca.crt", token, timeout=5).status()
@@ -110,3 +112,33 @@ def test_hub_reports_status_rounds_and_serves_the_encoder(tmp_path):
     assert states[0] in (State.WAITING, State.RUNNING) and State.RUNNING in states
     assert states == sorted(states)  # waiting -> running -> finished, never back
     assert "hub: fedtl status --coordinator 127.0.0.1:" in fed.log("coordinator").replace("\n", "")
+
+
+def test_pulling_the_real_minilm_encoder_within_grpc_default_limits(tmp_path):
+    """~90 MB of weights through default-sized gRPC messages: chunks of at most 1 MiB, checked by SHA-256."""
+    import shutil
+
+    from fedtl.server.hub import HubServicer, RunView, serve_hub, stop_hub
+    from fedtl.shared.atomic import write_json_atomic
+    from fedtl.shared.encoders import minilm_path
+
+    checkpoint = tmp_path / "state" / "checkpoints" / "round-0001"
+    shutil.copytree(minilm_path(), checkpoint)
+    write_json_atomic(tmp_path / "state" / "checkpoints" / "latest.json", {"round": 1, "path": checkpoint.name})
+    servicer = HubServicer(tmp_path / "state", "minilm", 1, "full", "minilm", RunView())
+    server, port = serve_hub(servicer, "127.0.0.1:0")
+    client = HubClient(f"127.0.0.1:{port}")
+    try:
+        sizes = []
+        assert client.pull(tmp_path / "pulled", 0, lambda done, total: sizes.append((done, total))) == 1
+    finally:
+        client.close()
+        stop_hub(server, servicer)
+    total = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file())
+    assert total > 80_000_000 and sizes[-1] == (total, total)
+    for path in checkpoint.rglob("*"):
+        if path.is_file():
+            assert sha256(tmp_path / "pulled" / path.relative_to(checkpoint)) == sha256(path)
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(tmp_path / "pulled")
