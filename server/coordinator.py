@@ -69,7 +69,7 @@ class Coordinator:
         self.registry: SiteRegistry | None = None
         self.refusals: RefusalWatch | None = None
         self.run_view = RunView()  # what the hub reports of the run
-        self.hub = None  # (grpc server, servicer) while the hub runs
+        self.hub = None  # (grpc server, servicer, its Control API client) while the hub runs
         self.hub_port: int | None = None
         self.tracking_uri = self._tracking_uri()
 
