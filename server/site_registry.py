@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedtl.server.control import FlowerControl
@@ -28,12 +27,6 @@ from fedtl.shared.site_keys import AllowedSite, SiteKeyError, pem_fingerprint, r
 
 log = logging.getLogger(__name__)
 ACTIVE = ("registered", "online", "offline")  # node statuses that hold a key; "unregistered" does not
-
-
-@dataclass
-class SyncResult:
-    added: list[str] = field(default_factory=list)
-    revoked: list[str] = field(default_factory=list)
 
 
 class SiteRegistry:
@@ -66,25 +59,23 @@ class SiteRegistry:
         self._seen = content
         return True
 
-    def sync(self, force: bool = False) -> SyncResult:
+    def sync(self, force: bool = False) -> None:
         """Register the file's keys that the SuperLink lacks; unregister the ones the file dropped."""
-        result = SyncResult()
         if not self._changed() and not force:
-            return result
+            return
         try:
             wanted = {site.fingerprint: site for site in read_allowed_sites(self.path)}
         except SiteKeyError as exc:
             if str(exc) != self._bad:
                 log.error("allowed sites not changed: %s", exc)
                 self._bad = str(exc)
-            return result
+            return
         self._bad = None
         nodes = {pem_fingerprint(node.public_key): node for node in self.control.nodes()}
         held = {fp: node for fp, node in nodes.items() if node.status in ACTIVE}
         for fp, node in held.items():
             if fp not in wanted:
                 self.control.unregister_node(node.node_id)
-                result.revoked.append(f"{node.name or '?'} ({fp})")
                 log.warning("site %s revoked: key %s is no longer in %s", node.name or "?", fp, self.path)
         for fp, site in wanted.items():
             if fp in nodes and fp not in held:  # Flower keeps a revoked key for the SuperLink's lifetime
@@ -92,10 +83,8 @@ class SiteRegistry:
                           "key (delete its key files and run `fedtl certs --out DIR --site %s`)", site.name, fp, site.name)
             elif fp not in held:
                 self.control.register_node(site.pem, site.name)
-                result.added.append(f"{site.name} ({fp})")
                 log.info("site %s allowed: key %s", site.name, fp)
         self.sites = wanted
-        return result
 
 
 _REFUSED = re.compile(r"Attempted to register SuperNode with public key: b'(-----BEGIN PUBLIC KEY-----.*?"
