@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 
+from fedtl.server.hub import file_sha256
 from fedtl.shared.atomic import atomic_folder
 from fedtl.v1 import hub_pb2, hub_pb2_grpc
 
@@ -101,10 +101,6 @@ class HubClient:
 
 
 def _verify(path: Path, chunk: hub_pb2.EncoderChunk) -> None:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    if h.hexdigest() != chunk.sha256:
-        raise HubError(f"{chunk.path}: SHA-256 {h.hexdigest()} does not match the hub's {chunk.sha256}; pull again")
+    if (got := file_sha256(path)) != chunk.sha256:
+        raise HubError(f"{chunk.path}: SHA-256 {got} does not match the hub's {chunk.sha256}; pull again")
 

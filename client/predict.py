@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fedtl.client.head_store import HeadStore
+from fedtl.client.trainer import pad_batch
 from fedtl.shared.config import SiteConfig, TaskConfig
 from fedtl.shared.data import DataError, read_rows, text_of_row
 from fedtl.shared.encoders import TextEncoder, load_encoder
@@ -83,16 +84,9 @@ class SiteModel:
     @torch.no_grad()
     def _features(self, texts: list[str]) -> torch.Tensor:
         ids = self.encoder.tokenize(texts, self.site.training.max_length)
-        out = []
-        for start in range(0, len(ids), BATCH):
-            batch = ids[start:start + BATCH]
-            width = max(len(x) for x in batch)
-            input_ids = torch.full((len(batch), width), self.encoder.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, row in enumerate(batch):
-                input_ids[i, :len(row)] = torch.tensor(row)
-                mask[i, :len(row)] = 1
-            out.append(self.encoder(input_ids, mask))
+        device = torch.device("cpu")
+        out = [self.encoder(*pad_batch(ids[start:start + BATCH], self.encoder.pad_token_id, device))
+               for start in range(0, len(ids), BATCH)]
         return torch.cat(out) if out else torch.zeros((0, self.encoder.hidden_size))
 
     @torch.no_grad()
@@ -133,10 +127,17 @@ class SiteModel:
         return out
 
 
+def check_output(output: Path | None) -> str:
+    """The output format (its suffix); one fedtl cannot write is refused before any work."""
+    suffix = output.suffix.lower() if output is not None else ".csv"
+    if suffix not in OUTPUTS:
+        raise DataError(output, f"unsupported output type '{suffix}'; use .csv, .tsv, .jsonl or .parquet")
+    return suffix
+
+
 def predict_file(model: SiteModel, input_path: Path, output: Path | None) -> int:
     """Predict every task for ``input_path`` (CSV/TSV/JSONL/Parquet); write ``output`` (same formats; None: CSV to stdout)."""
-    if output is not None and output.suffix.lower() not in OUTPUTS:
-        raise DataError(output, f"unsupported output type '{output.suffix}'; use .csv, .tsv, .jsonl or .parquet")
+    check_output(output)
     rows = read_rows(input_path)
     results = model.predict(model.texts(rows, input_path))
     records = [{**row, **model.columns(results, i)} for i, (_, row) in enumerate(rows)]
@@ -147,8 +148,8 @@ def predict_file(model: SiteModel, input_path: Path, output: Path | None) -> int
 def write_records(records: list[dict[str, Any]], output: Path | None) -> None:
     from fedtl.shared.atomic import write_bytes_atomic
 
+    suffix = check_output(output)
     fields = list(dict.fromkeys(k for r in records for k in r))
-    suffix = output.suffix.lower() if output is not None else ".csv"
     if suffix == ".parquet":
         import pandas as pd
 
@@ -159,7 +160,7 @@ def write_records(records: list[dict[str, Any]], output: Path | None) -> None:
         return
     if suffix == ".jsonl":
         text = "".join(json.dumps(r, default=str) + "\n" for r in records)
-    elif suffix in (".csv", ".tsv"):
+    else:
         import io
 
         buffer = io.StringIO()
@@ -167,8 +168,6 @@ def write_records(records: list[dict[str, Any]], output: Path | None) -> None:
         writer.writeheader()
         writer.writerows(records)
         text = buffer.getvalue()
-    else:
-        raise DataError(output, f"unsupported output type '{suffix}'; use .csv, .tsv, .jsonl or .parquet")
     if output is None:
         sys.stdout.write(text)
     else:

@@ -19,6 +19,7 @@ from pathlib import Path
 from fedtl.client.worker import SiteWorker, serve
 from fedtl.shared.config import SiteConfig
 from fedtl.shared.processes import (
+    LogTail,
     become_subreaper,
     child_env,
     free_port,
@@ -87,7 +88,7 @@ class SiteDaemon:
         self.supernode = None
         self.socket = socket_path(config.state_dir)
         self.log_path = config.state_dir / "supernode.log"
-        self._log_offset = 0
+        self._log = LogTail(self.log_path)
         self._failing_since: float | None = None
         self._refused = False  # the SuperLink refused this SuperNode's key (site authentication)
 
@@ -110,7 +111,7 @@ class SiteDaemon:
         return cmd
 
     def start_supernode(self) -> None:
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log.skip_to_end()
         self._failing_since = None
         self.supernode = start(self._supernode_cmd(), self.log_path, env=supernode_env(self.superexec_poll),
                                die_with_parent=True)
@@ -126,8 +127,8 @@ class SiteDaemon:
         look and restarts it once the failures have lasted STUCK_AFTER seconds.
         """
         now = time.monotonic() if now is None else now
-        if self.log_path.exists():
-            text = self._new_log_text()
+        text = self._new_log_text()
+        if text:
             ok = max(text.rfind("Connection successful"), text.rfind("SuperNode ID:"))
             failed = text.rfind("Connection attempt failed")
             if failed > ok:
@@ -147,12 +148,7 @@ class SiteDaemon:
 
     def _new_log_text(self) -> str:
         """What the SuperNode logged since the last look; notes a refused key on the way."""
-        if not self.log_path.exists():
-            return ""
-        with self.log_path.open("rb") as fh:
-            fh.seek(self._log_offset)
-            text = fh.read().decode(errors="replace")
-            self._log_offset = fh.tell()
+        text = self._log.read()
         if REFUSED in text:
             self._refused = True
         return text

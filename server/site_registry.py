@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from fedtl.server.control import FlowerControl
+from fedtl.shared.processes import LogTail
 from fedtl.shared.site_keys import AllowedSite, SiteKeyError, pem_fingerprint, read_allowed_sites
 
 log = logging.getLogger(__name__)
@@ -95,24 +96,15 @@ class RefusalWatch:
     """Report SuperNodes the SuperLink refused, by key fingerprint, from its log."""
 
     def __init__(self, superlink_log: Path, repeat_after: float = 60.0):
-        self.path = Path(superlink_log)
+        self._log = LogTail(superlink_log)
         self.repeat_after = repeat_after
-        self._offset = 0
         self._last: dict[str, float] = {}
 
     def check(self, now: float | None = None) -> list[str]:
         """Fingerprints refused since the last check (each at most once per ``repeat_after``)."""
         now = time.monotonic() if now is None else now
-        try:
-            with self.path.open("rb") as fh:
-                fh.seek(self._offset)
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1  # an unfinished last line waits for the next look
-        self._offset += end
         refused = []
-        for match in _REFUSED.finditer(data[:end].decode(errors="replace")):
+        for match in _REFUSED.finditer(self._log.read()):
             fp = pem_fingerprint(match.group(1).replace("\\n", "\n").encode())
             if now - self._last.get(fp, -1e9) >= self.repeat_after:
                 self._last[fp] = now

@@ -96,6 +96,29 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen |
     return True
 
 
+class LogTail:
+    """What a child's log gained since the last look, in whole lines (one still being written waits)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.offset = 0
+
+    def skip_to_end(self) -> None:
+        """Read only what is written from now on (a restarted child appends to the same log)."""
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def read(self) -> str:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return ""
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return data[:end].decode(errors="replace")
+
+
 def become_subreaper() -> None:
     """Orphaned descendants re-parent to this process (Linux), so a stop can find and reap them."""
     try:
