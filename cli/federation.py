@@ -8,11 +8,15 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.live import Live
 
 from fedtl.cli.console import console, fail, handle_stop_signals, write_json
 from fedtl.cli.reports import rounds_table, sites_table
+
+if TYPE_CHECKING:
+    from fedtl.client.warm_start import WarmStartOptions
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +85,11 @@ def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path
 
 
 def run_site(configs: list[Path], coordinator: str, insecure: bool, root_certificates: Path | None,
-             encoder: str | None, keys: list[Path] | None = None) -> int:
+             encoder: str | None, keys: list[Path] | None = None, warm_start: WarmStartOptions | None = None) -> int:
+    from fedtl.cli.hub_client import HubError
     from fedtl.client.head_store import HeadStoreError
     from fedtl.client.site_daemon import SiteDaemon, SuperNodeSettings, run_sites
+    from fedtl.client.warm_start import pull_warm_start
     from fedtl.shared.config import load_site_config
     from fedtl.shared.data import DataError
     from fedtl.shared.encoders import EncoderError
@@ -113,14 +119,22 @@ def run_site(configs: list[Path], coordinator: str, insecure: bool, root_certifi
         if keys and len(keys) != len(configs):
             fail(f"{len(keys)} --key for {len(configs)} --config: give each site its own key, in the same order")
         stop_event = threading.Event()
+        handle_stop_signals(on_stop=stop_event.set)
         daemons = []
         for i, cfg in enumerate(site_cfgs):
             key = keys[i] if keys else None
             settings = SuperNodeSettings(coordinator, insecure, root_certificates, key,
                                          key_fingerprint=fingerprint(load_private_key(key).public_key()) if key else None)
-            daemons.append(SiteDaemon(cfg, settings, encoder, stop_event))
-        handle_stop_signals(on_stop=stop_event.set)
+            warm = None
+            if warm_start is not None:
+                warm = pull_warm_start(warm_start.hub, cfg.state_dir, warm_start.wait, stop_event)
+                if warm is None:  # stopped while waiting for the hub
+                    return 0
+                console.print(f"site {cfg.name}: warm start from the federation's encoder of round {warm.round}")
+            daemons.append(SiteDaemon(cfg, settings, encoder, stop_event, warm))
         code = run_sites(daemons)
+    except HubError as exc:
+        fail(f"--warm-start: {exc}")
     except (ConfigError, DataError, EncoderError, HeadStoreError, SiteKeyError) as exc:
         fail(str(exc))
     # Stopped cleanly. A round may still be training in a worker thread: exit without joining it.

@@ -15,7 +15,11 @@ RETRIES = 5  # a pull cut off (UNAVAILABLE, DEADLINE_EXCEEDED) resumes from wher
 
 
 class HubError(RuntimeError):
-    """The hub refused or did not answer; the message says what to do."""
+    """The hub refused or did not answer; the message says what to do, ``code`` what gRPC said."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class HubClient:
@@ -40,7 +44,7 @@ class HubClient:
                                          "TLS needs --root-certificates",
             grpc.StatusCode.UNAUTHENTICATED: "pass the hub's token with --token (federation.yaml hub.token)",
         }.get(code, "")
-        return HubError(f"hub at {self.address}: {code.name}: {detail}" + (f"; {hint}" if hint else ""))
+        return HubError(f"hub at {self.address}: {code.name}: {detail}" + (f"; {hint}" if hint else ""), code)
 
     def status(self) -> hub_pb2.Status:
         try:

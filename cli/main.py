@@ -121,10 +121,21 @@ def site(
         help="This site's private key (from `fedtl certs --site NAME`), for coordinators that admit only "
              "allowed sites; with several --config, one --key per site, in the same order.")] = None,
     encoder: Annotated[str | None, typer.Option(help="Load this encoder at start instead of site.yaml's.")] = None,
+    warm_start: Annotated[bool, typer.Option(
+        help="Before the first round, pull the federation's latest global encoder from the coordinator's hub "
+             "and start from it (the site then needs no copy of the coordinator's encoder).")] = False,
+    hub: Annotated[str | None, typer.Option(
+        help="With --warm-start: the hub's address, HOST:PORT (default: the coordinator's host, port 9094).")] = None,
+    hub_token: Annotated[str | None, typer.Option(
+        envvar="FEDTL_HUB_TOKEN", help="With --warm-start: the hub's token (federation.yaml hub.token), if set.")] = None,
+    warm_start_wait: Annotated[float, typer.Option(
+        min=0, help="With --warm-start: seconds to wait for the hub to answer before giving up.")] = 300.0,
     threads: Annotated[int | None, typer.Option(envvar="FEDTL_THREADS", help="CPU threads for training.")] = None,
 ) -> None:
     """Run a site daemon: the site worker plus a Flower SuperNode (per site), until SIGTERM or Ctrl-C."""
     from fedtl.cli.federation import run_site
+    from fedtl.client.warm_start import HubAccess, WarmStartOptions
+    from fedtl.shared.federation_config import DEFAULT_HUB_PORT, split_address
 
     if threads:
         import torch
@@ -138,7 +149,19 @@ def site(
              "`fedtl certs`), or --insecure on a trusted network")
     if key and insecure:
         fail("--key needs TLS (--root-certificates): Flower authenticates sites only over TLS")
-    raise typer.Exit(run_site(config, coordinator, insecure, root_certificates, encoder, list(key or [])))
+    warm = None
+    if hub is not None and not warm_start:
+        fail("--hub goes with --warm-start")
+    if warm_start:
+        if encoder is not None:
+            fail("choose either --encoder or --warm-start, not both")
+        try:
+            host, _ = split_address(hub or coordinator)
+        except ValueError:
+            fail(f"--hub {hub!r}: expected HOST:PORT, e.g. coordinator.example.org:9094")
+        address = hub or (f"[{host}]" if ":" in host else host) + f":{DEFAULT_HUB_PORT}"
+        warm = WarmStartOptions(HubAccess(address, root_certificates, hub_token), warm_start_wait)
+    raise typer.Exit(run_site(config, coordinator, insecure, root_certificates, encoder, list(key or []), warm))
 
 
 @app.command()

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedtl.client.warm_start import WarmStart
 from fedtl.client.worker import SiteWorker, serve
 from fedtl.shared.config import SiteConfig
 from fedtl.shared.processes import (
@@ -78,10 +79,11 @@ class SuperNodeSettings:
 
 class SiteDaemon:
     def __init__(self, config: SiteConfig, supernode: SuperNodeSettings, encoder: str | None = None,
-                 stop_event: threading.Event | None = None):
+                 stop_event: threading.Event | None = None, warm: WarmStart | None = None):
         self.config = config
         self.settings = supernode
         self.encoder = encoder
+        self.warm = warm
         self.stop_event = stop_event or threading.Event()
         self.superexec_poll = SUPEREXEC_POLL_SECONDS
         self.server = None
@@ -93,7 +95,7 @@ class SiteDaemon:
         self._refused = False  # the SuperLink refused this SuperNode's key (site authentication)
 
     def start_worker(self) -> SiteWorker:
-        worker = SiteWorker(self.config, self.encoder)
+        worker = SiteWorker(self.config, self.encoder, warm=self.warm)
         self.server = serve(worker, self.socket)
         log.info("site %s: worker listening on %s", self.config.name, self.socket)
         return worker

@@ -38,6 +38,7 @@ from fedtl.client.local_training import load_site_data, prepare_tasks
 from fedtl.client.loss_weighting import LossWeighting
 from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
 from fedtl.client.trainer import LocalTrainer, PreparedTask, mean_primary, resolve_device, resolve_precision
+from fedtl.client.warm_start import WarmStart
 from fedtl.client.wire_codecs import SiteCodecs
 from fedtl.shared.atomic import write_bytes_atomic, write_json_atomic
 from fedtl.shared.config import SiteConfig
@@ -78,7 +79,7 @@ class Timing:
 class SiteWorker:
     """Holds one site's encoder, tokenised tasks and heads; handles train/evaluate messages."""
 
-    def __init__(self, config: SiteConfig, encoder_spec: str | None = None):
+    def __init__(self, config: SiteConfig, encoder_spec: str | None = None, warm: WarmStart | None = None):
         self.config = config
         self.root = config.state_dir / "federated"
         self.store = HeadStore(self.root / "heads")
@@ -93,7 +94,8 @@ class SiteWorker:
         self.rounds_done = 0
         self.codecs = SiteCodecs()  # the reference encoder of a coded downlink, the uplink's residual
         self.baseline: dict[str, dict[str, float]] | None = self._read_json(self.root / "baseline.json")
-        self._load_encoder(encoder_spec or config.encoder, seed=0)
+        self.warm = warm  # --warm-start: a pulled global encoder that stands for the coordinator's
+        self._load_encoder(str(warm.folder) if warm is not None else encoder_spec or config.encoder, seed=0)
 
     # ------------------------------------------------------------ state
     @staticmethod
@@ -142,13 +144,29 @@ class SiteWorker:
         """Hold the same pretrained encoder as the coordinator (with the same adapters, under lora)."""
         spec, seed = config.encoder, config.encoder_seed
         adapters = round_settings(config)
-        if (spec, seed) != (self.encoder_spec, self.encoder_seed) or (self.adapters not in (None, adapters)):
+        if self._holds_warm_start_of(spec, adapters):
+            self.encoder_seed = seed  # the folder holds the coordinator's tensors; the seed places adapters
+        elif (spec, seed) != (self.encoder_spec, self.encoder_seed) or (self.adapters not in (None, adapters)):
             log.info("coordinator uses encoder %s (seed %d); switching from %s", spec, seed, self.encoder_spec)
             self._load_encoder(spec, seed)
             self.rounds_done = 0
             self.optimizer_state.clear()
         if adapters is not None and self.adapters is None:
             self._add_adapters(adapters)
+
+    def _holds_warm_start_of(self, spec: str, adapters: LoraSettings | None) -> bool:
+        """Whether the loaded encoder is a pulled checkpoint of the coordinator's encoder ``spec``.
+
+        Under lora a checkpoint after round 0 has the adapters merged in, so it is not the base
+        the adapters go on: the site then needs the coordinator's encoder itself."""
+        warm = self.warm
+        if warm is None or spec != warm.stands_for or self.encoder_spec != str(warm.folder):
+            return False
+        if adapters is not None and warm.round > 0:
+            log.info("update mode lora: the warm-start checkpoint (round %d) has adapters merged in; "
+                     "loading the base encoder %s", warm.round, spec)
+            return False
+        return True
 
     def _add_adapters(self, settings: LoraSettings) -> None:
         """LoRA adapters on the encoder, initialised as the coordinator's (same seed): only they train."""

@@ -5,11 +5,15 @@ tokenizer, so ``load_encoder(path)`` (or ``transformers.AutoModel``) loads it di
 ``<state_dir>/checkpoints/latest.json`` names the newest one; ``--resume`` starts from it.
 Under update mode ``lora`` the folder holds the encoder with the adapters merged in, and
 ``adapter/`` the adapters themselves as a PEFT folder (``PeftModel.from_pretrained(base, path)``).
+``round-0000`` is the encoder a fresh run starts from (what `fedtl site --warm-start` pulls
+before the first round ends).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,7 @@ from fedtl.shared.lora import LoraSettings, merged, save_adapter_folder
 from fedtl.shared.records import digest
 
 PREFIX = "backbone."
+log = logging.getLogger(__name__)
 
 
 def apply_arrays(encoder: TextEncoder, arrays: dict[str, np.ndarray]) -> None:
@@ -58,6 +63,23 @@ def save_checkpoint(root: Path, round_: int, encoder: TextEncoder, arrays: dict[
                                                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     keep_newest(folder, "round-*", keep)
     return final
+
+
+def save_start_checkpoint(root: Path, encoder: TextEncoder, arrays: dict[str, np.ndarray],
+                          lora: LoraCheckpoint | None = None) -> Path:
+    """Write round 0, the encoder a fresh run starts from, so sites can pull it before round 1.
+
+    A fresh run's checkpoints must not mix with an earlier run's in the same state_dir: those
+    move to ``checkpoints.previous/`` (one generation kept; ``--resume`` would have continued them).
+    """
+    folder = root / "checkpoints"
+    if folder.exists() and any(folder.iterdir()):
+        previous = root / "checkpoints.previous"
+        if previous.exists():
+            shutil.rmtree(previous)
+        folder.rename(previous)
+        log.info("fresh run: the earlier run's checkpoints moved to %s", previous)
+    return save_checkpoint(root, 0, encoder, arrays, lora=lora)
 
 
 def latest_checkpoint(root: Path) -> tuple[int, Path] | None:

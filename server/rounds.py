@@ -34,7 +34,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedtl.server.aggregation import STREAMING_STRATEGIES, CountSketch, RoundAggregator, RunningSum
-from fedtl.server.checkpoints import LoraCheckpoint, latest_checkpoint, load_checkpoint_into, save_checkpoint
+from fedtl.server.checkpoints import (
+    LoraCheckpoint,
+    latest_checkpoint,
+    load_checkpoint_into,
+    save_checkpoint,
+    save_start_checkpoint,
+)
 from fedtl.server.downlink import Downlink
 from fedtl.server.lora_aggregation import product_mean
 from fedtl.server.resume import ResumePoint, load_resume_point, restore_strategy, save_resume_point, strategy_state
@@ -390,6 +396,8 @@ class FederationRun:
             restore_strategy(strategy, point.strategy)
             done = point.round
             self.site_models = point.site_models
+        else:
+            save_start_checkpoint(self.state_dir, encoder, global_arrays, lora=self._lora)
         if Codec.parse(fed.codec.down).lossy:  # sites hold the pretrained tensors, not a resumed encoder
             self._downlink = Downlink(Codec.parse(fed.codec.down), global_arrays, sites_hold_start=point is None)
         self._emit("start", {

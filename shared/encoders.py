@@ -9,6 +9,7 @@ Three sources, all offline:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 # Never reach for the Hugging Face Hub: every encoder here loads from local files.
@@ -133,7 +134,29 @@ def load_encoder(spec: str, pooling: Pooling = "mean", seed: int = 0) -> TextEnc
     path = encoder_folder(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        backbone = AutoModel.from_pretrained(path, local_files_only=True)
+        extra = {} if _saved_with_pooler(path) else {"add_pooling_layer": False}
+        try:
+            backbone = AutoModel.from_pretrained(path, local_files_only=True, **extra)
+        except TypeError:  # a model class without that switch
+            backbone = AutoModel.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise EncoderError(f"cannot load the encoder from {path}: {exc}") from None
     return TextEncoder(backbone, tokenizer, spec, pooling)
+
+
+def _saved_with_pooler(path: Path) -> bool:
+    """Whether the folder's weights hold a pooler (BERT-style models add a random one otherwise).
+
+    A checkpoint of the ``tiny`` encoder, built without a pooler, must load with the same
+    tensors as the encoder it was saved from, or the sites' and coordinator's names differ.
+    """
+    from safetensors import safe_open
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        return True  # other weight formats: leave the model class's default alone
+    for file in files:
+        with safe_open(str(file), "pt") as weights:
+            if any(key.startswith("pooler.") or ".pooler." in key for key in weights.keys()):
+                return True
+    return False

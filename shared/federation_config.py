@@ -34,6 +34,9 @@ class StrategyConfig(BaseModel):
     server_momentum: float = Field(default=0.9, ge=0, lt=1, description="fedavgm: server momentum")
 
 
+DEFAULT_HUB_PORT = 9094  # hub.address's port, and where `fedtl site --warm-start` looks by default
+
+
 def split_address(address: str) -> tuple[str, int]:
     """``HOST:PORT`` (or ``[v6]:PORT``) -> (host, port); ValueError says what is wrong."""
     host, sep, port = address.rpartition(":")
@@ -128,7 +131,7 @@ class HubConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    address: str = Field(default="0.0.0.0:9094", description="HOST:PORT the hub listens on")
+    address: str = Field(default=f"0.0.0.0:{DEFAULT_HUB_PORT}", description="HOST:PORT the hub listens on")
     token: str | None = Field(default=None, min_length=16,
                               description="calls must carry 'authorization: Bearer <token>' (none: no token)")
     linger: float = Field(default=3.0, ge=0, description="seconds the hub keeps answering after the run ends")

@@ -25,6 +25,14 @@ def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def assert_same_tensors(folder, other) -> None:
+    from safetensors.torch import load_file
+
+    ours, theirs = load_file(folder / "model.safetensors"), load_file(other / "model.safetensors")
+    assert sorted(ours) == sorted(theirs)
+    assert all(ours[name].equal(theirs[name]) for name in ours)
+
+
 def test_hub_reports_status_rounds_and_serves_the_encoder(tmp_path):
     certs = tmp_path / "certs"
     assert CliRunner().invoke(app, ["certs", "--out", str(certs), "--host", "127.0.0.1"]).exit_code == 0
@@ -33,7 +41,13 @@ def test_hub_reports_status_rounds_and_serves_the_encoder(tmp_path):
     for name in ("north", "south"):
         fed.add_site(name, types=("classification",))
     hub_address = f"127.0.0.1:{fed.hub_port}"
-    fed.write_config(rounds=3, min_sites=2, final_evaluate=False,
+    # the coordinator's encoder is a folder of its own: the sites warm-start from the hub instead
+    from fedtl.shared.encoders import load_encoder
+
+    base = load_encoder("tiny", seed=7)
+    base.backbone.save_pretrained(tmp_path / "coordinator-encoder")
+    base.tokenizer.save_pretrained(tmp_path / "coordinator-encoder")
+    fed.write_config(rounds=3, min_sites=2, final_evaluate=False, encoder=str(tmp_path / "coordinator-encoder"),
                      hub={"address": hub_address, "token": TOKEN, "linger": 20})
     client = HubClient(hub_address, certs / "ca.crt", TOKEN, timeout=5)
     states: list[int] = []
@@ -53,8 +67,9 @@ def test_hub_reports_status_rounds_and_serves_the_encoder(tmp_path):
 
         watcher = threading.Thread(target=lambda: watched.extend(r.round for r in client.watch(1)))
         watcher.start()
+        warm = ["--root-certificates", str(certs / "ca.crt"), "--warm-start", "--hub", hub_address]
         for name in ("north", "south"):
-            fed.start_site(name)
+            fed.start_site(name, env={"FEDTL_HUB_TOKEN": TOKEN}, tls=warm)
         while watcher.is_alive():  # the stream ends when the federation does
             states.append(client.status().state)
             watcher.join(0.2)
@@ -109,6 +124,14 @@ def test_hub_reports_status_rounds_and_serves_the_encoder(tmp_path):
         fed.stop_all()
 
     assert watched == [1, 2, 3]  # every round exactly once
+    for name in ("north", "south"):  # warm start: each site pulled round 0 and trained from it, never switching
+        pulled = tmp_path / name / "state" / "warm-start" / "round-0000"
+        log = fed.log(name)
+        assert "warm start from the federation's encoder of round 0" in log, log
+        assert "switching from" not in log, log
+        assert_same_tensors(pulled, tmp_path / "coordinator-encoder")
+        kept = json.loads((tmp_path / name / "state" / "federated" / "site_model.json").read_text())
+        assert kept["encoder_spec"] == str(pulled), kept
     assert states[0] in (State.WAITING, State.RUNNING) and State.RUNNING in states
     assert states == sorted(states)  # waiting -> running -> finished, never back
     assert "hub: fedtl status --coordinator 127.0.0.1:" in fed.log("coordinator").replace("\n", "")

@@ -90,3 +90,15 @@ def test_demo_codec_flag_reaches_federation_yaml(tmp_path):
     fed = load_federation_config(path)
     assert (fed.codec.up, fed.codec.down) == ("int8", "int8")
     assert load_federation_config(demo_federation(tmp_path, 2, {}, {"encoder": "tiny", "codec": None})).codec.up == "none"
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--hub", "127.0.0.1:9094"], "--hub goes with --warm-start"),
+    (["--warm-start", "--encoder", "tiny"], "either --encoder or --warm-start"),
+    (["--warm-start", "--hub", "no-port"], "--hub 'no-port': expected HOST:PORT"),
+])
+def test_site_warm_start_flags_are_checked_before_anything_starts(tmp_path, flags, says):
+    config = make_site(tmp_path / "site", name="site")
+    result = runner.invoke(app, ["site", "--config", str(config), "--coordinator", "127.0.0.1:9092", "--insecure",
+                                 *flags])
+    assert result.exit_code != 0 and says in " ".join(result.output.split()), result.output
