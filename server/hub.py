@@ -139,7 +139,8 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         if round_ == 0:
             latest = latest_checkpoint(self.state_dir)
             if latest is None:
-                context.abort(grpc.StatusCode.NOT_FOUND, "no checkpoint yet: the run has not started (round 0 is written when it does)")
+                context.abort(grpc.StatusCode.NOT_FOUND,
+                              "no checkpoint yet: the run has not started (round 0 is written when it does)")
             return latest
         folder = self.state_dir / "checkpoints" / f"round-{round_:04d}"
         if not folder.is_dir():
