@@ -10,6 +10,7 @@ long on a SuperLink that is going away.
 from __future__ import annotations
 
 import hashlib
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +60,22 @@ class RegisteredNode:
     status: str
 
 
+def loopback_tls(root_certificates: Path) -> ssl.SSLContext:
+    """TLS for the coordinator's calls to its own SuperLink on loopback.
+
+    The SuperLink's certificate names the coordinator's public host (``coordinator``,
+    ``fl.example.org``), not the loopback address this process dials, so the certificate chain
+    is verified against the CA but its names are not matched.
+    """
+    context = ssl.create_default_context(cafile=str(root_certificates))
+    context.check_hostname = False  # verify_mode stays CERT_REQUIRED
+    return context
+
+
 class FlowerControl:
     def __init__(self, address: str, root_certificates: Path | None = None, timeout: float = 10.0):
         scheme = "https" if root_certificates else "http"
-        verify: str | bool = str(root_certificates) if root_certificates else False
+        verify: ssl.SSLContext | bool = loopback_tls(root_certificates) if root_certificates else False
         self._client = ControlHttpClient(f"{scheme}://{address}", verify=verify, timeout=timeout)
         self.address = address
 

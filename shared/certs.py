@@ -21,8 +21,15 @@ def _name(common_name: str):
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+LOOPBACK = ("localhost", "127.0.0.1", "::1")  # the coordinator's own processes reach its SuperLink here
+
+
 def generate_dev_certs(out: Path, hosts: list[str], days: int = 365) -> dict[str, Path]:
-    """Write ca.crt, ca.key, server.pem, server.key to ``out``; the server cert covers ``hosts``."""
+    """Write ca.crt, ca.key, server.pem, server.key to ``out``; the server cert covers ``hosts``.
+
+    It also names ``LOOPBACK``, so tools on the coordinator's machine (Flower's ``flwr`` CLI,
+    `fedtl status` there) can reach its APIs at localhost with the same CA.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,7 +49,7 @@ def generate_dev_certs(out: Path, hosts: list[str], days: int = 365) -> dict[str
         .sign(ca_key, hashes.SHA256())
     )
     names = []
-    for host in hosts:
+    for host in dict.fromkeys([*hosts, *LOOPBACK]):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:

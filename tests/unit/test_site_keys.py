@@ -141,3 +141,18 @@ def test_site_and_coordinator_refuse_keys_without_tls(tmp_path):
     assert result.exit_code == 1 and "--allowed-sites needs TLS" in result.output
     result = runner.invoke(app, ["coordinator", "--config", str(config)])
     assert result.exit_code == 1 and "fedtl certs" in result.output
+
+
+def test_the_coordinator_certificate_names_its_host_and_loopback(tmp_path):
+    """The coordinator's own processes and tools on its host reach it at localhost with the same CA."""
+    import ipaddress
+
+    from cryptography import x509
+
+    from fedtl.shared.certs import generate_dev_certs
+
+    generate_dev_certs(tmp_path, ["coordinator.example.org", "10.0.0.5"])
+    cert = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["coordinator.example.org", "localhost"]
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(a) for a in ("10.0.0.5", "127.0.0.1", "::1")]

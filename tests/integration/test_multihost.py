@@ -1,0 +1,212 @@
+"""A coordinator and two sites on three hosts: Linux network namespaces joined by veth pairs.
+
+The coordinator's namespace holds the SuperLink, the hub and compose's MLflow tracking server
+(with SQLite for its PostgreSQL backend store; artifacts served by the server); each site's namespace reaches it only over its
+own link (10.231.N.0/30) and resolves ``coordinator`` through ``/etc/netns/<ns>/hosts``, as a
+container does through compose's DNS. Every process runs the command its container runs: the
+image's ENTRYPOINT (deploy/docker/Dockerfile) plus the service's ``command`` in
+deploy/compose.yaml, with the containers' paths mapped to this test's folders. TLS and site
+keys are on; the federation runs 2 rounds.
+
+Needs root and iproute2; skipped without them unless FEDTL_REQUIRE_DEPLOY_TOOLS=1 (CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedtl.cli.main import app
+from fedtl.shared.processes import start, stop_many
+from tests.conftest import make_site
+from tests.waiting import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+SITES = ("site-a", "site-b")
+
+
+def _require_netns() -> None:
+    missing = "root" if os.geteuid() != 0 else "iproute2 (ip)" if shutil.which("ip") is None else None
+    if missing is None:
+        probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        missing = None if probe.returncode == 0 else f"ip netns ({probe.stderr.strip()})"
+    if missing is not None:
+        if os.environ.get("FEDTL_REQUIRE_DEPLOY_TOOLS") == "1":
+            pytest.fail(f"the multi-host test needs {missing} (FEDTL_REQUIRE_DEPLOY_TOOLS=1)")
+        pytest.skip(f"the multi-host test needs {missing}")
+
+
+def sh(*args: str) -> str:
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+class Hosts:
+    """Three namespaces: ``coordinator`` linked to each site by its own veth pair, sites not to each other."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.ns = {"coordinator": f"fedtl{tag}c", **{s: f"fedtl{tag}{s[-1]}" for s in SITES}}
+        self.site_ip = {s: f"10.231.{i}.2" for i, s in enumerate(SITES, 1)}
+
+    def up(self) -> None:
+        for ns in self.ns.values():
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        coord = self.ns["coordinator"]
+        for i, site in enumerate(SITES, 1):
+            here, there = f"{self.ns[site]}v0", f"{self.ns[site]}v1"
+            sh("ip", "link", "add", here, "type", "veth", "peer", "name", there)
+            sh("ip", "link", "set", here, "netns", coord)
+            sh("ip", "link", "set", there, "netns", self.ns[site])
+            sh("ip", "-n", coord, "addr", "add", f"10.231.{i}.1/30", "dev", here)
+            sh("ip", "-n", self.ns[site], "addr", "add", f"10.231.{i}.2/30", "dev", there)
+            sh("ip", "-n", coord, "link", "set", here, "up")
+            sh("ip", "-n", self.ns[site], "link", "set", there, "up")
+            self._hosts(site, f"10.231.{i}.1 coordinator\n")
+        self._hosts("coordinator", "127.0.0.1 coordinator mlflow\n")
+
+    def _hosts(self, host: str, lines: str) -> None:
+        """`ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts: per-host names."""
+        folder = Path("/etc/netns") / self.ns[host]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "hosts").write_text("127.0.0.1 localhost\n" + lines)
+
+    def down(self) -> None:
+        for ns in self.ns.values():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # takes its veth ends along
+            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+
+    def cmd(self, host: str, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns[host], *args]
+
+
+def entrypoint(target: str) -> list[str]:
+    """The ENTRYPOINT of a stage of deploy/docker/Dockerfile."""
+    text = (DEPLOY / "docker" / "Dockerfile").read_text()
+    stage = re.search(rf"^FROM \S+ AS {target}\n(.*?)(?=^FROM |\Z)", text, re.M | re.S)
+    assert stage, f"no stage {target}"
+    found = re.search(r"^ENTRYPOINT (\[.*\])$", stage.group(1), re.M)
+    assert found, f"stage {target} has no ENTRYPOINT"
+    return json.loads(found.group(1))
+
+
+def container_command(service: str, paths: dict[str, Path]) -> list[str]:
+    """The service's command line in deploy/compose.yaml, its container paths mapped to ``paths``."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"][service]
+    target = "site" if service in SITES else service
+    args = entrypoint(target) + list(compose["command"])
+    return [str(paths.get(arg, arg)) for arg in args]
+
+
+def mlflow_command(folder: Path) -> list[str]:
+    """compose's `mlflow server` line, with SQLite in ``folder`` for its PostgreSQL backend store."""
+    [line] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["mlflow"]["command"]
+    args = shlex.split(line.replace("$$", "$"))
+    assert args[:3] == ["exec", "mlflow", "server"], args
+    args = args[1:]
+    args[args.index("--backend-store-uri") + 1] = f"sqlite:///{folder / 'mlflow.db'}"
+    args[args.index("--artifacts-destination") + 1] = str(folder / "artifacts")
+    return [*args, "--workers", "1"]
+
+
+def resolve(args: list[str]) -> list[str]:
+    """Run this checkout's fedtl (the containers' is on their PATH)."""
+    exe = Path(sys.executable).with_name(args[0])
+    return [str(exe) if exe.exists() else args[0], *args[1:]]
+
+
+def test_a_federation_across_three_network_namespaces(tmp_path):
+    _require_netns()
+    from mlflow import MlflowClient
+
+    certs = tmp_path / "certs"
+    made = CliRunner().invoke(app, ["certs", "--out", str(certs), "--host", "coordinator",
+                                    "--site", "site-a", "--site", "site-b"])
+    assert made.exit_code == 0, made.output
+    fed = yaml.safe_load((DEPLOY / "config" / "federation.yaml").read_text())  # the containers' federation.yaml
+    fed.update(encoder="tiny", update_mode="full", rounds=2, state_dir=str(tmp_path / "coordinator"),
+               round_timeout=120, wait_for_sites=120)
+    fed["hub"]["linger"] = 15
+    (tmp_path / "federation.yaml").write_text(yaml.safe_dump(fed))
+    paths = {"/etc/fedtl/federation.yaml": tmp_path / "federation.yaml", "/run/secrets/coordinator_certs": certs,
+             "/run/secrets/ca.crt": certs / "ca.crt"}
+    for site in SITES:
+        make_site(tmp_path / site, name=site.replace("-", "_"), n=80)
+        paths[f"/run/secrets/{site.replace('-', '_')}_key"] = certs / "sites" / site
+    mlflow_dir = tmp_path / "mlflow"
+    mlflow_dir.mkdir()
+
+    hosts = Hosts()
+    procs: dict[str, subprocess.Popen] = {}
+
+    def log(name: str) -> str:
+        path = tmp_path / f"{name}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    try:
+        hosts.up()
+        procs["mlflow"] = start(hosts.cmd("coordinator", *resolve(mlflow_command(mlflow_dir))),
+                                tmp_path / "mlflow.log", cwd=tmp_path)
+        probe = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 2).close()"
+
+        def listening(host: str, address: str, port: int) -> bool:
+            return subprocess.run(hosts.cmd(host, sys.executable, "-c", probe, address, str(port)),
+                                  capture_output=True).returncode == 0
+
+        wait_until(lambda: listening("coordinator", "mlflow", 5000), 120, lambda: log("mlflow"))
+        procs["coordinator"] = start(hosts.cmd("coordinator", *resolve(container_command("coordinator", paths))),
+                                     tmp_path / "coordinator.log", cwd=tmp_path)
+        for site in SITES:
+            command = container_command(site, {**paths, "/etc/fedtl/site.yaml": tmp_path / site / "site.yaml"})
+            assert command[command.index("--coordinator") + 1] == "coordinator:9092"
+            procs[site] = start(hosts.cmd(site, *resolve(command)), tmp_path / f"{site}.log", cwd=tmp_path / site)
+
+        # the hub answers a site's host by name while the federation runs
+        rounds_file = tmp_path / "coordinator" / "rounds.jsonl"
+
+        def first_round() -> bool:
+            assert procs["coordinator"].poll() is None, f"the coordinator exited:\n{log('coordinator')}"
+            return rounds_file.exists() and bool(rounds_file.read_text().strip())
+
+        wait_until(first_round, 300, lambda: log("coordinator"))
+        status = subprocess.run(hosts.cmd("site-a", *resolve(["fedtl", "status", "--coordinator", "coordinator:9094",
+                                                               "--root-certificates", str(certs / "ca.crt"), "--json"])),
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert json.loads(status.stdout)["rounds_total"] == 2
+
+        assert procs["coordinator"].wait(timeout=300) == 0, log("coordinator")
+        # one site's host has no route to the other's: separate hosts, joined only through the coordinator
+        isolated = subprocess.run(hosts.cmd("site-a", sys.executable, "-c", probe, hosts.site_ip["site-b"], "9"),
+                                  capture_output=True, text=True)
+        assert "Network is unreachable" in isolated.stderr, isolated.stderr
+    finally:
+        stop_many(procs.values(), timeout=10)
+        hosts.down()
+
+    rounds = [json.loads(line) for line in rounds_file.read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for record in rounds:
+        assert record["accepted"] == 2 and sorted(record["sites"]) == ["site_a", "site_b"], record
+    assert "Attempted to register SuperNode" not in log("coordinator")  # both sites' keys admitted
+
+    client = MlflowClient(f"sqlite:///{mlflow_dir / 'mlflow.db'}")  # the server's own store
+    [run] = client.search_runs([client.get_experiment_by_name(fed["mlflow"]["experiment"]).experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "federation/sites_accepted")] == [2, 2]
+    artifacts = list((mlflow_dir / "artifacts").rglob("model.safetensors"))
+    assert artifacts, "the encoder checkpoint did not reach the MLflow server's artifact store"
