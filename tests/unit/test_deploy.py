@@ -1,6 +1,7 @@
 """deploy/: every file checked without a Docker engine or a running systemd.
 
-hadolint lints the Dockerfiles, Debian's docker-compose validates the compose file, and
+hadolint lints the Dockerfiles, Debian's docker-compose validates the compose file, helm lints
+and renders the chart (validated against Kubernetes schemas by kubernetes-validate), and
 systemd-analyze verifies the units. Where a tool is missing the check is skipped, unless
 FEDTL_REQUIRE_DEPLOY_TOOLS=1 (CI installs them and sets it).
 """
@@ -81,3 +82,88 @@ def test_systemd_units_verify(tmp_path, unit):
     (tmp_path / name).write_text(text.replace("/opt/fedtl/bin/fedtl", str(fedtl)))
     result = subprocess.run([analyze, "verify", str(tmp_path / name)], capture_output=True, text=True)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- the Helm chart
+CHART = DEPLOY / "helm" / "fedtl"
+CI_VALUES = CHART / "ci" / "sites-values.yaml"
+KUBERNETES = "1.30.0"  # the oldest Kubernetes the chart is validated against (schemas from kubernetes-validate)
+
+
+def helm_template(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("helm"), "template", "fed", str(CHART), "--namespace", "fl", *args],
+                          capture_output=True, text=True)
+
+
+def rendered(*args: str) -> dict[tuple[str, str], dict]:
+    result = helm_template(*args)
+    assert result.returncode == 0, result.stderr
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout) if d}
+
+
+def container(objects: dict, kind: str, name: str) -> dict:
+    [only] = objects[(kind, name)]["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def test_helm_chart_lints_and_every_object_is_valid_kubernetes():
+    try:
+        import kubernetes_validate
+    except ImportError:
+        if os.environ.get("FEDTL_REQUIRE_DEPLOY_TOOLS") == "1":
+            pytest.fail("kubernetes-validate is required (FEDTL_REQUIRE_DEPLOY_TOOLS=1)")
+        pytest.skip("kubernetes-validate not installed")
+    for values in ([], ["-f", str(CI_VALUES)]):
+        lint = subprocess.run([tool("helm"), "lint", "--strict", str(CHART), *values], capture_output=True, text=True)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+        objects = rendered(*values)
+        for (kind, name), obj in objects.items():
+            try:
+                kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                raise AssertionError(f"{kind} {name}: {exc.message} at {list(exc.path)}") from None
+    kinds = sorted({kind for kind, _ in objects})
+    assert kinds == ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Secret", "Service", "StatefulSet"]
+
+
+def test_helm_chart_runs_the_containers_commands_with_the_values_federation(tmp_path):
+    from fedtl.shared.config import SiteConfig
+    from fedtl.shared.federation_config import load_federation_config
+
+    objects = rendered("-f", str(CI_VALUES), "--set", "coordinator.fleetPort=9192")
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+
+    # federation.yaml: the values' settings, the chart's addresses, MLflow at its own Service
+    (tmp_path / "federation.yaml").write_text(objects[("ConfigMap", "fed-fedtl-federation")]["data"]["federation.yaml"])
+    fed = load_federation_config(tmp_path / "federation.yaml")
+    assert (fed.rounds, fed.strategy.name, fed.personalization.method) == (5, "fedavgm", "ditto")
+    assert fed.superlink.fleet_address == "0.0.0.0:9192" and fed.hub.address == "0.0.0.0:9094"
+    assert fed.mlflow.tracking_uri == "http://fed-fedtl-mlflow:5000" and ("Service", "fed-fedtl-mlflow") in objects
+    assert fed.hub.linger >= 24 * 3600  # a finished run keeps answering, so the Deployment does not restart it
+
+    coordinator = container(objects, "Deployment", "fed-fedtl-coordinator")
+    assert coordinator["args"] == [*compose["coordinator"]["command"], "--resume"]
+    assert coordinator["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "fedtl-hub-token", "key": "token"}
+    ports = {p["name"]: p["port"] for p in objects[("Service", "fed-fedtl-coordinator")]["spec"]["ports"]}
+    assert ports == {"fleet": 9192, "hub": 9094}
+
+    mlflow = container(objects, "Deployment", "fed-fedtl-mlflow")
+    assert "--backend-store-uri=postgresql://mlflow:$(POSTGRES_PASSWORD)@fed-fedtl-postgres:5432/mlflow" in mlflow["args"]
+    assert any(a.startswith("--allowed-hosts=fed-fedtl-mlflow,fed-fedtl-mlflow:5000") for a in mlflow["args"])
+
+    for site, name in (("site-a", "fed-fedtl-site-clinic"), ("site-b", "fed-fedtl-site-lexicon-gpu")):
+        args = container(objects, "Deployment", name)["args"]
+        expected = list(compose[site]["command"])
+        expected[expected.index("--coordinator") + 1] = "fed-fedtl-coordinator:9192"
+        expected[expected.index("--key") + 1] = "/run/secrets/site_key"
+        assert args == expected
+        site_yaml = yaml.safe_load(objects[("ConfigMap", name)]["data"]["site.yaml"])
+        config = SiteConfig.model_validate(site_yaml)  # a valid site.yaml; the chart owns state_dir
+        assert str(config.state_dir) == "/var/lib/fedtl/state"
+    gpu = container(objects, "Deployment", "fed-fedtl-site-lexicon-gpu")["resources"]
+    assert gpu["limits"] == {"memory": "8Gi", "nvidia.com/gpu": 1} and gpu["requests"]["cpu"] == "2"
+
+
+def test_helm_chart_refuses_a_site_without_its_key():
+    result = helm_template("--set", "sites[0].name=x", "--set", "sites[0].dataClaim=d", "--set", "sites[0].config.name=x")
+    assert result.returncode != 0 and "sites[].keySecret" in result.stderr, result.stderr
