@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lexicon_tasks import lexicon_task_sites
 from readme_block import write_block
 from split_sites import split_site
 
@@ -194,6 +195,8 @@ def markdown(summary: dict[str, Any], methods: list[str], meta: dict[str, Any]) 
 
     split = meta.get("split")
     sites = f"the bundled site {split.split(':')[0]}'s rows split across {split.split(':')[1]} sites, " if split else ""
+    if meta.get("lexicon_tasks"):
+        sites = "three related tasks on disjoint words of the bundled lexicon (600 training, 300 validation each), "
     lines = [f"{sites}Seeds {meta['seeds']}, encoder `{meta['encoder']}`, update mode `{meta['update']}`, "
              f"{meta['rounds']} rounds x {meta['steps']} encoder steps per site (local and centralized: "
              f"{meta['rounds'] * meta['steps']} steps), sites' lr schedule spanning "
@@ -268,6 +271,8 @@ def main() -> None:
     parser.add_argument("--site", type=Path, action="append", help="a site.yaml (default: the bundled sites)")
     parser.add_argument("--split", metavar="SITE:N", help="instead of the sites: N sites sharing the bundled "
                         "site SITE's task, each with 1/N of its rows (a federation where transfer exists)")
+    parser.add_argument("--lexicon-tasks", action="store_true", help="instead of the sites: three related tasks "
+                        "(valence regression, polarity, intensity) on disjoint words of the bundled lexicon")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                         help="override a method setting, e.g. ditto.personalization.ditto_lambda=0.5")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/learning"))
@@ -293,7 +298,9 @@ def main() -> None:
             node = node.setdefault(part, {})
         node[path[-1]] = json.loads(value)
     work = Path(tempfile.mkdtemp(prefix="fedtl-learning-"))
-    if args.split:
+    if args.lexicon_tasks:
+        paths = lexicon_task_sites(work / "lexicon-tasks")
+    elif args.split:
         name, parts = args.split.split(":")
         paths = split_site(copy_examples(work / "bundled")[name], int(parts), work / "split")
     else:
@@ -302,7 +309,7 @@ def main() -> None:
     # a finished seed is kept only by a run of the same configuration
     plan = {"encoder": args.encoder, "update": args.update, "rounds": args.rounds, "steps": args.steps,
             "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
-            "sites": [str(p) for p in args.site or []]}
+            "lexicon_tasks": args.lexicon_tasks, "sites": [str(p) for p in args.site or []]}
     partial = args.out / "partial.json"
     saved = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
     done = {r["seed"]: r for r in saved.get("runs", [])} if saved.get("plan") == plan else {}
@@ -342,6 +349,7 @@ def main() -> None:
 
     meta = {"seeds": args.seeds, "encoder": args.encoder, "update": args.update, "rounds": args.rounds,
             "steps": args.steps, "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
+            "lexicon_tasks": args.lexicon_tasks,
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     report(results, meta, args.out, args.readme)
 

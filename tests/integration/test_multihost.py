@@ -1,14 +1,15 @@
 """A coordinator and two sites on three hosts: Linux network namespaces joined by veth pairs.
 
-The coordinator's namespace holds the SuperLink, the hub and compose's MLflow tracking server
-(with SQLite for its PostgreSQL backend store; artifacts served by the server); each site's namespace reaches it only over its
-own link (10.231.N.0/30) and resolves ``coordinator`` through ``/etc/netns/<ns>/hosts``, as a
-container does through compose's DNS. Every process runs the command its container runs: the
-image's ENTRYPOINT (deploy/docker/Dockerfile) plus the service's ``command`` in
-deploy/compose.yaml, with the containers' paths mapped to this test's folders. TLS and site
-keys are on; the federation runs 2 rounds.
+The coordinator's namespace holds the SuperLink, the hub, PostgreSQL and compose's MLflow
+tracking server on it (artifacts served by the server); each site's namespace reaches the
+coordinator only over its own link (10.231.N.0/30) and resolves ``coordinator`` through
+``/etc/netns/<ns>/hosts``, as a container does through compose's DNS. Every process runs the
+command its container runs: the image's ENTRYPOINT (deploy/docker/Dockerfile) plus the
+service's ``command`` in deploy/compose.yaml (MLflow's whole ``sh -c`` line), with the
+containers' paths mapped to this test's folders. TLS and site keys are on; 2 rounds.
 
-Needs root and iproute2; skipped without them unless FEDTL_REQUIRE_DEPLOY_TOOLS=1 (CI).
+Needs root, iproute2 and Debian's PostgreSQL; skipped without them unless
+FEDTL_REQUIRE_DEPLOY_TOOLS=1 (CI).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
+import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,8 +38,13 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SITES = ("site-a", "site-b")
 
 
+POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))  # Debian's layout: one folder per major
+
+
 def _require_netns() -> None:
     missing = "root" if os.geteuid() != 0 else "iproute2 (ip)" if shutil.which("ip") is None else None
+    if missing is None and not POSTGRES_BIN:
+        missing = "PostgreSQL (Debian's postgresql package)"
     if missing is None:
         probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
         missing = None if probe.returncode == 0 else f"ip netns ({probe.stderr.strip()})"
@@ -77,7 +84,7 @@ class Hosts:
             sh("ip", "-n", coord, "link", "set", here, "up")
             sh("ip", "-n", self.ns[site], "link", "set", there, "up")
             self._hosts(site, f"10.231.{i}.1 coordinator\n")
-        self._hosts("coordinator", "127.0.0.1 coordinator mlflow\n")
+        self._hosts("coordinator", "127.0.0.1 coordinator mlflow postgres\n")
 
     def _hosts(self, host: str, lines: str) -> None:
         """`ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts: per-host names."""
@@ -112,27 +119,65 @@ def container_command(service: str, paths: dict[str, Path]) -> list[str]:
     return [str(paths.get(arg, arg)) for arg in args]
 
 
-def mlflow_command(folder: Path) -> list[str]:
-    """compose's `mlflow server` line, with SQLite in ``folder`` for its PostgreSQL backend store."""
-    [line] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["mlflow"]["command"]
-    args = shlex.split(line.replace("$$", "$"))
-    assert args[:3] == ["exec", "mlflow", "server"], args
-    args = args[1:]
-    args[args.index("--backend-store-uri") + 1] = f"sqlite:///{folder / 'mlflow.db'}"
-    args[args.index("--artifacts-destination") + 1] = str(folder / "artifacts")
-    return [*args, "--workers", "1"]
+def mlflow_command(password_file: Path, artifacts: Path) -> list[str]:
+    """compose's `sh -c "exec mlflow server ..."` line, its secret and volume mapped (one worker: 2 cores)."""
+    service = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["mlflow"]
+    [line] = service["command"]
+    assert service["entrypoint"] == ["sh", "-c"] and line.startswith("exec mlflow server"), service
+    line = line.replace("$$", "$").replace("/run/secrets/postgres_password", str(password_file))
+    line = line.replace("/var/lib/mlflow/artifacts", str(artifacts)).replace("exec mlflow", f"exec {tool_path('mlflow')}")
+    return ["sh", "-c", line + " --workers 1"]
+
+
+class Postgres:
+    """PostgreSQL as compose's postgres service sets it up: user and database `mlflow`, password from a file."""
+
+    def __init__(self, password: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="fedtl-pg-"))  # not under pytest's root-only tmp: postgres reads it
+        self.password_file = self.root / "postgres_password"
+        self.password_file.write_text(password)
+        shutil.chown(self.root, "postgres", "postgres")
+        shutil.chown(self.password_file, "postgres", "postgres")
+        self.bin = POSTGRES_BIN[-1]
+
+    def as_postgres(self, *args: str) -> list[str]:
+        return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *args]
+
+    def init(self) -> None:
+        sh(*self.as_postgres(str(self.bin / "initdb"), "-D", str(self.root / "data"), "-U", "mlflow",
+                             "--auth=scram-sha-256", f"--pwfile={self.password_file}"))
+
+    def server(self) -> list[str]:
+        return self.as_postgres(str(self.bin / "postgres"), "-D", str(self.root / "data"), "-p", "5432",
+                                "-k", str(self.root), "-c", "listen_addresses=127.0.0.1")
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def tool_path(name: str) -> str:
+    exe = Path(sys.executable).with_name(name)
+    return str(exe) if exe.exists() else name
 
 
 def resolve(args: list[str]) -> list[str]:
     """Run this checkout's fedtl (the containers' is on their PATH)."""
-    exe = Path(sys.executable).with_name(args[0])
-    return [str(exe) if exe.exists() else args[0], *args[1:]]
+    return [tool_path(args[0]), *args[1:]]
+
+
+MLFLOW_QUERY = """
+import json, sys
+from mlflow import MlflowClient
+client = MlflowClient(sys.argv[1])
+[run] = client.search_runs([client.get_experiment_by_name(sys.argv[2]).experiment_id])
+accepted = [m.value for m in client.get_metric_history(run.info.run_id, "federation/sites_accepted")]
+artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "encoder")]
+print(json.dumps({"status": run.info.status, "sites_accepted": accepted, "artifacts": artifacts}))
+"""
 
 
 def test_a_federation_across_three_network_namespaces(tmp_path):
     _require_netns()
-    from mlflow import MlflowClient
-
     certs = tmp_path / "certs"
     made = CliRunner().invoke(app, ["certs", "--out", str(certs), "--host", "coordinator",
                                     "--site", "site-a", "--site", "site-b"])
@@ -147,9 +192,7 @@ def test_a_federation_across_three_network_namespaces(tmp_path):
     for site in SITES:
         make_site(tmp_path / site, name=site.replace("-", "_"), n=80)
         paths[f"/run/secrets/{site.replace('-', '_')}_key"] = certs / "sites" / site
-    mlflow_dir = tmp_path / "mlflow"
-    mlflow_dir.mkdir()
-
+    postgres = Postgres(secrets.token_hex(16))
     hosts = Hosts()
     procs: dict[str, subprocess.Popen] = {}
 
@@ -159,7 +202,15 @@ def test_a_federation_across_three_network_namespaces(tmp_path):
 
     try:
         hosts.up()
-        procs["mlflow"] = start(hosts.cmd("coordinator", *resolve(mlflow_command(mlflow_dir))),
+        postgres.init()
+        procs["postgres"] = start(hosts.cmd("coordinator", *postgres.server()), tmp_path / "postgres.log", cwd=tmp_path)
+        ready = [str(postgres.bin / "pg_isready"), "-h", "postgres", "-p", "5432", "-U", "mlflow"]
+        wait_until(lambda: subprocess.run(hosts.cmd("coordinator", *ready), capture_output=True).returncode == 0,
+                   60, lambda: log("postgres"))
+        sh(*hosts.cmd("coordinator", "env", f"PGPASSWORD={postgres.password_file.read_text()}",
+                      str(postgres.bin / "createdb"), "-h", "postgres", "-U", "mlflow", "mlflow"))  # POSTGRES_DB
+        artifacts = tmp_path / "mlflow-artifacts"
+        procs["mlflow"] = start(hosts.cmd("coordinator", *mlflow_command(postgres.password_file, artifacts)),
                                 tmp_path / "mlflow.log", cwd=tmp_path)
         probe = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 2).close()"
 
@@ -190,6 +241,11 @@ def test_a_federation_across_three_network_namespaces(tmp_path):
         assert json.loads(status.stdout)["rounds_total"] == 2
 
         assert procs["coordinator"].wait(timeout=300) == 0, log("coordinator")
+        # what the MLflow server (on PostgreSQL) holds, asked from the coordinator's host as the UI would
+        query = subprocess.run(hosts.cmd("coordinator", sys.executable, "-c", MLFLOW_QUERY, "http://mlflow:5000",
+                                         fed["mlflow"]["experiment"]), capture_output=True, text=True, timeout=120)
+        assert query.returncode == 0, query.stderr[-3000:]
+        tracked = json.loads(query.stdout.strip().splitlines()[-1])
         # one site's host has no route to the other's: separate hosts, joined only through the coordinator
         isolated = subprocess.run(hosts.cmd("site-a", sys.executable, "-c", probe, hosts.site_ip["site-b"], "9"),
                                   capture_output=True, text=True)
@@ -197,6 +253,7 @@ def test_a_federation_across_three_network_namespaces(tmp_path):
     finally:
         stop_many(procs.values(), timeout=10)
         hosts.down()
+        postgres.cleanup()
 
     rounds = [json.loads(line) for line in rounds_file.read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
@@ -204,9 +261,6 @@ def test_a_federation_across_three_network_namespaces(tmp_path):
         assert record["accepted"] == 2 and sorted(record["sites"]) == ["site_a", "site_b"], record
     assert "Attempted to register SuperNode" not in log("coordinator")  # both sites' keys admitted
 
-    client = MlflowClient(f"sqlite:///{mlflow_dir / 'mlflow.db'}")  # the server's own store
-    [run] = client.search_runs([client.get_experiment_by_name(fed["mlflow"]["experiment"]).experiment_id])
-    assert run.info.status == "FINISHED"
-    assert [m.value for m in client.get_metric_history(run.info.run_id, "federation/sites_accepted")] == [2, 2]
-    artifacts = list((mlflow_dir / "artifacts").rglob("model.safetensors"))
-    assert artifacts, "the encoder checkpoint did not reach the MLflow server's artifact store"
+    assert tracked["status"] == "FINISHED" and tracked["sites_accepted"] == [2.0, 2.0], tracked
+    assert tracked["artifacts"], "no encoder checkpoint reached the MLflow server's artifact store"
+    assert list(artifacts.rglob("model.safetensors")), "the served artifacts are not in the server's volume"
