@@ -90,6 +90,22 @@ CI_VALUES = CHART / "ci" / "sites-values.yaml"
 KUBERNETES = "1.30.0"  # the oldest Kubernetes the chart is validated against (schemas from kubernetes-validate)
 
 
+@pytest.fixture(scope="module")
+def chart_files(tmp_path_factory) -> list[str]:
+    """--set-file arguments for the TLS material and the GPU site's key, made by `fedtl certs`."""
+    from typer.testing import CliRunner
+
+    from fedtl.cli.main import app
+
+    certs = tmp_path_factory.mktemp("certs")
+    made = CliRunner().invoke(app, ["certs", "--out", str(certs), "--host", "fed-fedtl-coordinator", "--site", "lexicon"])
+    assert made.exit_code == 0, made.output
+    files = {f"coordinator.certs.{n.replace('.', chr(92) + '.')}": certs / n
+             for n in ("ca.crt", "server.pem", "server.key", "allowed_sites.txt")}
+    files["sites[1].key"] = certs / "sites" / "lexicon"
+    return [arg for key, path in files.items() for arg in ("--set-file", f"{key}={path}")]
+
+
 def helm_template(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([tool("helm"), "template", "fed", str(CHART), "--namespace", "fl", *args],
                           capture_output=True, text=True)
@@ -106,14 +122,14 @@ def container(objects: dict, kind: str, name: str) -> dict:
     return only
 
 
-def test_helm_chart_lints_and_every_object_is_valid_kubernetes():
+def test_helm_chart_lints_and_every_object_is_valid_kubernetes(chart_files):
     try:
         import kubernetes_validate
     except ImportError:
         if os.environ.get("FEDTL_REQUIRE_DEPLOY_TOOLS") == "1":
             pytest.fail("kubernetes-validate is required (FEDTL_REQUIRE_DEPLOY_TOOLS=1)")
         pytest.skip("kubernetes-validate not installed")
-    for values in ([], ["-f", str(CI_VALUES)]):
+    for values in (["--set", "coordinator.certsSecret=fedtl-certs"], ["-f", str(CI_VALUES), *chart_files]):
         lint = subprocess.run([tool("helm"), "lint", "--strict", str(CHART), *values], capture_output=True, text=True)
         assert lint.returncode == 0, lint.stdout + lint.stderr
         objects = rendered(*values)
@@ -126,11 +142,13 @@ def test_helm_chart_lints_and_every_object_is_valid_kubernetes():
     assert kinds == ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Secret", "Service", "StatefulSet"]
 
 
-def test_helm_chart_runs_the_containers_commands_with_the_values_federation(tmp_path):
+def test_helm_chart_runs_the_containers_commands_with_the_values_federation(tmp_path, chart_files):
+    import base64
+
     from fedtl.shared.config import SiteConfig
     from fedtl.shared.federation_config import load_federation_config
 
-    objects = rendered("-f", str(CI_VALUES), "--set", "coordinator.fleetPort=9192")
+    objects = rendered("-f", str(CI_VALUES), *chart_files, "--set", "coordinator.fleetPort=9192")
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
 
     # federation.yaml: the values' settings, the chart's addresses, MLflow at its own Service
@@ -160,10 +178,23 @@ def test_helm_chart_runs_the_containers_commands_with_the_values_federation(tmp_
         site_yaml = yaml.safe_load(objects[("ConfigMap", name)]["data"]["site.yaml"])
         config = SiteConfig.model_validate(site_yaml)  # a valid site.yaml; the chart owns state_dir
         assert str(config.state_dir) == "/var/lib/fedtl/state"
+    # Secrets made from the given files: the coordinator's TLS material, the GPU site's key
+    given = dict(arg.split("=", 1) for arg in chart_files[1::2])
+    certs = objects[("Secret", "fed-fedtl-certs")]["data"]
+    for name in ("ca.crt", "server.pem", "server.key", "allowed_sites.txt"):
+        assert base64.b64decode(certs[name]) == Path(given["coordinator.certs." + name.replace(".", "\\.")]).read_bytes()
+    key = objects[("Secret", "fed-fedtl-site-lexicon-gpu-key")]["data"]["key"]
+    assert base64.b64decode(key) == Path(given["sites[1].key"]).read_bytes()
+    volumes = {v["name"]: v for v in objects[("Deployment", "fed-fedtl-site-lexicon-gpu")]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["key"]["secret"]["secretName"] == "fed-fedtl-site-lexicon-gpu-key"
+    assert volumes["ca"]["secret"]["secretName"] == "fed-fedtl-certs"
     gpu = container(objects, "Deployment", "fed-fedtl-site-lexicon-gpu")["resources"]
     assert gpu["limits"] == {"memory": "8Gi", "nvidia.com/gpu": 1} and gpu["requests"]["cpu"] == "2"
 
 
-def test_helm_chart_refuses_a_site_without_its_key():
-    result = helm_template("--set", "sites[0].name=x", "--set", "sites[0].dataClaim=d", "--set", "sites[0].config.name=x")
-    assert result.returncode != 0 and "sites[].keySecret" in result.stderr, result.stderr
+def test_helm_chart_refuses_to_render_without_tls_material_or_a_site_key():
+    result = helm_template()
+    assert result.returncode != 0 and "coordinator.certs.ca.crt is missing" in result.stderr, result.stderr
+    result = helm_template("--set", "coordinator.certsSecret=c", "--set", "sites[0].name=x",
+                           "--set", "sites[0].dataClaim=d", "--set", "sites[0].config.name=x")
+    assert result.returncode != 0 and "sites[x]: give its private key" in result.stderr, result.stderr

@@ -60,3 +60,12 @@ resources:
 {{- define "fedtl.mlflowHost" -}}
 {{- printf "%s-mlflow" (include "fedtl.fullname" .) -}}
 {{- end -}}
+
+{{/* The Secret with ca.crt, server.pem, server.key (and allowed_sites.txt): given, or made from coordinator.certs. */}}
+{{- define "fedtl.certsSecret" -}}
+{{- if .Values.coordinator.certsSecret -}}
+{{- .Values.coordinator.certsSecret -}}
+{{- else -}}
+{{- printf "%s-certs" (include "fedtl.fullname" .) -}}
+{{- end -}}
+{{- end -}}
