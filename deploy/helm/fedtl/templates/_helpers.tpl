@@ -69,3 +69,13 @@ resources:
 {{- printf "%s-certs" (include "fedtl.fullname" .) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* A site's objects: its Deployment and ConfigMap are named "fedtl.siteName", its key Secret that plus
+     "-key" (all within Kubernetes' 63 characters). Call with (dict "root" $ "site" $site). */}}
+{{- define "fedtl.siteComponent" -}}
+{{- printf "site-%s" (.site.name | replace "_" "-" | lower) -}}
+{{- end -}}
+
+{{- define "fedtl.siteName" -}}
+{{- printf "%s-%s" (include "fedtl.fullname" .root) (include "fedtl.siteComponent" .) | trunc 59 | trimSuffix "-" -}}
+{{- end -}}
