@@ -127,7 +127,7 @@ def run_site(configs: list[Path], coordinator: str, insecure: bool, root_certifi
                                          key_fingerprint=fingerprint(load_private_key(key).public_key()) if key else None)
             warm = None
             if warm_start is not None:
-                warm = pull_warm_start(warm_start.hub, cfg.state_dir, warm_start.wait, stop_event)
+                warm = pull_warm_start(warm_start, cfg.state_dir, stop_event)
                 if warm is None:  # stopped while waiting for the hub
                     return 0
                 console.print(f"site {cfg.name}: warm start from the federation's encoder of round {warm.round}")

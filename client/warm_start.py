@@ -50,17 +50,18 @@ class WarmStartOptions:
     """`fedtl site --warm-start`: the hub to pull from, and how long to wait for it to answer."""
 
     hub: HubAccess
-    wait: float = 300.0
+    wait: float  # seconds
 
 
-def pull_warm_start(hub: HubAccess, state_dir: Path, wait: float, stop: threading.Event) -> WarmStart | None:
+def pull_warm_start(options: WarmStartOptions, state_dir: Path, stop: threading.Event) -> WarmStart | None:
     """Pull the latest checkpoint into ``state_dir/warm-start/round-NNNN``; None if stopped first.
 
-    Waits up to ``wait`` seconds for the hub to answer with a checkpoint (the coordinator may
-    start after the site); any other refusal (token, TLS) raises ``HubError`` at once.
+    Waits up to ``options.wait`` seconds for the hub to answer with a checkpoint (the coordinator
+    may start after the site); any other refusal (token, TLS) raises ``HubError`` at once.
     """
+    hub = options.hub
     client = HubClient(hub.address, hub.root_certificates, hub.token, timeout=10)
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + options.wait
     root = state_dir / "warm-start"
     incoming = root / "incoming"
     try:

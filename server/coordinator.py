@@ -23,7 +23,7 @@ from fedtl.server.control import ControlError, FlowerControl, RunState
 from fedtl.server.flower_app import app_dir
 from fedtl.server.hub import HubServicer, RunView, serve_hub, stop_hub
 from fedtl.server.site_registry import RefusalWatch, SiteRegistry
-from fedtl.shared.federation_config import HUB_TOKEN_ENV, FederationConfig, split_address
+from fedtl.shared.federation_config import HUB_TOKEN_ENV, HUB_TOKEN_MIN_LENGTH, FederationConfig, split_address
 from fedtl.shared.processes import child_env, start, stop, tool, wait_for_port
 from fedtl.shared.site_keys import SiteKeyError
 
@@ -178,8 +178,9 @@ class Coordinator:
                                connected=lambda: sum(n.status == "online" for n in nodes.nodes()))
         tls = (self.tls.cert.read_bytes(), self.tls.key.read_bytes()) if self.tls else None
         token = hub.token or os.environ.get(HUB_TOKEN_ENV) or None  # the env: from a secret store, not the file
-        if token is not None and len(token) < 16:
-            raise CoordinatorError(f"${HUB_TOKEN_ENV} is {len(token)} characters; a hub token needs at least 16")
+        if token is not None and len(token) < HUB_TOKEN_MIN_LENGTH:
+            raise CoordinatorError(f"${HUB_TOKEN_ENV} is {len(token)} characters; "
+                                   f"a hub token needs at least {HUB_TOKEN_MIN_LENGTH}")
         try:
             server, self.hub_port = serve_hub(servicer, hub.address, tls, token)
         except RuntimeError as exc:

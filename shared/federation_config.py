@@ -36,6 +36,7 @@ class StrategyConfig(BaseModel):
 
 DEFAULT_HUB_PORT = 9094  # hub.address's port, and where `fedtl site --warm-start` looks by default
 HUB_TOKEN_ENV = "FEDTL_HUB_TOKEN"  # hub.token when federation.yaml has none; what the hub's clients read too
+HUB_TOKEN_MIN_LENGTH = 16
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -133,7 +134,7 @@ class HubConfig(BaseModel):
 
     enabled: bool = True
     address: str = Field(default=f"0.0.0.0:{DEFAULT_HUB_PORT}", description="HOST:PORT the hub listens on")
-    token: str | None = Field(default=None, min_length=16,
+    token: str | None = Field(default=None, min_length=HUB_TOKEN_MIN_LENGTH,
                               description="calls must carry 'authorization: Bearer <token>' "
                                           "(none: $FEDTL_HUB_TOKEN if set, else no token)")
     linger: float = Field(default=3.0, ge=0, description="seconds the hub keeps answering after the run ends")
