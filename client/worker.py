@@ -31,7 +31,6 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from safetensors.numpy import save as save_arrays
 
-from fedtl.client import faults
 from fedtl.client.ditto import Ditto
 from fedtl.client.head_store import HeadStore
 from fedtl.client.local_training import load_site_data, prepare_tasks
@@ -40,6 +39,7 @@ from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
 from fedtl.client.trainer import LocalTrainer, PreparedTask, mean_primary, resolve_device, resolve_precision
 from fedtl.client.warm_start import WarmStart
 from fedtl.client.wire_codecs import SiteCodecs
+from fedtl.shared import faults
 from fedtl.shared.atomic import write_bytes_atomic, write_json_atomic
 from fedtl.shared.config import SiteConfig
 from fedtl.shared.encoders import load_encoder

@@ -23,6 +23,7 @@ from fedtl.server.control import ControlError, FlowerControl, RunState
 from fedtl.server.flower_app import app_dir
 from fedtl.server.hub import HubServicer, RunView, serve_hub, stop_hub
 from fedtl.server.site_registry import RefusalWatch, SiteRegistry
+from fedtl.shared import faults
 from fedtl.shared.federation_config import HUB_TOKEN_ENV, HUB_TOKEN_MIN_LENGTH, FederationConfig, split_address
 from fedtl.shared.processes import child_env, start, stop, tool, wait_for_port
 from fedtl.shared.site_keys import SiteKeyError
@@ -259,6 +260,7 @@ class Coordinator:
                 log.warning("could not stop run %s: %s", self.run_id, exc)
 
     def shutdown(self) -> None:
+        faults.hold_stop()
         self.stop_hub()
         if self._control is not None:
             self._control.close()

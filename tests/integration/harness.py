@@ -86,11 +86,11 @@ class Federation:
         self.procs[label] = proc
         return proc
 
-    def start_coordinator(self, *extra: str) -> subprocess.Popen:
+    def start_coordinator(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         tls = ["--certs", str(self.certs)] if self.certs else ["--insecure"]
         cmd = fedtl_cmd("coordinator", "--config", str(self.root / "federation.yaml"), *tls,
                         "--json", str(self.root / "result.json"), *extra)
-        proc = start(cmd, self.root / "coordinator.log", cwd=self.root)
+        proc = start(cmd, self.root / "coordinator.log", cwd=self.root, env=child_env(env) if env else None)
         self.procs["coordinator"] = proc
         return proc
 

@@ -355,11 +355,14 @@ def test_a_second_ctrl_c_kills_at_once(tmp_path):
     fed.write_config(rounds=5, min_sites=1, final_evaluate=False)
     try:
         fed.start_site("solo", env={"FEDTL_INJECT_FAULT": f"hold:1:{tmp_path / 'never'}"})
-        coordinator = fed.start_coordinator()
+        # the clean stop hangs (until a file that never appears exists): without that, a quick
+        # clean stop could finish before the second Ctrl-C arrives, and the test would race it
+        coordinator = fed.start_coordinator(env={"FEDTL_INJECT_FAULT": f"hold_stop:{tmp_path / 'never'}"})
         fed.wait_for_log(fed.root / "solo.log", "holding round 1", timeout=240)
         members = tree(coordinator.pid)
         os.kill(coordinator.pid, signal.SIGINT)
-        fed.wait_for_log(fed.root / "coordinator.log", "press Ctrl-C again", timeout=5)
+        fed.wait_for_log(fed.root / "coordinator.log", "holding the stop", timeout=10)
+        assert coordinator.poll() is None, "the injected hang did not hold the stop"
         os.kill(coordinator.pid, signal.SIGINT)
         assert coordinator.wait(timeout=5) == 130
         assert "second interrupt" in fed.log("coordinator")
