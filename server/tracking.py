@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from fedtl.shared.atomic import write_text_atomic
+from fedtl.shared.federation_config import redact_secrets
 from fedtl.shared.protocol import ReportKey, Section, SiteMetric, parse_task_key, primary_metrics, report_value
 
 log = logging.getLogger(__name__)
@@ -216,6 +220,19 @@ class MlflowTracker:
             artifact_path = f"{artifact_path}/{path.name}" if artifact_path else path.name
         return {"op": "artifact", "path": str(path), "artifact_path": artifact_path}
 
+    def _config_artifact(self, path: Path) -> dict[str, Any]:
+        """federation.yaml as the run's ``config`` artifact: the file itself, comments and all,
+        unless it holds a secret; then its settings with the secrets redacted."""
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        published = redact_secrets(raw) if isinstance(raw, dict) else raw
+        if published == raw:
+            return self._artifact(path, "config")
+        dest = self.artifacts / "config" / path.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(dest, "# secrets redacted by fedtl before logging\n"
+                          + yaml.safe_dump(published, sort_keys=False))
+        return self._artifact(dest, "config", copy=False)
+
     # ------------------------------------------------------------ observer
     def start(self, info: dict[str, Any]) -> None:
         from importlib.metadata import version
@@ -233,7 +250,7 @@ class MlflowTracker:
         config = info["config"]
         ops: list[dict[str, Any]] = []
         if start_round == 1:
-            params = flatten_params({k: v for k, v in config.items() if k != "superlink"})
+            params = flatten_params({k: v for k, v in redact_secrets(config).items() if k != "superlink"})
             params.update({f"strategy.{k}": v for k, v in info.get("strategy_settings", {}).items()})
             for pkg in ("fedtl", "flwr", "torch", "transformers", "mlflow"):
                 try:
@@ -245,7 +262,7 @@ class MlflowTracker:
                 params["privacy.noise_multiplier"] = info["privacy_noise_multiplier"]
             ops.append({"op": "params", "params": {k: ("" if v is None else v) for k, v in params.items()}})
             if self.config_path is not None and self.config_path.exists():
-                ops.append(self._artifact(self.config_path, "config"))
+                ops.append(self._config_artifact(self.config_path))
         ops.append({"op": "tags", "tags": {
             "fedtl.coordinator_host": socket.gethostname(), "fedtl.flower_run_id": info.get("run_id"),
             "fedtl.status": "running", "mlflow.note.content": f"fedtl federation '{config['name']}'",

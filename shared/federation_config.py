@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -37,6 +38,33 @@ class StrategyConfig(BaseModel):
 DEFAULT_HUB_PORT = 9094  # hub.address's port, and where `fedtl site --warm-start` looks by default
 HUB_TOKEN_ENV = "FEDTL_HUB_TOKEN"  # hub.token when federation.yaml has none; what the hub's clients read too
 HUB_TOKEN_MIN_LENGTH = 16
+SECRET_FIELDS = (("hub", "token"),)  # federation.yaml fields that never reach MLflow or a log
+REDACTED = "***"
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@",
+                           re.IGNORECASE)
+
+
+def redact_secrets(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a federation.yaml mapping fit to publish (MLflow params, the logged config file):
+    secret fields and the password in any ``scheme://user:password@host`` URL read ``***``."""
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if isinstance(value, str):
+            return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", value)
+        return value
+
+    out = scrub(config)
+    for path in SECRET_FIELDS:
+        node = out
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(path[-1]) is not None:
+            node[path[-1]] = REDACTED
+    return out
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -40,3 +40,43 @@ def test_round_metrics_names_and_baseline_once():
     assert abs(first["site/a/t/transfer_gain"] - 0.2) < 1e-9 and first["site/a/update_norm"] == 0.2
     second = round_metrics(dict(record, round=2), logged)
     assert "site/a/t/baseline_r2" not in second and "site/a/t/val_r2" in second
+
+
+def test_secrets_reach_neither_mlflow_params_nor_the_logged_config(tmp_path):
+    """hub.token and a password in a URL are redacted in the params and the config artifact;
+    a config without secrets is logged as the file itself."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from fedtl.server.tracking import MlflowTracker
+    from fedtl.shared.federation_config import REDACTED
+
+    token = "s3cret-hub-token-0123456789"
+    config = {"name": "fed", "rounds": 2, "hub": {"address": "0.0.0.0:9094", "token": token},
+              "mlflow": {"tracking_uri": "http://alice:pa55word@mlflow:5000"}}
+    path = tmp_path / "federation.yaml"
+    path.write_text("# my federation\n" + yaml.safe_dump(config))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri, "exp", tmp_path / "state", "run", None, config_path=path)
+    (tmp_path / "state").mkdir()
+    tracker.start({"run_id": 1, "config": config, "start_round": 1})
+    client = MlflowClient(tracking_uri=uri)
+    params = client.get_run(tracker.run_id).data.params
+    assert params["hub.token"] == REDACTED and params["hub.address"] == "0.0.0.0:9094"
+    assert params["mlflow.tracking_uri"] == f"http://alice:{REDACTED}@mlflow:5000"
+    logged = Path(client.download_artifacts(tracker.run_id, "config/federation.yaml", str(tmp_path / "dl")))
+    text = logged.read_text()
+    assert token not in text and "pa55word" not in text
+    assert yaml.safe_load(text)["hub"]["token"] == REDACTED and yaml.safe_load(text)["rounds"] == 2
+    everything = "".join(p.read_text(errors="replace") for p in (tmp_path / "state").rglob("*") if p.is_file())
+    assert token not in everything and "pa55word" not in everything
+
+    # no secrets: the file itself, comments and all
+    plain = tmp_path / "plain" / "federation.yaml"
+    plain.parent.mkdir()
+    plain.write_text("# my federation\nname: fed2\nrounds: 1\n")
+    tracker = MlflowTracker(uri, "exp", tmp_path / "plain" / "state", "run2", None, config_path=plain)
+    (tmp_path / "plain" / "state").mkdir()
+    tracker.start({"run_id": 2, "config": {"name": "fed2", "rounds": 1}, "start_round": 1})
+    logged = Path(client.download_artifacts(tracker.run_id, "config/federation.yaml", str(tmp_path / "dl2")))
+    assert logged.read_text() == plain.read_text()
