@@ -198,3 +198,32 @@ def test_helm_chart_refuses_to_render_without_tls_material_or_a_site_key():
     result = helm_template("--set", "coordinator.certsSecret=c", "--set", "sites[0].name=x",
                            "--set", "sites[0].dataClaim=d", "--set", "sites[0].config.name=x")
     assert result.returncode != 0 and "sites[x]: give its private key" in result.stderr, result.stderr
+
+
+def test_helm_chart_names_sites_with_long_names_validly_and_apart(chart_files):
+    """Two 64-character site names that share their first 60 characters, one ending in '_': every
+    object stays valid Kubernetes (names, label values <= 63 characters) and the sites stay apart."""
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.skip("kubernetes-validate not installed")
+    long_names = ["Hospital_" + "x" * 51 + "aaa_", "Hospital_" + "x" * 51 + "bbbb"]
+    values = ["--set", "coordinator.certsSecret=c"]
+    for i, name in enumerate(long_names):
+        values += ["--set", f"sites[{i}].name={name}", "--set", f"sites[{i}].dataClaim=d{i}",
+                   "--set", f"sites[{i}].keySecret=k{i}", "--set", f"sites[{i}].config.name={name}"]
+    objects = rendered(*values)
+    for (kind, name), obj in objects.items():
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{kind} {name}: {exc.message} at {list(exc.path)}") from None
+    deployments = [obj for (kind, _), obj in objects.items()
+                   if kind == "Deployment" and obj["metadata"]["labels"].get("app.kubernetes.io/component") == "site"]
+    assert len(deployments) == 2
+    names = {d["metadata"]["name"] for d in deployments}
+    components = {d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] for d in deployments}
+    assert len(names) == 2 and len(components) == 2
+    assert all(len(n) <= 59 for n in names) and all(len(c) <= 63 and c[-1].isalnum() for c in components)
+    for d in deployments:
+        assert d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] in components

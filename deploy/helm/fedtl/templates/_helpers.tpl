@@ -71,11 +71,25 @@ resources:
 {{- end -}}
 
 {{/* A site's objects: its Deployment and ConfigMap are named "fedtl.siteName", its key Secret that plus
-     "-key" (all within Kubernetes' 63 characters). Call with (dict "root" $ "site" $site). */}}
+     "-key", its pods are labelled component "fedtl.siteComponent". A name over Kubernetes' limits (63
+     characters for a label value; 59 + "-key" for a name) is cut and ends in a hash of the site's
+     name, so two long names that share a prefix still name different objects.
+     Call with (dict "root" $ "site" $site). */}}
+{{- define "fedtl.fitName" -}}
+{{- $name := regexReplaceAll "-+$" .name "" -}}
+{{- if gt (len $name) .max -}}
+{{- printf "%s-%s" (regexReplaceAll "-+$" ($name | trunc (sub .max 9 | int)) "") (sha256sum .site | trunc 8) -}}
+{{- else -}}
+{{- $name -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "fedtl.siteComponent" -}}
-{{- printf "site-%s" (.site.name | replace "_" "-" | lower) -}}
+{{- $name := printf "site-%s" (.site.name | replace "_" "-" | lower) -}}
+{{- include "fedtl.fitName" (dict "name" $name "max" 63 "site" .site.name) -}}
 {{- end -}}
 
 {{- define "fedtl.siteName" -}}
-{{- printf "%s-%s" (include "fedtl.fullname" .root) (include "fedtl.siteComponent" .) | trunc 59 | trimSuffix "-" -}}
+{{- $name := printf "%s-site-%s" (include "fedtl.fullname" .root) (.site.name | replace "_" "-" | lower) -}}
+{{- include "fedtl.fitName" (dict "name" $name "max" 59 "site" .site.name) -}}
 {{- end -}}
