@@ -60,6 +60,11 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+# a share of the centralized gain is reported only where that gain is at least this: a share of a
+# gain of 0.0005 (noise) reads as +-2000% and says nothing
+CENTRAL_GAIN_FLOOR = 0.005
+
+
 # ---------------------------------------------------------------- the arms
 def site_configs(paths: list[Path], seed: int, root: Path, span: str = "federation") -> list[SiteConfig]:
     configs = []
@@ -177,7 +182,8 @@ def summarize(results: list[dict[str, Any]], methods: list[str]) -> dict[str, An
                 gains = [f - b for f, b in zip(arms[m], best_local)]
                 row[f"{m}_gain"] = mean_sd(gains)
                 central_gain = row["central"][0] - row["best_local"][0]
-                row[f"{m}_recovered"] = (row[m][0] - row["best_local"][0]) / central_gain if central_gain > 0 else None
+                row[f"{m}_recovered"] = ((row[m][0] - row["best_local"][0]) / central_gain
+                                         if central_gain >= CENTRAL_GAIN_FLOOR else None)
             rows.append(row)
     targets = {}
     for m in methods:
@@ -196,7 +202,8 @@ def markdown(summary: dict[str, Any], methods: list[str], meta: dict[str, Any]) 
     split = meta.get("split")
     sites = f"the bundled site {split.split(':')[0]}'s rows split across {split.split(':')[1]} sites, " if split else ""
     if meta.get("lexicon_tasks"):
-        sites = "three related tasks on disjoint words of the bundled lexicon (600 training, 300 validation each), "
+        sites = ("three related tasks on disjoint words of the bundled lexicon "
+                 f"({meta.get('train_rows', 600)} training, 300 validation each), ")
     lines = [f"{sites}Seeds {meta['seeds']}, encoder `{meta['encoder']}`, update mode `{meta['update']}`, "
              f"{meta['rounds']} rounds x {meta['steps']} encoder steps per site (local and centralized: "
              f"{meta['rounds'] * meta['steps']} steps), sites' lr schedule spanning "
@@ -208,7 +215,8 @@ def markdown(summary: dict[str, Any], methods: list[str], meta: dict[str, Any]) 
         lines.append("| " + " | ".join([r["site"], r["task"], r["metric"], cell(r["probe"]), cell(r["local_ft"]),
                                         cell(r["central"])] + [cell(r[m]) for m in methods]) + " |")
     lines += ["", "Gain over the site's best local-only model (mean ± sd over seeds); in brackets the share of the "
-              "centralized gain recovered, where centralized beats local.", ""]
+              "centralized gain recovered, where centralized beats local by at least "
+              f"{CENTRAL_GAIN_FLOOR}.", ""]
     head = ["site", "task"] + methods
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
@@ -273,6 +281,8 @@ def main() -> None:
                         "site SITE's task, each with 1/N of its rows (a federation where transfer exists)")
     parser.add_argument("--lexicon-tasks", action="store_true", help="instead of the sites: three related tasks "
                         "(valence regression, polarity, intensity) on disjoint words of the bundled lexicon")
+    parser.add_argument("--train-rows", type=int, default=600, help="with --lexicon-tasks: training rows per "
+                        "site (validation: 300 rows each)")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                         help="override a method setting, e.g. ditto.personalization.ditto_lambda=0.5")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/learning"))
@@ -299,7 +309,7 @@ def main() -> None:
         node[path[-1]] = json.loads(value)
     work = Path(tempfile.mkdtemp(prefix="fedtl-learning-"))
     if args.lexicon_tasks:
-        paths = lexicon_task_sites(work / "lexicon-tasks")
+        paths = lexicon_task_sites(work / "lexicon-tasks", train_rows=args.train_rows)
     elif args.split:
         name, parts = args.split.split(":")
         paths = split_site(copy_examples(work / "bundled")[name], int(parts), work / "split")
@@ -309,7 +319,7 @@ def main() -> None:
     # a finished seed is kept only by a run of the same configuration
     plan = {"encoder": args.encoder, "update": args.update, "rounds": args.rounds, "steps": args.steps,
             "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
-            "lexicon_tasks": args.lexicon_tasks, "sites": [str(p) for p in args.site or []]}
+            "lexicon_tasks": args.lexicon_tasks, "train_rows": args.train_rows, "sites": [str(p) for p in args.site or []]}
     partial = args.out / "partial.json"
     saved = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
     done = {r["seed"]: r for r in saved.get("runs", [])} if saved.get("plan") == plan else {}
@@ -349,7 +359,7 @@ def main() -> None:
 
     meta = {"seeds": args.seeds, "encoder": args.encoder, "update": args.update, "rounds": args.rounds,
             "steps": args.steps, "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
-            "lexicon_tasks": args.lexicon_tasks,
+            "lexicon_tasks": args.lexicon_tasks, "train_rows": args.train_rows,
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     report(results, meta, args.out, args.readme)
 

@@ -3,7 +3,7 @@
 The bundled sites have little to transfer (benchmarks/README.md): a centralized multi-task
 model does not beat local training on them. This scenario is built so that transfer exists,
 shaped like the issue's outside benchmark (two classification sites, one regression site, a
-few hundred training rows each), with validation sets large enough (``rows // 3``) that
+few hundred training rows each), with validation sets large enough (300 rows) that
 differences between methods are not swamped by the seeds' spread:
 
 - ``valence``: regression of the word's mean valence rating (-4..4);
@@ -33,8 +33,9 @@ TASKS = {
 TRAINING = {"head_epochs": 40, "encoder_epochs": 1, "encoder_lr": 3.0e-4, "batch_size": 32, "max_length": 16, "seed": 0}
 
 
-def lexicon_task_sites(dest: Path, rows: int = 900, seed: int = 0) -> list[Path]:
-    """Write one site.yaml and data file per task under ``dest``; ``rows`` words each (a third for validation)."""
+def lexicon_task_sites(dest: Path, train_rows: int = 600, val_rows: int = 300, seed: int = 0) -> list[Path]:
+    """Write one site.yaml and data file per task under ``dest``: ``train_rows`` + ``val_rows`` words each."""
+    rows = train_rows + val_rows
     with (examples_root() / "data" / "lexicon_valence.csv").open(newline="", encoding="utf-8") as fh:
         words = [(r["term"], float(r["valence"])) for r in csv.DictReader(fh)]
     random.Random(seed).shuffle(words)
@@ -49,7 +50,7 @@ def lexicon_task_sites(dest: Path, rows: int = 900, seed: int = 0) -> list[Path]
             out.writerow(["term", task])
             out.writerows((term, spec["label"](value)) for term, value in words[k * rows:(k + 1) * rows])
         block = {"name": task, "type": spec["type"], "data": str(data), "text_columns": "term",
-                 "target_column": task, "validation_split": 1 / 3}
+                 "target_column": task, "validation_split": val_rows / rows}
         if "labels" in spec:
             block["labels"] = spec["labels"]
         site = {"name": f"lex_{task}", "state_dir": str(dest / "state" / task), "encoder": "minilm",
