@@ -122,22 +122,27 @@ def container(objects: dict, kind: str, name: str) -> dict:
     return only
 
 
-def test_helm_chart_lints_and_every_object_is_valid_kubernetes(chart_files):
+def validate_objects(objects: dict) -> None:
+    """Every rendered object against Kubernetes' schemas, strictly (unknown fields are errors)."""
     try:
         import kubernetes_validate
     except ImportError:
         if os.environ.get("FEDTL_REQUIRE_DEPLOY_TOOLS") == "1":
             pytest.fail("kubernetes-validate is required (FEDTL_REQUIRE_DEPLOY_TOOLS=1)")
         pytest.skip("kubernetes-validate not installed")
+    for (kind, name), obj in objects.items():
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{kind} {name}: {exc.message} at {list(exc.path)}") from None
+
+
+def test_helm_chart_lints_and_every_object_is_valid_kubernetes(chart_files):
     for values in (["--set", "coordinator.certsSecret=fedtl-certs"], ["-f", str(CI_VALUES), *chart_files]):
         lint = subprocess.run([tool("helm"), "lint", "--strict", str(CHART), *values], capture_output=True, text=True)
         assert lint.returncode == 0, lint.stdout + lint.stderr
         objects = rendered(*values)
-        for (kind, name), obj in objects.items():
-            try:
-                kubernetes_validate.validate(obj, KUBERNETES, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                raise AssertionError(f"{kind} {name}: {exc.message} at {list(exc.path)}") from None
+        validate_objects(objects)
     kinds = sorted({kind for kind, _ in objects})
     assert kinds == ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Secret", "Service", "StatefulSet"]
 
@@ -203,21 +208,13 @@ def test_helm_chart_refuses_to_render_without_tls_material_or_a_site_key():
 def test_helm_chart_names_sites_with_long_names_validly_and_apart(chart_files):
     """Two 64-character site names that share their first 60 characters, one ending in '_': every
     object stays valid Kubernetes (names, label values <= 63 characters) and the sites stay apart."""
-    try:
-        import kubernetes_validate
-    except ImportError:
-        pytest.skip("kubernetes-validate not installed")
     long_names = ["Hospital_" + "x" * 51 + "aaa_", "Hospital_" + "x" * 51 + "bbbb"]
     values = ["--set", "coordinator.certsSecret=c"]
     for i, name in enumerate(long_names):
         values += ["--set", f"sites[{i}].name={name}", "--set", f"sites[{i}].dataClaim=d{i}",
                    "--set", f"sites[{i}].keySecret=k{i}", "--set", f"sites[{i}].config.name={name}"]
     objects = rendered(*values)
-    for (kind, name), obj in objects.items():
-        try:
-            kubernetes_validate.validate(obj, KUBERNETES, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            raise AssertionError(f"{kind} {name}: {exc.message} at {list(exc.path)}") from None
+    validate_objects(objects)
     deployments = [obj for (kind, _), obj in objects.items()
                    if kind == "Deployment" and obj["metadata"]["labels"].get("app.kubernetes.io/component") == "site"]
     assert len(deployments) == 2
