@@ -84,12 +84,16 @@ resources:
 {{- end -}}
 {{- end -}}
 
+{{- define "fedtl.siteSlug" -}}
+{{- .site.name | replace "_" "-" | lower -}}
+{{- end -}}
+
 {{- define "fedtl.siteComponent" -}}
-{{- $name := printf "site-%s" (.site.name | replace "_" "-" | lower) -}}
+{{- $name := printf "site-%s" (include "fedtl.siteSlug" .) -}}
 {{- include "fedtl.fitName" (dict "name" $name "max" 63 "site" .site.name) -}}
 {{- end -}}
 
 {{- define "fedtl.siteName" -}}
-{{- $name := printf "%s-site-%s" (include "fedtl.fullname" .root) (.site.name | replace "_" "-" | lower) -}}
+{{- $name := printf "%s-site-%s" (include "fedtl.fullname" .root) (include "fedtl.siteSlug" .) -}}
 {{- include "fedtl.fitName" (dict "name" $name "max" 59 "site" .site.name) -}}
 {{- end -}}
