@@ -230,7 +230,9 @@ def receive(grid: Grid, sent: list[Message], timeout: float) -> Iterator[Message
     """
     if not sent:
         return
-    pending = {mid for mid in grid.push_messages(sent) if mid}
+    ids = list(grid.push_messages(sent))
+    to = {mid: msg for mid, msg in zip(ids, sent) if mid}
+    pending = set(to)
     deadline = time.monotonic() + timeout
     wait = POLL_MIN
     while pending:
@@ -238,9 +240,10 @@ def receive(grid: Grid, sent: list[Message], timeout: float) -> Iterator[Message
         waiting = sorted(pending)
         for start in range(0, len(waiting), PULL_BATCH):
             for msg in grid.pull_messages(waiting[start:start + PULL_BATCH]):
+                question = to.get(msg.metadata.reply_to_message_id)
                 pending.discard(msg.metadata.reply_to_message_id)
                 got += 1
-                yield msg
+                yield on_behalf_of(msg, question)
         if not pending:
             return
         remaining = deadline - time.monotonic()
@@ -251,6 +254,18 @@ def receive(grid: Grid, sent: list[Message], timeout: float) -> Iterator[Message
         else:
             time.sleep(min(wait, remaining))
             wait = min(wait * 1.5, POLL_MAX)
+
+
+def on_behalf_of(reply: Message, question: Message | None) -> Message:
+    """The reply as coming from the site that was asked.
+
+    When a site stops sending heartbeats, the SuperLink answers for it with an error whose sender
+    is the SuperLink itself (node 1); the round would then count that site as silent too and
+    name the failure "node-1". Such a reply is re-made as the site's own error reply.
+    """
+    if question is None or reply.metadata.src_node_id == question.metadata.dst_node_id:
+        return reply
+    return Message(error=reply.error, reply_to=question) if reply.has_error() else reply
 
 
 def exchange(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: RoundConfig,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedtl.shared.protocol import ARRAYS, CONFIG, METRICS, REPORT, ReportKey, RoundConfig, SiteMetric
@@ -70,6 +71,14 @@ def silent(msg: Message) -> None:
     return None
 
 
+UNREACHABLE = Error(code=-1, reason="unreachable")
+
+
+def unreachable(msg: Message) -> Error:
+    """A node whose heartbeats stopped: the SuperLink itself answers for it (Flower's own error reply)."""
+    return UNREACHABLE
+
+
 @dataclass
 class FakeGrid:
     nodes: dict[int, Node]
@@ -94,7 +103,9 @@ class FakeGrid:
             node = msg.metadata.dst_node_id
             if self.latency.get(node, 0.0) <= self.timeout:
                 answer = self.nodes[node](msg)
-                if answer is not None:
+                if answer is UNREACHABLE:
+                    self.replies[mid] = create_message_error_unavailable_res_message(msg.metadata, "node_unavail")
+                elif answer is not None:
                     self.replies[mid] = Message(answer, reply_to=msg)
             ids.append(mid)
         return ids

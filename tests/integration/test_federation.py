@@ -219,8 +219,11 @@ def test_a_site_killed_mid_round_does_not_stop_the_round(tmp_path):
     fed = Federation(tmp_path)
     fed.add_site("steady", types=("classification",))
     fed.add_site("doomed", types=("classification",), seed=3)
-    # both sites must be connected before round 1 starts; one answer is enough to aggregate
-    fed.write_config(rounds=1, min_sites=1, min_available_sites=2, round_timeout=25, final_evaluate=False)
+    # both sites must be connected before round 1 starts; one answer is enough to aggregate. The
+    # dead site is noticed at round_timeout or when the SuperLink misses two of its heartbeats
+    # (~60 s), so the timeout must leave the steady site time to answer on a loaded 2-core
+    # machine (its first round starts a ClientApp process and a baseline)
+    fed.write_config(rounds=1, min_sites=1, min_available_sites=2, round_timeout=60, final_evaluate=False)
     never = tmp_path / "never-released"
     try:
         fed.start_site("steady")
@@ -237,7 +240,7 @@ def test_a_site_killed_mid_round_does_not_stop_the_round(tmp_path):
         fed.stop_all()
     [first] = fed.rounds()
     assert set(first["sites"]) == {"steady"} and first["aggregated"]
-    assert first["sampled"] == 2 and first["failed"], first
+    assert first["sampled"] == 2 and len(first["failed"]) == 1, first  # the doomed site, once
     assert fed.site_history("doomed") == []
 
 

@@ -11,7 +11,7 @@ from fedtl.server.resume import load_resume_point
 from fedtl.server.rounds import FederationRun
 from fedtl.shared.federation_config import FederationConfig
 from fedtl.shared.records import digest
-from tests.fakes import FakeGrid, HonestSite, corrupting, failing, silent
+from tests.fakes import FakeGrid, HonestSite, corrupting, failing, silent, unreachable
 
 
 class Recorder:
@@ -65,13 +65,16 @@ def test_fedavg_averages_deltas_weighted_by_examples(tmp_path):
 
 def test_dropped_late_and_failed_sites_do_not_stop_the_round(tmp_path):
     good = HonestSite("good")
-    recorder, _ = run(tmp_path, {1: good, 2: silent, 3: HonestSite("slow"), 4: failing("CUDA out of memory")},
-                      latency={3: 60.0}, round_timeout=1)
+    recorder, _ = run(tmp_path, {1: good, 2: silent, 3: HonestSite("slow"), 4: failing("CUDA out of memory"),
+                                 5: unreachable}, latency={3: 60.0}, round_timeout=1)
     [record] = recorder.rounds()
-    assert record["sampled"] == 4 and record["answered"] == 2 and record["accepted"] == 1 and record["aggregated"]
+    assert record["sampled"] == 5 and record["answered"] == 3 and record["accepted"] == 1 and record["aggregated"]
     reasons = {f["site"]: f["reason"] for f in record["failed"]}
+    assert len(reasons) == len(record["failed"]) == 4, record["failed"]  # each silent or failed site once
     assert reasons["node-2"].startswith("no reply within round_timeout") and "node-3" in reasons
-    assert any("CUDA out of memory" in r for r in reasons.values())
+    assert "CUDA out of memory" in reasons["node-4"]
+    # the SuperLink answers for a site whose heartbeats stopped: the failure names that site
+    assert "Node Unavailable" in reasons["node-5"], reasons
     assert set(record["sites"]) == {"good"}
 
 
