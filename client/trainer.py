@@ -314,7 +314,8 @@ class LocalTrainer:
             weight, bias, _ = ridge_gcv(feats, task.spec.standardise(targets))
         else:
             weight, bias, _ = logistic_cv(feats, targets, multilabel=task.spec.type == TaskType.multilabel,
-                                          seed=self.cfg.seed, class_weights=task.spec.weight_tensor(feats))
+                                          seed=self.cfg.seed, class_weights=task.spec.weight_tensor(feats),
+                                          classes=task.spec.out_features)
         task.head.linear.weight.copy_(weight)
         task.head.linear.bias.copy_(bias)
         task.head.eval()

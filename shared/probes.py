@@ -51,15 +51,20 @@ def ridge_gcv(features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
 
 def logistic_cv(features: torch.Tensor, targets: torch.Tensor, multilabel: bool = False, folds: int = 3,
                 penalties: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0), seed: int = 0,
-                class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+                class_weights: torch.Tensor | None = None,
+                classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """A linear classifier fitted to convergence: L2-penalised logistic regression (softmax, or one
     sigmoid per label for multilabel), full-batch L-BFGS, the penalty chosen by k-fold
-    cross-validated log-loss on the training data. Returns weight (classes x d), bias, penalty."""
+    cross-validated log-loss on the training data. Returns weight (classes x d), bias, penalty.
+
+    ``classes``: the head's number of classes, when some may be missing from these rows (a site
+    with label skew); without it, the largest class seen decides."""
     x = features.detach().to(torch.float64)
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mean) / std  # standardised for the optimiser; folded back into the weights below
     y = targets.detach()
-    classes = y.shape[1] if multilabel else int(y.max()) + 1
+    if classes is None:
+        classes = y.shape[1] if multilabel else int(y.max()) + 1
     order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
     cw = None if class_weights is None else class_weights.to(torch.float64)
     best = (float("inf"), penalties[-1])

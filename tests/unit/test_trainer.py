@@ -90,3 +90,18 @@ def test_tasks_sharing_inputs_share_each_encoder_forward(site_factory, tiny_enco
     encoder.register_forward_hook(lambda *args: calls.append(1))
     trainer.train_encoder()
     assert len(calls) == 6  # 96 rows / batch 16, one forward per step for both heads
+
+
+def test_a_site_holding_only_one_of_its_labels_still_trains(tmp_path, tiny_encoder_factory):
+    """Label skew: a site lists three classes but holds rows of one (a crash in its first round once)."""
+    (tmp_path / "data.csv").write_text("text,label\n" + "".join(f"note number {i},neg\n" for i in range(40)))
+    (tmp_path / "site.yaml").write_text(
+        "name: skewed\nstate_dir: state\nencoder: tiny\ntraining: {head_epochs: 5, batch_size: 8, max_length: 16}\n"
+        "tasks:\n  - {name: label, type: classification, data: data.csv, text_columns: text, target_column: label,\n"
+        "     labels: [neg, neu, pos]}\n")
+    cfg = load_site_config(tmp_path / "site.yaml")
+    encoder = tiny_encoder_factory()
+    [task] = [prepare_task(d, encoder, cfg.training.max_length) for d in load_site_data(cfg)]
+    result = LocalTrainer(encoder, [task], cfg.training, torch.device("cpu")).fit()
+    assert task.head.linear.weight.shape[0] == 3
+    assert result.final["label"]["accuracy"] == 1.0  # it predicts the one class it has seen
