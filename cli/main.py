@@ -184,6 +184,33 @@ def demo(
 
 
 @app.command()
+def simulate(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The federation's federation.yaml.")],
+    sites: Annotated[int, typer.Option(min=1, help="Virtual sites to run.")] = 10,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Rounds (default: federation.yaml's).")] = None,
+    task: Annotated[str, typer.Option(
+        help="Bundled data the sites are cut from: polarity (lexicon, 7,520 rows), sentiment (clinic) "
+             "or condition (pharmacy).")] = "polarity",
+    alpha: Annotated[float, typer.Option(
+        help="Label skew: each site's class mix ~ Dirichlet(alpha x class shares); "
+                                      "small: few classes a site, large: like the whole data set.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the cut into sites.")] = 0,
+    cpus_per_site: Annotated[float, typer.Option(
+        help="Ray CPUs per site in training: cores / this run at once.")] = 1.0,
+    sites_in_memory: Annotated[int, typer.Option(
+        min=1, help="Site workers each Ray actor keeps loaded; others reload from their state folder.")] = 16,
+    workdir: Annotated[Path, typer.Option(help="Where the sites' data and state and the coordinator's state go.")] = Path(
+        "fedtl-simulation"),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the round history as JSON here ('-': stdout).")] = None,
+) -> None:
+    """Run the federation over N virtual sites on Flower's simulation engine (Ray), cut from bundled data."""
+    from fedtl.cli.simulation import run_simulate
+
+    raise typer.Exit(run_simulate(config, sites, rounds, task, alpha, seed, cpus_per_site, sites_in_memory, workdir,
+                                  json_out))
+
+
+@app.command()
 def ui(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="A federation.yaml: use its MLflow store.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: ./mlflow.db).")] = None,

@@ -15,17 +15,18 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedtl.server.history import HistoryWriter
 from fedtl.server.rounds import FederationRun
-from fedtl.shared.federation_config import load_federation_config
+from fedtl.shared.federation_config import FederationConfig, load_federation_config
 
 app = ServerApp()
 
 
-def _log_to_file(state_dir: Path) -> None:
+def _log_to_file(state_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(state_dir / "serverapp.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("fedtl")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    return handler
 
 
 @app.main()
@@ -35,17 +36,27 @@ def main(grid: Grid, context: Context) -> None:
         raise RuntimeError("run config 'config-path' is empty; start federations with `fedtl coordinator`")
     fed = load_federation_config(config_path)
     state_dir = Path(str(context.run_config.get("state-dir") or fed.state_dir))
+    run_federation(grid, fed, Path(config_path), state_dir, context.run_id,
+                   tracking_uri=str(context.run_config.get("tracking-uri", "")),
+                   resume=bool(context.run_config.get("resume", 0)))
+
+
+def run_federation(grid: Grid, fed: FederationConfig, config_path: Path, state_dir: Path, run_id: int,
+                   tracking_uri: str = "", resume: bool = False, mlflow_params: dict | None = None) -> None:
+    """The federation's rounds on ``grid``, with its history and MLflow run: real or simulated sites alike."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    _log_to_file(state_dir)
-    observers = [HistoryWriter(state_dir, context.run_id)]
-    tracking_uri = str(context.run_config.get("tracking-uri", ""))
+    handler = _log_to_file(state_dir)
+    observers = [HistoryWriter(state_dir, run_id)]
     if fed.mlflow.enabled and tracking_uri:
         from fedtl.server.tracking import MlflowTracker
 
         observers.append(MlflowTracker(
             tracking_uri, fed.mlflow.experiment, state_dir, run_name=f"{fed.name} {time.strftime('%Y-%m-%d %H:%M')}",
-            registered_model=fed.mlflow.registered_model, config_path=Path(config_path),
-            checkpoint_every=fed.mlflow.checkpoint_every,
+            registered_model=fed.mlflow.registered_model, config_path=config_path,
+            checkpoint_every=fed.mlflow.checkpoint_every, extra_params=mlflow_params,
         ))
-    FederationRun(fed, state_dir, run_id=context.run_id, resume=bool(context.run_config.get("resume", 0)),
-                  observers=observers).run(grid)
+    try:
+        FederationRun(fed, state_dir, run_id=run_id, resume=resume, observers=observers).run(grid)
+    finally:
+        logging.getLogger("fedtl").removeHandler(handler)
+        handler.close()

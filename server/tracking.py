@@ -17,6 +17,7 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +75,25 @@ class Journal:
             write_text_atomic(self.path, "".join(json.dumps(op, default=float) + "\n" for op in ops))
 
 
+SITES_TAG_LIMIT = 8000  # MLflow's longest tag value
+
+
+def sites_tag(sites: Iterable[str]) -> str:
+    """The sites of a round as one tag value; past MLflow's limit, their count and the first names."""
+    names = sorted(sites)
+    joined = ",".join(names)
+    if len(joined) <= SITES_TAG_LIMIT:
+        return joined
+    head = f"{len(names)} sites: "
+    return head + joined[: SITES_TAG_LIMIT - len(head) - 4].rsplit(",", 1)[0] + ",..."
+
+
 class MlflowTracker:
     """A RoundObserver that mirrors the federation into one MLflow run."""
 
     def __init__(self, tracking_uri: str, experiment: str, state_dir: Path, run_name: str,
-                 registered_model: str | None, config_path: Path | None = None, checkpoint_every: int = 0):
+                 registered_model: str | None, config_path: Path | None = None, checkpoint_every: int = 0,
+                 extra_params: dict[str, Any] | None = None):
         self.uri = tracking_uri
         self.experiment = experiment
         self.state_dir = state_dir
@@ -86,6 +101,7 @@ class MlflowTracker:
         self.registered_model = registered_model
         self.config_path = config_path
         self.checkpoint_every = checkpoint_every
+        self.extra_params = dict(extra_params or {})  # e.g. a simulation's plan
         self.journal = Journal(state_dir / "mlflow_journal.jsonl")
         self.artifacts = state_dir / "mlflow_artifacts"
         self.meta_path = state_dir / "mlflow_run.json"
@@ -258,6 +274,7 @@ class MlflowTracker:
                 except Exception:
                     pass
             params["encoder_parameters_exchanged"] = info.get("encoder_parameters")
+            params.update(self.extra_params)
             if "privacy_noise_multiplier" in info:
                 params["privacy.noise_multiplier"] = info["privacy_noise_multiplier"]
             ops.append({"op": "params", "params": {k: ("" if v is None else v) for k, v in params.items()}})
@@ -282,7 +299,7 @@ class MlflowTracker:
             return
         ops: list[dict[str, Any]] = [
             {"op": "metrics", "step": rnd, "time": time.time(), "metrics": round_metrics(record, self.baselines_logged)},
-            {"op": "tags", "tags": {"fedtl.sites": ",".join(sorted(record.get("sites", {}))), "fedtl.rounds_done": rnd}},
+            {"op": "tags", "tags": {"fedtl.sites": sites_tag(record.get("sites", {})), "fedtl.rounds_done": rnd}},
         ]
         new_sites = {site: entry["report"] for site, entry in record.get("sites", {}).items()
                      if f"sites.{site}.tasks" not in self.params_logged}

@@ -80,3 +80,11 @@ def test_secrets_reach_neither_mlflow_params_nor_the_logged_config(tmp_path):
     tracker.start({"run_id": 2, "config": {"name": "fed2", "rounds": 1}, "start_round": 1})
     logged = Path(client.download_artifacts(tracker.run_id, "config/federation.yaml", str(tmp_path / "dl2")))
     assert logged.read_text() == plain.read_text()
+
+
+def test_the_sites_tag_stays_within_mlflows_limit_and_says_how_many():
+    from fedtl.server.tracking import SITES_TAG_LIMIT, sites_tag
+
+    assert sites_tag(["b", "a"]) == "a,b"
+    many = sites_tag(f"sim-{i:04d}" for i in range(1000))
+    assert len(many) <= SITES_TAG_LIMIT and many.startswith("1000 sites: sim-0000,sim-0001,") and many.endswith(",...")
