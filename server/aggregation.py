@@ -33,6 +33,7 @@ from fedtl.shared.records import to_record
 # Strategies whose aggregate is linear in the replies: a running weighted sum computes them exactly.
 STREAMING_STRATEGIES = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"})
 SKETCH_SIZE = 1 << 13  # 32 KiB per site
+COSINE_MAX_SITES = 200  # sites up to which a round records their pairwise update cosine
 
 
 class RunningSum:
@@ -161,8 +162,11 @@ class RoundAggregator:
         self.accepted.append((msg, verdict))
 
     def cosine(self) -> dict[str, dict[str, float]]:
-        """Pairwise cosine of the accepted updates: exact where they were kept, else from sketches."""
-        if len(self.accepted) < 2:
+        """Pairwise cosine of the accepted updates: exact where they were kept, else from sketches.
+
+        Not past ``COSINE_MAX_SITES`` sites: the matrix grows with their square (a million numbers
+        a round for 1,000 sites in the history, MLflow and a plot nobody can read)."""
+        if not 2 <= len(self.accepted) <= COSINE_MAX_SITES:
             return {}
         return cosine_matrix(self.deltas) if self.keep_models else sketch_cosine(self.sketches)
 

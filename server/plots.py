@@ -14,16 +14,26 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from fedtl.shared.protocol import Section, primary_metrics, report_value  # noqa: E402
 
 
+ANNOTATED_SITES = 16  # more sites than this: a heatmap without the numbers, of a bounded size
+LABELLED_SITES = 40  # more: every k-th site named on the axes
+PLOTTED_SERIES = 12  # more site-tasks than this: thin lines and their mean, no legend
+
+
 def site_matrix_heatmap(matrix: dict[str, dict[str, float]], path: Path, title: str, label: str,
                         vmin: float = -1.0, cmap: str = "RdBu") -> Path:
-    """A sites x sites matrix as an annotated heatmap."""
+    """A sites x sites matrix as a heatmap, annotated while the sites are few."""
     sites = sorted(matrix)
+    n = len(sites)
     values = [[matrix[a].get(b, 0.0) for b in sites] for a in sites]
-    fig, ax = plt.subplots(figsize=(1.2 * len(sites) + 2.5, 1.0 * len(sites) + 2))
-    image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=1)
-    ax.set_xticks(range(len(sites)), sites, rotation=30, ha="right")
-    ax.set_yticks(range(len(sites)), sites)
-    for i, row in enumerate(values):
+    side = min(1.0 * n, 10.0)  # inches; many sites share a bounded canvas instead of growing it
+    fig, ax = plt.subplots(figsize=(side + 2.5, side + 2))
+    image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=1, interpolation="nearest")
+    step = max(1, -(-n // LABELLED_SITES))
+    ticks = list(range(0, n, step))
+    ax.set_xticks(ticks, [sites[i] for i in ticks], rotation=30 if n <= ANNOTATED_SITES else 90,
+                  ha="right" if n <= ANNOTATED_SITES else "center", fontsize=9 if n <= LABELLED_SITES else 6)
+    ax.set_yticks(ticks, [sites[i] for i in ticks], fontsize=9 if n <= LABELLED_SITES else 6)
+    for i, row in enumerate(values if n <= ANNOTATED_SITES else []):
         for j, value in enumerate(row):
             ax.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=9,
                     color="white" if abs(value) > 0.6 else "black")
@@ -67,11 +77,25 @@ def site_metric_plot(history: list[dict[str, Any]], path: Path) -> Path:
                 if base is not None:
                     baselines[label] = base
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    many = len(series) > PLOTTED_SERIES
     for i, (label, points) in enumerate(sorted(series.items())):
+        if many:  # each site a faint line; the mean and the mean baseline carry the picture
+            ax.plot([p[0] for p in points], [p[1] for p in points], color="grey", alpha=0.15, linewidth=0.6)
+            continue
         color = f"C{i % 10}"
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=color, label=label)
         if label in baselines:
             ax.axhline(baselines[label], color=color, linestyle="--", linewidth=0.8)
+    if many:
+        by_round: dict[int, list[float]] = {}
+        for points in series.values():
+            for rnd, value in points:
+                by_round.setdefault(rnd, []).append(value)
+        rounds = sorted(by_round)
+        ax.plot(rounds, [sum(by_round[r]) / len(by_round[r]) for r in rounds], marker="o", color="C0",
+                label=f"mean of {len(series)} site-tasks")
+        if baselines:
+            ax.axhline(sum(baselines.values()) / len(baselines), color="C0", linestyle="--", linewidth=0.8)
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation metric (dashed: local-only baseline)")
