@@ -13,7 +13,6 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedtl.shared.protocol import Section, primary_metrics, report_value  # noqa: E402
 
-
 ANNOTATED_SITES = 16  # more sites than this: a heatmap without the numbers, of a bounded size
 LABELLED_SITES = 40  # more: every k-th site named on the axes
 PLOTTED_SERIES = 12  # more site-tasks than this: thin lines and their mean, no legend
