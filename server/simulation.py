@@ -85,8 +85,9 @@ def simulate(fed: FederationConfig, config_path: Path, plan: SimulationPlan, wor
     workdir = workdir.resolve()
     sites_dir = prepare_sites(plan, workdir, fed.encoder)
     state_dir = workdir / "coordinator"
-    if state_dir.exists():  # a simulation starts afresh: no resume across different plans
-        shutil.rmtree(state_dir)
+    # a simulation starts afresh, at the coordinator and at every site (heads, baselines, history)
+    for old in [state_dir, *sites_dir.glob("site-*/state")]:
+        shutil.rmtree(old, ignore_errors=True)
     state_dir.mkdir(parents=True)
     (state_dir / "simulation.json").write_text(json.dumps(asdict(plan)))
     fed = fed.model_copy(update={"state_dir": state_dir})

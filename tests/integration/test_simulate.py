@@ -18,9 +18,13 @@ def test_simulate_twenty_sites_two_rounds_logs_every_site_to_mlflow(tmp_path):
         "final_evaluate": False, "wait_for_sites": 60,
         "mlflow": {"tracking_uri": uri, "experiment": "sim", "registered_model": None},
     }))
-    out = subprocess.run(fedtl_cmd("simulate", "--config", str(config), "--sites", "20", "--rounds", "2",
-                                   "--alpha", "0.3", "--workdir", str(tmp_path / "w"), "--json", str(tmp_path / "out.json")),
-                         capture_output=True, text=True, timeout=900)
+    def simulate(rounds: int) -> subprocess.CompletedProcess:
+        return subprocess.run(fedtl_cmd("simulate", "--config", str(config), "--sites", "20", "--rounds", str(rounds),
+                                        "--alpha", "0.3", "--workdir", str(tmp_path / "w"),
+                                        "--json", str(tmp_path / "out.json")),
+                              capture_output=True, text=True, timeout=900)
+
+    out = simulate(rounds=2)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "DEPRECATED" not in out.stdout + out.stderr  # Flower's notice on its Python API is ours to handle
 
@@ -46,3 +50,9 @@ def test_simulate_twenty_sites_two_rounds_logs_every_site_to_mlflow(tmp_path):
     assert logged == names
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "site/sim-0013/polarity/val_macro_f1")]
     assert steps == [1, 2]
+
+    # a second simulation in the same folder starts afresh at every site, not from the first one's heads
+    assert simulate(rounds=1).returncode == 0
+    history = (tmp_path / "w" / "sites" / "site-0000" / "state" / "federated" / "history.jsonl").read_text()
+    assert [json.loads(line)["round"] for line in history.splitlines()] == [1]
+    assert len(client.search_runs([client.get_experiment_by_name("sim").experiment_id])) == 2
