@@ -102,3 +102,16 @@ def test_site_warm_start_flags_are_checked_before_anything_starts(tmp_path, flag
     result = runner.invoke(app, ["site", "--config", str(config), "--coordinator", "127.0.0.1:9092", "--insecure",
                                  *flags])
     assert result.exit_code != 0 and says in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--sites", "5000"], "use at most 1880 sites"),  # 7,520 lexicon words, 4 rows a site at least
+    (["--sites", "3"], "min_sites: 5"),
+    (["--task", "weather"], "choose one of polarity"),
+    (["--alpha", "0"], "--alpha and --cpus-per-site must be greater than 0"),
+])
+def test_simulate_refuses_impossible_plans_before_starting_ray(tmp_path, args, says):
+    config = tmp_path / "federation.yaml"
+    config.write_text("name: sim\nencoder: tiny\nmin_sites: 5\nmlflow: {enabled: false}\n")
+    result = runner.invoke(app, ["simulate", "--config", str(config), "--workdir", str(tmp_path / "w"), *args])
+    assert result.exit_code != 0 and says in " ".join(result.output.split()), result.output
