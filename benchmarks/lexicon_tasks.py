@@ -22,11 +22,12 @@ from pathlib import Path
 import yaml
 
 from fedtl.shared.examples import examples_root
+from fedtl.shared.partitions import polarity
 
 TASKS = {
     "valence": {"type": "regression", "label": lambda v: f"{v:.2f}"},
     "polarity": {"type": "classification", "labels": ["negative", "neutral", "positive"],
-                 "label": lambda v: "negative" if v <= -1 else "positive" if v >= 1 else "neutral"},
+                 "label": polarity},
     "intensity": {"type": "classification", "labels": ["mild", "strong"],
                   "label": lambda v: "strong" if abs(v) >= 2 else "mild"},
 }

@@ -16,15 +16,16 @@ SITES_LISTED = 20  # more sites than this: a summary instead of a row per site
 
 def gains_table(rounds: list[dict]) -> Table:
     """How the sites fared against their local-only baseline, summarised over all of them."""
+    results = site_results(rounds)
     gains = []
-    for res in site_results(rounds).values():
+    for res in results.values():
         report = res.get("train", {})
         for task, metric in primary_metrics(report):
             base = report_value(report, Section.BASELINE, task, metric)
             fed = report_value(report, Section.VAL, task, metric)
             if base is not None and fed is not None:
                 gains.append(fed - base)
-    table = Table(title=f"{len(site_results(rounds))} sites: federated vs local-only (primary metric)")
+    table = Table(title=f"{len(results)} sites: federated vs local-only (primary metric)")
     for col in ("sites measured", "mean gain", "sites >= local", "worst", "best"):
         table.add_column(col, justify="right")
     if gains:

@@ -11,7 +11,6 @@ the AdamW moments kept between rounds are lost then.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import OrderedDict
@@ -19,8 +18,6 @@ from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-
-log = logging.getLogger(__name__)
 
 
 class WorkerCache:

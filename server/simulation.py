@@ -10,7 +10,6 @@ to try a federation's settings at a scale a machine cannot host as real sites.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import warnings
@@ -18,8 +17,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedtl.shared.federation_config import FederationConfig
-
-log = logging.getLogger(__name__)
 
 
 class SimulationError(RuntimeError):

@@ -23,6 +23,11 @@ from fedtl.shared.examples import examples_root
 MIN_ROWS = 4  # a site needs a few training rows and at least one validation row
 
 
+def polarity(valence: float) -> str:
+    """A lexicon word's class from its mean valence rating (-4..4)."""
+    return "negative" if valence <= -1 else "positive" if valence >= 1 else "neutral"
+
+
 @dataclass(frozen=True)
 class BundledTask:
     """A classification task in the bundled examples that virtual sites can be cut from."""
@@ -35,8 +40,7 @@ class BundledTask:
     def label(self, row: dict[str, str]) -> str:
         if self.labels_from is None:
             return row[self.target_column]
-        value = float(row[self.labels_from])
-        return "negative" if value <= -1 else "positive" if value >= 1 else "neutral"
+        return polarity(float(row[self.labels_from]))
 
 
 BUNDLED_TASKS = {
