@@ -28,6 +28,8 @@ from fedtl.shared.processes import (
     reap_orphans,
     start,
     stop,
+    stop_many,
+    stop_orphans,
     tool,
 )
 
@@ -175,6 +177,7 @@ class SiteDaemon:
         while not self.stop_event.wait(1.0):
             reap_orphans()
             if self.supernode is not None and self.supernode.poll() is not None:
+                stop_orphans()  # the SuperExec it started outlives it, re-parented to this process
                 self._new_log_text()
                 if self._refused:
                     self._refused = False
@@ -236,6 +239,9 @@ def run_sites(daemons: list[SiteDaemon]) -> int:
             daemon.stop_event.set()
         for thread in threads:
             thread.join(timeout=10)
+        # together, so grace periods overlap; orphans too: SuperExecs of SuperNodes that exited on their own
+        stop_many([d.supernode for d in daemons if d.supernode is not None], orphans_too=True)
         for daemon in daemons:
+            daemon.supernode = None
             daemon.shutdown()
     return 0

@@ -25,7 +25,7 @@ from fedtl.server.hub import HubServicer, RunView, serve_hub, stop_hub
 from fedtl.server.site_registry import RefusalWatch, SiteRegistry
 from fedtl.shared import faults
 from fedtl.shared.federation_config import HUB_TOKEN_ENV, HUB_TOKEN_MIN_LENGTH, FederationConfig, split_address
-from fedtl.shared.processes import child_env, start, stop, tool, wait_for_port
+from fedtl.shared.processes import child_env, start, stop_many, tool, wait_for_port
 from fedtl.shared.site_keys import SiteKeyError
 
 log = logging.getLogger(__name__)
@@ -265,5 +265,6 @@ class Coordinator:
         if self._control is not None:
             self._control.close()
             self._control = None
-        stop(self.superlink)
+        # orphans too: a SuperExec or app process whose parent died before the SuperLink stopped
+        stop_many([self.superlink] if self.superlink is not None else [], orphans_too=True)
         self.superlink = None

@@ -41,6 +41,7 @@ _GUARD = (
 )
 
 _running: dict[int, subprocess.Popen] = {}  # every child started here and not yet stopped
+_subreaper = False  # become_subreaper() was called: orphans of our trees re-parent to us
 
 
 def tool(name: str) -> str:
@@ -121,8 +122,9 @@ class LogTail:
 
 def become_subreaper() -> None:
     """Orphaned descendants re-parent to this process (Linux), so a stop can find and reap them."""
+    global _subreaper
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+        _subreaper = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
     except (OSError, AttributeError):
         pass
 
@@ -218,27 +220,17 @@ def stop(proc: subprocess.Popen | None, timeout: float = 5.0, sig: int = signal.
 
 
 def stop_many(procs: Iterable[subprocess.Popen], timeout: float = 5.0,
-              sig: int = signal.SIGTERM) -> dict[int, int | None]:
-    """Stop several children (and their trees) together, so their grace periods overlap."""
+              sig: int = signal.SIGTERM, orphans_too: bool = False) -> dict[int, int | None]:
+    """Stop several children (and their trees) together, so their grace periods overlap.
+
+    ``orphans_too``: also stop every orphan of this subreaper (see ``orphans``) in the same
+    grace period; what a command does on its way out.
+    """
     procs = [p for p in procs if p is not None]
     members: dict[int, int] = {}  # pid -> start time, so a reused PID is never signalled
-    for proc in procs:  # before signalling: orphans lose their link to the tree
-        members.update(tree(proc.pid))
-    groups = [p.pid for p in procs if p.poll() is None]
-    _signal(members, groups, sig)
-    deadline = time.monotonic() + timeout
-    while True:
-        for proc in procs:
-            proc.poll()
-        living = [pid for pid, started in members.items() if alive(pid, started)]
-        if not living:
-            break
-        if time.monotonic() > deadline:
-            _signal(living, [p.pid for p in procs if p.returncode is None], signal.SIGKILL)
-            break
-        for pid in living:  # children started meanwhile belong to the tree too
-            members.update({d: _started(d) for d in descendants(pid) if d not in members})
-        time.sleep(0.05)
+    for root in [p.pid for p in procs] + (orphans() if orphans_too else []):
+        members.update(tree(root))  # before signalling: orphans lose their link to the tree
+    _stop_members(members, procs, timeout, sig)
     codes: dict[int, int | None] = {}
     for proc in procs:
         try:
@@ -248,6 +240,56 @@ def stop_many(procs: Iterable[subprocess.Popen], timeout: float = 5.0,
         _running.pop(proc.pid, None)
     reap_orphans()
     return codes
+
+
+def orphans() -> list[int]:
+    """Living processes re-parented to this subreaper: their parent died, so nothing else stops them.
+
+    A SuperNode that exits on its own leaves its SuperExec here; it is stale by definition
+    (a live SuperNode's SuperExec is that SuperNode's child, never ours). Only a subreaper has
+    orphans: in any other process this is empty, so it never touches children started elsewhere.
+    """
+    if not _subreaper:
+        return []
+    me = os.getpid()
+    found = []
+    for pid in descendants(me):
+        stat = _stat(pid)
+        if stat is not None and stat[1] == me and stat[0] not in ("Z", "X") and pid not in _running:
+            found.append(pid)
+    return found
+
+
+def stop_orphans(timeout: float = 5.0, sig: int = signal.SIGTERM) -> int:
+    """Stop every orphan (see ``orphans``) and its tree; returns how many orphans there were."""
+    found = orphans()
+    if found:
+        members: dict[int, int] = {}
+        for pid in found:
+            members.update(tree(pid))
+        _stop_members(members, [], timeout, sig)
+    reap_orphans()
+    return len(found)
+
+
+def _stop_members(members: dict[int, int], procs: list[subprocess.Popen], timeout: float, sig: int) -> None:
+    """Signal ``members`` (pid -> start time) and ``procs``' groups; SIGKILL what lives past ``timeout``."""
+    groups = [p.pid for p in procs if p.poll() is None]
+    _signal(members, groups, sig)
+    deadline = time.monotonic() + timeout
+    while True:
+        for proc in procs:
+            proc.poll()
+        reap_orphans()  # an orphan that exited is a zombie until reaped
+        living = [pid for pid, started in members.items() if alive(pid, started)]
+        if not living:
+            return
+        if time.monotonic() > deadline:
+            _signal(living, [p.pid for p in procs if p.returncode is None], signal.SIGKILL)
+            return
+        for pid in living:  # children started meanwhile belong to the tree too
+            members.update({d: _started(d) for d in descendants(pid) if d not in members})
+        time.sleep(0.05)
 
 
 def stop_all(timeout: float = 5.0) -> None:
