@@ -86,7 +86,6 @@ def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path
 
 def run_site(configs: list[Path], coordinator: str, insecure: bool, root_certificates: Path | None,
              encoder: str | None, keys: list[Path] | None = None, warm_start: WarmStartOptions | None = None) -> int:
-    from fedtl.cli.hub_client import HubError
     from fedtl.client.head_store import HeadStoreError
     from fedtl.client.site_daemon import SiteDaemon, SuperNodeSettings, run_sites
     from fedtl.client.warm_start import pull_warm_start
@@ -94,6 +93,7 @@ def run_site(configs: list[Path], coordinator: str, insecure: bool, root_certifi
     from fedtl.shared.data import DataError
     from fedtl.shared.encoders import EncoderError
     from fedtl.shared.federation_config import split_address
+    from fedtl.shared.hub_client import HubError
     from fedtl.shared.site_keys import SiteKeyError, fingerprint, load_private_key
     from fedtl.shared.yamlconfig import ConfigError
 

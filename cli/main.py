@@ -267,7 +267,7 @@ def certs(
 
 
 def _hub(coordinator: str, insecure: bool, root_certificates: Path | None, token: str | None):
-    from fedtl.cli.hub_client import HubClient
+    from fedtl.shared.hub_client import HubClient
 
     if insecure == (root_certificates is not None):
         fail("pass --root-certificates ca.crt for a TLS coordinator, or --insecure for a plain one")
@@ -292,8 +292,8 @@ def status(
     """How a running federation is going: state, rounds, sites, MLflow run."""
     import json
 
-    from fedtl.cli.hub_client import HubError
     from fedtl.cli.reports import hub_status_table, rounds_table
+    from fedtl.shared.hub_client import HubError
 
     client = _hub(coordinator, insecure, root_certificates, token)
     try:
@@ -329,7 +329,7 @@ def pull(
     token: HubToken = None,
 ) -> None:
     """Download the federation's global encoder; transformers.AutoModel.from_pretrained(OUT) loads it."""
-    from fedtl.cli.hub_client import HubError
+    from fedtl.shared.hub_client import HubError
 
     client = _hub(coordinator, insecure, root_certificates, token)
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from fedtl.cli.hub_client import HubClient, HubError
+from fedtl.shared.hub_client import HubClient, HubError
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 2.0

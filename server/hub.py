@@ -8,7 +8,6 @@ coordinator's process on its own port, with the SuperLink's TLS material.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -23,6 +22,7 @@ import grpc
 
 from fedtl.server.checkpoints import latest_checkpoint
 from fedtl.server.history import read_rounds
+from fedtl.shared.checksums import file_sha256
 from fedtl.v1 import hub_pb2, hub_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,6 @@ def round_message(record: dict[str, Any]) -> hub_pb2.RoundRecord:
 def checkpoint_files(folder: Path) -> list[tuple[str, Path]]:
     """A checkpoint folder's files as (relative posix path, path), sorted: the order they stream in."""
     return sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 class HubServicer(hub_pb2_grpc.HubServicer):

@@ -10,8 +10,8 @@ import grpc
 import pytest
 from typer.testing import CliRunner
 
-from fedtl.cli.hub_client import HubClient, HubError
 from fedtl.cli.main import app
+from fedtl.shared.hub_client import HubClient, HubError
 from fedtl.v1 import hub_pb2
 from tests.integration.harness import Federation
 from tests.waiting import wait_until

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import grpc
 
-from fedtl.server.hub import file_sha256
 from fedtl.shared.atomic import atomic_folder
+from fedtl.shared.checksums import file_sha256
 from fedtl.v1 import hub_pb2, hub_pb2_grpc
 
 RETRIES = 5  # a pull cut off (UNAVAILABLE, DEADLINE_EXCEEDED) resumes from where it stopped, this often
