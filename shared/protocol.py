@@ -132,7 +132,7 @@ class Section:
     SERVED = "served"      # the model the site serves (federated or baseline)
     BASELINE = "baseline"  # the site's local-only baseline (frozen pretrained encoder)
     TRAIN_LOSS = "train_loss"  # ``train_loss/task``: the task's mean training loss
-    SECONDS = "seconds"        # ``seconds/phase``: embed, head, encoder, eval, total, baseline
+    SECONDS = "seconds"        # ``seconds/phase``: embed, head, encoder, eval, total, baseline, handled
 
     TASK_METRICS = (VAL, SHARED, PROBE, BEFORE, SERVED, BASELINE)
 

@@ -48,6 +48,9 @@ def test_train_replies_with_a_delta_of_exactly_the_sent_tensors_metrics_and_repo
     assert list(report[ReportKey.PRIMARY]) == ["macro_f1", "r2"]
     assert task_key(Section.VAL, "label", "macro_f1") in report and task_key(Section.BASELINE, "score", "r2") in report
     assert report[ReportKey.SITE_MODEL] in ("federated", "baseline")
+    # the whole round at the site (round 1: with its baseline) spans the trainer's part
+    handled, total = report[f"{Section.SECONDS}/handled"], report[f"{Section.SECONDS}/total"]
+    assert handled >= total + report[f"{Section.SECONDS}/baseline"] > 0
     # only encoder tensors leave: no head names, in any record
     assert not [n for n in delta if not n.startswith("backbone.")]
     assert set(reply.keys()) == {ARRAYS, METRICS, REPORT}

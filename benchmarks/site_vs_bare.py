@@ -1,0 +1,225 @@
+"""A site's round inside a real federation against a bare PyTorch loop doing the same computation.
+
+fedtl: ``fedtl demo`` with one bundled site (a real SuperLink, SuperNode, thin ClientApp and
+warm site worker over gRPC on loopback), the whole encoder trained (``full``), so a round has
+no cache to flatter it. A round at the site is what the worker reports as ``seconds/handled``:
+from the warm worker holding the message to its reply, so decoding the encoder, loading it,
+the training itself, the update, codecs and every state write count. Rounds after the first
+are compared (round 1 also fits the site's local-only baseline).
+
+Bare: the same computation written as a plain loop over ``transformers.AutoModel`` and
+``torch``, nothing of fedtl's round machinery, in this process: the site's texts and splits,
+tokens, batches (length-sorted embedding batches of 64; shuffled training batches from the
+same seed), the same passes (train and validation features, evaluation before and after, the
+head fit, the encoder steps with AdamW, clipping and the linear schedule, the refit on the
+trained encoder's features, the final evaluation) and the same head solver
+(``fedtl.shared.probes``, the arithmetic itself). Both ran on this machine with the same threads.
+
+    python benchmarks/site_vs_bare.py [--site clinic] [--steps 100] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from readme_block import write_block
+
+from fedtl.client.trainer import EMBED_BATCH
+from fedtl.server.history import read_rounds
+from fedtl.shared.config import load_site_config
+from fedtl.shared.data import load_site_tasks
+from fedtl.shared.encoders import encoder_folder
+from fedtl.shared.examples import copy_examples
+from fedtl.shared.heads import HeadSpec
+from fedtl.shared.probes import logistic_cv, ridge_gcv
+from fedtl.shared.processes import child_env, tool
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "site-vs-bare"
+
+
+def site_config(workdir: Path, site: str, steps: int) -> Path:
+    """The bundled site's config, its encoder phase long enough for ``steps`` steps a round."""
+    path = copy_examples(workdir)[site]
+    config = yaml.safe_load(path.read_text())
+    config["training"]["encoder_epochs"] = 1000  # max_steps decides
+    config["training"]["max_steps"] = steps
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def fedtl_rounds(site_yaml: Path, encoder: str, steps: int, rounds: int, workdir: Path) -> list[dict]:
+    federation = workdir / "federation-base.yaml"
+    federation.write_text(yaml.safe_dump({"max_steps": steps, "final_evaluate": False}))
+    cmd = [tool("fedtl"), "demo", "--site", str(site_yaml), "--federation", str(federation), "--encoder", encoder,
+           "--update", "full", "--rounds", str(rounds), "--workdir", str(workdir / "demo")]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+    out = []
+    for record in read_rounds(workdir / "demo" / "coordinator"):
+        (name, entry), = record["sites"].items()
+        report = entry["report"]
+        out.append({"round": record["round"], "round_seconds": record["seconds"],
+                    "handled": float(report["seconds/handled"]), "trainer": float(report["seconds/total"]),
+                    "baseline": float(report.get("seconds/baseline", 0.0))})
+    return out
+
+
+# ----------------------------------------------------------------------------- the bare loop
+def pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def pooled(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    states = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    m = mask.unsqueeze(-1).to(states.dtype)
+    return (states * m).sum(1) / m.sum(1).clamp(min=1e-6)
+
+
+@torch.no_grad()
+def embed(model, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
+    model.eval()
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = torch.empty((len(seqs), model.config.hidden_size))
+    for start in range(0, len(order), EMBED_BATCH):
+        chunk = order[start : start + EMBED_BATCH]
+        out[chunk] = pooled(model, *pad([seqs[i] for i in chunk], pad_id))
+    return out
+
+
+def fit_head(spec: HeadSpec, head: torch.nn.Linear, feats: torch.Tensor, y: torch.Tensor, seed: int) -> None:
+    if spec.out_features == 1 and spec.labels is None:
+        weight, bias, _ = ridge_gcv(feats, spec.standardise(y))
+    else:
+        weight, bias, _ = logistic_cv(feats, y, seed=seed, class_weights=spec.weight_tensor(feats),
+                                      classes=spec.out_features)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+
+
+def evaluate(spec: HeadSpec, head: torch.nn.Linear, feats: torch.Tensor, y: np.ndarray) -> dict[str, float]:
+    with torch.no_grad():
+        out = head(feats)
+        metrics = spec.metrics(spec.predict(out), y)
+        metrics["loss"] = float(spec.loss(out, torch.as_tensor(y)))
+    return metrics
+
+
+def bare_round(site_yaml: Path, encoder: str, steps: int, seed: int) -> dict:
+    """One site round as a plain loop; returns its wall seconds and what it measured."""
+    from transformers import AutoModel, AutoTokenizer
+
+    config = load_site_config(site_yaml)
+    cfg = config.training
+    (data,) = load_site_tasks(config.tasks, seed=cfg.seed)  # reading the CSV is not part of a round
+    path = encoder_folder(encoder)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+    train_ids = tokenizer(data.train.texts, truncation=True, max_length=cfg.max_length)["input_ids"]
+    val_ids = tokenizer(data.val.texts, truncation=True, max_length=cfg.max_length)["input_ids"]
+    pad_id = int(tokenizer.pad_token_id or 0)
+    spec = HeadSpec.for_data(data, model.config.hidden_size)
+    head = torch.nn.Linear(model.config.hidden_size, spec.out_features)
+    y_train = torch.as_tensor(data.train.targets)
+    received = {n: p.detach().clone() for n, p in model.named_parameters()}  # what the message would bring
+
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    train_feats, val_feats = embed(model, train_ids, pad_id), embed(model, val_ids, pad_id)
+    evaluate(spec, head, val_feats, data.val.targets)                        # before
+    fit_head(spec, head, train_feats, y_train, seed)
+    evaluate(spec, head, val_feats, data.val.targets)                        # probe
+    params = list(model.parameters())
+    opt = torch.optim.AdamW([{"params": params, "lr": cfg.encoder_lr},
+                             {"params": list(head.parameters()), "lr": cfg.finetune_head_lr}],
+                            weight_decay=cfg.weight_decay)
+    warmup = int(cfg.warmup_ratio * steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+    rng, order = random.Random(seed), []
+    model.train()
+    losses = []
+    for _ in range(steps):
+        if not order:
+            order = list(range(len(train_ids)))
+            rng.shuffle(order)
+            order = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        idx = order.pop(0)
+        ids, mask = pad([train_ids[i] for i in idx], pad_id)
+        out = head(pooled(model, ids, mask))
+        y = y_train[idx]
+        loss = (F.mse_loss(out.squeeze(-1), spec.standardise(y)) if spec.out_features == 1 and spec.labels is None
+                else F.cross_entropy(out, y.long(), weight=spec.weight_tensor(out)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params + list(head.parameters()), cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    fit_head(spec, head, embed(model, train_ids, pad_id), y_train, seed)      # refit
+    final = evaluate(spec, head, embed(model, val_ids, pad_id), data.val.targets)
+    update = {n: p.detach().numpy() - received[n].numpy() for n, p in model.named_parameters()}
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "steps": steps, "final": final, "update_norm": float(
+        math.sqrt(sum(float(np.square(u).sum()) for u in update.values()))), "train_loss": statistics.fmean(losses)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--site", default="clinic", help="a bundled site")
+    parser.add_argument("--encoder", default="minilm")
+    parser.add_argument("--steps", type=int, default=100, help="encoder steps per round (>= 60 s of compute)")
+    parser.add_argument("--rounds", type=int, default=3, help="federation rounds; rounds 2.. are compared")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        site_yaml = site_config(workdir, args.site, args.steps)
+        fed = fedtl_rounds(site_yaml, args.encoder, args.steps, args.rounds, workdir)
+        bare = [bare_round(site_yaml, args.encoder, args.steps, seed=r["round"]) for r in fed[1:]]
+    compared = fed[1:]
+    site_s = statistics.fmean(r["handled"] for r in compared)
+    bare_s = statistics.fmean(b["seconds"] for b in bare)
+    lines = [f"Site `{args.site}`, encoder `{args.encoder}`, update mode `full`, {args.steps} encoder steps a round, "
+             f"rounds 2-{args.rounds}, {platform.machine()} CPU, {torch.get_num_threads()} threads, "
+             f"torch {torch.__version__}.", "",
+             "| round | site round s (message in to reply out) | trainer s | bare loop s | site / bare | "
+             "coordinator's round s |", "|---|---|---|---|---|---|"]
+    for r, b in zip(compared, bare):
+        lines.append(f"| {r['round']} | {r['handled']:.1f} | {r['trainer']:.1f} | {b['seconds']:.1f} | "
+                     f"{r['handled'] / b['seconds']:.3f} | {r['round_seconds']:.1f} |")
+    lines += ["", f"Site round / bare loop: {site_s / bare_s:.3f} (target <= 1.05)"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "site_vs_bare.json").write_text(json.dumps({"fedtl": fed, "bare": bare}, indent=1))
+    (args.out / "site_vs_bare.md").write_text("\n".join(lines) + "\n")
+    if args.out == OUT:
+        write_block("site-vs-bare", "\n".join(lines))
+    print("\n".join(lines[2:-2]))
+    print(f"site round / bare loop: {site_s:.1f} s / {bare_s:.1f} s = {site_s / bare_s:.3f} (target <= 1.05)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
