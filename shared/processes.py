@@ -272,6 +272,20 @@ def stop_orphans(timeout: float = 5.0, sig: int = signal.SIGTERM) -> int:
     return len(found)
 
 
+KILL_WAIT = 5.0  # seconds a SIGKILLed process may take to be gone (a loaded machine schedules it late)
+
+
+def _wait_gone(pids: list[int], members: dict[int, int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in _running.values():
+            proc.poll()
+        reap_orphans()
+        if not any(alive(pid, members.get(pid)) for pid in pids):
+            return
+        time.sleep(0.02)
+
+
 def _stop_members(members: dict[int, int], procs: list[subprocess.Popen], timeout: float, sig: int) -> None:
     """Signal ``members`` (pid -> start time) and ``procs``' groups; SIGKILL what lives past ``timeout``."""
     groups = [p.pid for p in procs if p.poll() is None]
@@ -286,6 +300,7 @@ def _stop_members(members: dict[int, int], procs: list[subprocess.Popen], timeou
             return
         if time.monotonic() > deadline:
             _signal(living, [p.pid for p in procs if p.returncode is None], signal.SIGKILL)
+            _wait_gone(living, members, KILL_WAIT)  # SIGKILL is delivered asynchronously
             return
         for pid in living:  # children started meanwhile belong to the tree too
             members.update({d: _started(d) for d in descendants(pid) if d not in members})
