@@ -240,7 +240,7 @@ def run_sites(daemons: list[SiteDaemon]) -> int:
         for thread in threads:
             thread.join(timeout=10)
         # together, so grace periods overlap; orphans too: SuperExecs of SuperNodes that exited on their own
-        stop_many([d.supernode for d in daemons if d.supernode is not None], orphans_too=True)
+        stop_many([d.supernode for d in daemons], orphans_too=True)
         for daemon in daemons:
             daemon.supernode = None
             daemon.shutdown()

@@ -266,5 +266,5 @@ class Coordinator:
             self._control.close()
             self._control = None
         # orphans too: a SuperExec or app process whose parent died before the SuperLink stopped
-        stop_many([self.superlink] if self.superlink is not None else [], orphans_too=True)
+        stop_many([self.superlink], orphans_too=True)
         self.superlink = None

@@ -227,10 +227,7 @@ def stop_many(procs: Iterable[subprocess.Popen], timeout: float = 5.0,
     grace period; what a command does on its way out.
     """
     procs = [p for p in procs if p is not None]
-    members: dict[int, int] = {}  # pid -> start time, so a reused PID is never signalled
-    for root in [p.pid for p in procs] + (orphans() if orphans_too else []):
-        members.update(tree(root))  # before signalling: orphans lose their link to the tree
-    _stop_members(members, procs, timeout, sig)
+    _stop_members(_trees([p.pid for p in procs] + (orphans() if orphans_too else [])), procs, timeout, sig)
     codes: dict[int, int | None] = {}
     for proc in procs:
         try:
@@ -263,11 +260,7 @@ def orphans() -> list[int]:
 def stop_orphans(timeout: float = 5.0, sig: int = signal.SIGTERM) -> int:
     """Stop every orphan (see ``orphans``) and its tree; returns how many orphans there were."""
     found = orphans()
-    if found:
-        members: dict[int, int] = {}
-        for pid in found:
-            members.update(tree(pid))
-        _stop_members(members, [], timeout, sig)
+    _stop_members(_trees(found), [], timeout, sig)
     reap_orphans()
     return len(found)
 
@@ -275,22 +268,20 @@ def stop_orphans(timeout: float = 5.0, sig: int = signal.SIGTERM) -> int:
 KILL_WAIT = 5.0  # seconds a SIGKILLed process may take to be gone (a loaded machine schedules it late)
 
 
-def _wait_gone(pids: list[int], members: dict[int, int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in _running.values():
-            proc.poll()
-        reap_orphans()
-        if not any(alive(pid, members.get(pid)) for pid in pids):
-            return
-        time.sleep(0.02)
+def _trees(roots: Iterable[int]) -> dict[int, int]:
+    """Every root and descendant with its start time (taken before signalling: orphans lose their link)."""
+    members: dict[int, int] = {}  # pid -> start time, so a reused PID is never signalled
+    for root in roots:
+        members.update(tree(root))
+    return members
 
 
 def _stop_members(members: dict[int, int], procs: list[subprocess.Popen], timeout: float, sig: int) -> None:
-    """Signal ``members`` (pid -> start time) and ``procs``' groups; SIGKILL what lives past ``timeout``."""
+    """Signal ``members`` (pid -> start time) and ``procs``' groups; SIGKILL what lives past ``timeout``,
+    then wait up to KILL_WAIT for it to be gone (SIGKILL is delivered asynchronously)."""
     groups = [p.pid for p in procs if p.poll() is None]
     _signal(members, groups, sig)
-    deadline = time.monotonic() + timeout
+    deadline, killed = time.monotonic() + timeout, False
     while True:
         for proc in procs:
             proc.poll()
@@ -299,11 +290,13 @@ def _stop_members(members: dict[int, int], procs: list[subprocess.Popen], timeou
         if not living:
             return
         if time.monotonic() > deadline:
+            if killed:
+                return
             _signal(living, [p.pid for p in procs if p.returncode is None], signal.SIGKILL)
-            _wait_gone(living, members, KILL_WAIT)  # SIGKILL is delivered asynchronously
-            return
-        for pid in living:  # children started meanwhile belong to the tree too
-            members.update({d: _started(d) for d in descendants(pid) if d not in members})
+            deadline, killed = time.monotonic() + KILL_WAIT, True
+        elif not killed:  # children started meanwhile belong to the tree too
+            for pid in living:
+                members.update({d: _started(d) for d in descendants(pid) if d not in members})
         time.sleep(0.05)
 
 
