@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import random
 import statistics
@@ -34,22 +33,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from readme_block import write_block
 
-from fedtl.client.trainer import EMBED_BATCH
+from fedtl.client.trainer import EMBED_BATCH, pad_batch
 from fedtl.server.history import read_rounds
 from fedtl.shared.config import load_site_config
 from fedtl.shared.data import load_site_tasks
 from fedtl.shared.encoders import encoder_folder
 from fedtl.shared.examples import copy_examples
-from fedtl.shared.heads import HeadSpec
+from fedtl.shared.heads import HeadSpec, TaskType
 from fedtl.shared.probes import logistic_cv, ridge_gcv
 from fedtl.shared.processes import child_env, tool
+from fedtl.shared.records import l2_norm
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "site-vs-bare"
+CPU = torch.device("cpu")
 
 
 def site_config(workdir: Path, site: str, steps: int) -> Path:
@@ -79,16 +79,6 @@ def fedtl_rounds(site_yaml: Path, encoder: str, steps: int, rounds: int, workdir
 
 
 # ----------------------------------------------------------------------------- the bare loop
-def pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
 def pooled(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     states = model(input_ids=ids, attention_mask=mask).last_hidden_state
     m = mask.unsqueeze(-1).to(states.dtype)
@@ -102,12 +92,12 @@ def embed(model, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     out = torch.empty((len(seqs), model.config.hidden_size))
     for start in range(0, len(order), EMBED_BATCH):
         chunk = order[start : start + EMBED_BATCH]
-        out[chunk] = pooled(model, *pad([seqs[i] for i in chunk], pad_id))
+        out[chunk] = pooled(model, *pad_batch([seqs[i] for i in chunk], pad_id, CPU))
     return out
 
 
 def fit_head(spec: HeadSpec, head: torch.nn.Linear, feats: torch.Tensor, y: torch.Tensor, seed: int) -> None:
-    if spec.out_features == 1 and spec.labels is None:
+    if spec.type == TaskType.regression:
         weight, bias, _ = ridge_gcv(feats, spec.standardise(y))
     else:
         weight, bias, _ = logistic_cv(feats, y, seed=seed, class_weights=spec.weight_tensor(feats),
@@ -165,11 +155,9 @@ def bare_round(site_yaml: Path, encoder: str, steps: int, seed: int) -> dict:
             rng.shuffle(order)
             order = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         idx = order.pop(0)
-        ids, mask = pad([train_ids[i] for i in idx], pad_id)
+        ids, mask = pad_batch([train_ids[i] for i in idx], pad_id, CPU)
         out = head(pooled(model, ids, mask))
-        y = y_train[idx]
-        loss = (F.mse_loss(out.squeeze(-1), spec.standardise(y)) if spec.out_features == 1 and spec.labels is None
-                else F.cross_entropy(out, y.long(), weight=spec.weight_tensor(out)))
+        loss = spec.loss(out, y_train[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params + list(head.parameters()), cfg.max_grad_norm)
@@ -181,8 +169,8 @@ def bare_round(site_yaml: Path, encoder: str, steps: int, seed: int) -> dict:
     final = evaluate(spec, head, embed(model, val_ids, pad_id), data.val.targets)
     update = {n: p.detach().numpy() - received[n].numpy() for n, p in model.named_parameters()}
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "steps": steps, "final": final, "update_norm": float(
-        math.sqrt(sum(float(np.square(u).sum()) for u in update.values()))), "train_loss": statistics.fmean(losses)}
+    return {"seconds": seconds, "steps": steps, "final": final, "update_norm": l2_norm(update),
+            "train_loss": statistics.fmean(losses)}
 
 
 def main() -> int:

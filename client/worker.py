@@ -314,8 +314,8 @@ class SiteWorker:
         self.rounds_done += 1
         # total: the trainer's work; handled: the whole round at the site, message in to reply out
         # (decoding, state writes and the baseline included), what benchmarks/site_vs_bare.py compares
-        seconds = dict(result.seconds, total=time.time() - start, baseline=baseline_seconds,
-                       handled=time.time() - handled_at)
+        done = time.time()
+        seconds = dict(result.seconds, total=done - start, baseline=baseline_seconds, handled=done - handled_at)
         if personal is not None:
             seconds["personal"] = sum(personal.seconds.values())
         startup = handled_at - timing.process_started_at if timing.process_started_at else float("nan")
