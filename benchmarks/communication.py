@@ -41,6 +41,10 @@ ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "lora r=8 lr x10": ("lora", "none", {"rank": 8, "alpha": 16, "lr_scale": 10}),
     "lora r=8 lr x30": ("lora", "none", {"rank": 8, "alpha": 16, "lr_scale": 30}),
     "lora r=8 lr x100": ("lora", "none", {"rank": 8, "alpha": 16, "lr_scale": 100}),
+    "lora r=8 lr x50": ("lora", "none", {"rank": 8, "alpha": 16, "lr_scale": 50}),
+    "lora r=16 lr x30": ("lora", "none", {"rank": 16, "alpha": 32, "lr_scale": 30}),
+    "lora r=4 attn+ffn lr x30": ("lora", "none", {"rank": 4, "alpha": 8, "lr_scale": 30, "targets": [
+        "query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]}),
     "last:2 fp16": ("last:2", "fp16", {}),
     "last:2 bf16": ("last:2", "bf16", {}),
     "last:2 int8": ("last:2", "int8", {}),
