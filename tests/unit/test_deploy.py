@@ -205,6 +205,17 @@ def test_helm_chart_refuses_to_render_without_tls_material_or_a_site_key():
     assert result.returncode != 0 and "sites[x]: give its private key" in result.stderr, result.stderr
 
 
+def test_helm_chart_refuses_two_sites_that_would_share_a_kubernetes_name():
+    values = ["--set", "coordinator.certsSecret=c"]
+    for i, name in enumerate(["North_Clinic", "north-clinic"]):
+        values += ["--set", f"sites[{i}].name={name}", "--set", f"sites[{i}].dataClaim=d{i}",
+                   "--set", f"sites[{i}].keySecret=k{i}", "--set", f"sites[{i}].config.name={name}"]
+    result = helm_template(*values)
+    assert result.returncode != 0, result.stdout
+    assert "sites[North_Clinic] and sites[north-clinic] would get the same Kubernetes name" in result.stderr, \
+        result.stderr
+
+
 def test_helm_chart_names_sites_with_long_names_validly_and_apart(chart_files):
     """Two 64-character site names that share their first 60 characters, one ending in '_': every
     object stays valid Kubernetes (names, label values <= 63 characters) and the sites stay apart."""
