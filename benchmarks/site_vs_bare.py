@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -36,20 +37,22 @@ import torch
 import yaml
 from readme_block import write_block
 
-from fedtl.client.trainer import EMBED_BATCH, pad_batch
+from fedtl.client.local_training import prepare_tasks
+from fedtl.client.trainer import EMBED_BATCH, LocalTrainer, pad_batch
 from fedtl.server.history import read_rounds
 from fedtl.shared.config import load_site_config
 from fedtl.shared.data import load_site_tasks
-from fedtl.shared.encoders import encoder_folder
+from fedtl.shared.encoders import encoder_folder, load_encoder
 from fedtl.shared.examples import copy_examples
 from fedtl.shared.heads import HeadSpec, TaskType
 from fedtl.shared.probes import logistic_cv, ridge_gcv
-from fedtl.shared.processes import child_env, tool
+from fedtl.shared.processes import child_env, descendants, tool
 from fedtl.shared.records import l2_norm
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "site-vs-bare"
 CPU = torch.device("cpu")
+PHASES = ("prefix_cache", "embed", "head", "encoder", "refit", "eval")
 
 
 def site_config(workdir: Path, site: str, steps: int) -> Path:
@@ -62,20 +65,66 @@ def site_config(workdir: Path, site: str, steps: int) -> Path:
     return path
 
 
-def fedtl_rounds(site_yaml: Path, encoder: str, steps: int, rounds: int, workdir: Path) -> list[dict]:
+def fedtl_rounds(site_yaml: Path, encoder: str, steps: int, rounds: int, workdir: Path) -> tuple[list[dict], dict]:
     federation = workdir / "federation-base.yaml"
     federation.write_text(yaml.safe_dump({"max_steps": steps, "final_evaluate": False}))
     cmd = [tool("fedtl"), "demo", "--site", str(site_yaml), "--federation", str(federation), "--encoder", encoder,
            "--update", "full", "--rounds", str(rounds), "--workdir", str(workdir / "demo")]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+    demo = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+    cpu = CpuByProcess(demo.pid)
+    started = time.perf_counter()
+    while demo.poll() is None:
+        cpu.sample()
+        time.sleep(0.5)
+    if demo.returncode != 0:
+        raise SystemExit(f"fedtl demo failed ({demo.returncode}): {' '.join(cmd)}")
+    usage = {"wall": time.perf_counter() - started, "cpu": cpu.seconds()}
     out = []
     for record in read_rounds(workdir / "demo" / "coordinator"):
         (name, entry), = record["sites"].items()
         report = entry["report"]
         out.append({"round": record["round"], "round_seconds": record["seconds"],
                     "handled": float(report["seconds/handled"]), "trainer": float(report["seconds/total"]),
-                    "baseline": float(report.get("seconds/baseline", 0.0))})
-    return out
+                    "baseline": float(report.get("seconds/baseline", 0.0)),
+                    "phases": {p: float(report[f"seconds/{p}"]) for p in PHASES if f"seconds/{p}" in report}})
+    return out, usage
+
+
+class CpuByProcess:
+    """CPU seconds of every process below ``root``, by kind (SuperLink, SuperExec, ClientApp, ...),
+    sampled from /proc: what shares the cores with the site while it trains."""
+
+    KINDS = (("flower-superlink", "SuperLink"), ("flower-supernode", "SuperNode"),
+             ("flwr-serverapp", "ServerApp"), ("flwr-clientapp", "ClientApp"), ("superexec", "SuperExec"),
+             ("mlflow", "MLflow"), (" site", "site (worker)"), (" coordinator", "coordinator"), (" demo", "demo"))
+
+    def __init__(self, root: int) -> None:
+        self.root, self.ticks = root, os.sysconf("SC_CLK_TCK")
+        self.seen: dict[tuple[int, int], tuple[str, int]] = {}  # (pid, start) -> (kind, ticks)
+
+    def _kind(self, pid: int) -> str:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return "?"
+        return next((kind for key, kind in self.KINDS if key in argv), Path(argv.split(" ")[0]).name or "?")
+
+    def sample(self) -> None:
+        for pid in descendants(self.root) | {self.root}:
+            try:
+                text = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            key, ticks = (pid, int(fields[19])), int(fields[11]) + int(fields[12])
+            kind = self.seen[key][0] if key in self.seen else self._kind(pid)
+            self.seen[key] = (kind, ticks)
+
+    def seconds(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for kind, ticks in self.seen.values():
+            out[kind] = out.get(kind, 0.0) + ticks / self.ticks
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 # ----------------------------------------------------------------------------- the bare loop
@@ -134,11 +183,14 @@ def bare_round(site_yaml: Path, encoder: str, steps: int, seed: int) -> dict:
     received = {n: p.detach().clone() for n, p in model.named_parameters()}  # what the message would bring
 
     started = time.perf_counter()
+    phases, clock = {}, Clock()
     torch.manual_seed(seed)
     train_feats, val_feats = embed(model, train_ids, pad_id), embed(model, val_ids, pad_id)
     evaluate(spec, head, val_feats, data.val.targets)                        # before
+    phases["embed"] = clock.lap()
     fit_head(spec, head, train_feats, y_train, seed)
     evaluate(spec, head, val_feats, data.val.targets)                        # probe
+    phases["head"] = clock.lap()
     params = list(model.parameters())
     opt = torch.optim.AdamW([{"params": params, "lr": cfg.encoder_lr},
                              {"params": list(head.parameters()), "lr": cfg.finetune_head_lr}],
@@ -165,12 +217,43 @@ def bare_round(site_yaml: Path, encoder: str, steps: int, seed: int) -> dict:
         sched.step()
         losses.append(float(loss.detach()))
     model.eval()
+    phases["encoder"] = clock.lap()
     fit_head(spec, head, embed(model, train_ids, pad_id), y_train, seed)      # refit
+    phases["refit"] = clock.lap()
     final = evaluate(spec, head, embed(model, val_ids, pad_id), data.val.targets)
+    phases["eval"] = clock.lap()
     update = {n: p.detach().numpy() - received[n].numpy() for n, p in model.named_parameters()}
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "steps": steps, "final": final, "update_norm": l2_norm(update),
+    return {"seconds": seconds, "phases": phases, "steps": steps, "final": final, "update_norm": l2_norm(update),
             "train_loss": statistics.fmean(losses)}
+
+
+def trainer_round(site_yaml: Path, encoder: str, steps: int, seed: int) -> dict:
+    """fedtl's own ``LocalTrainer.fit`` on the same round, in this process (no federation running
+    beside it): separates what the trainer costs from what sharing the cores with the
+    federation's processes costs."""
+    config = load_site_config(site_yaml)
+    training = config.training.model_copy(update={"max_steps": steps, "seed": seed})
+    datas = load_site_tasks(config.tasks, seed=config.training.seed)
+    model = load_encoder(encoder, seed=config.training.seed)
+    tasks = prepare_tasks(datas, model, None, training.max_length, training.seed)
+    trainer = LocalTrainer(model, tasks, training, CPU, optimizer_state={})
+    started = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "phases": result.seconds, "steps": result.steps}
+
+
+class Clock:
+    """Seconds since the last lap."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        return seconds
 
 
 def main() -> int:
@@ -185,22 +268,43 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         site_yaml = site_config(workdir, args.site, args.steps)
-        fed = fedtl_rounds(site_yaml, args.encoder, args.steps, args.rounds, workdir)
-        bare = [bare_round(site_yaml, args.encoder, args.steps, seed=r["round"]) for r in fed[1:]]
+        fed, usage = fedtl_rounds(site_yaml, args.encoder, args.steps, args.rounds, workdir)
+        alone, bare = [], []
+        for r in fed[1:]:  # alternate, so drift in the machine's speed hits both alike
+            alone.append(trainer_round(site_yaml, args.encoder, args.steps, seed=r["round"]))
+            bare.append(bare_round(site_yaml, args.encoder, args.steps, seed=r["round"]))
     compared = fed[1:]
     site_s = statistics.fmean(r["handled"] for r in compared)
+    alone_s = statistics.fmean(a["seconds"] for a in alone)
     bare_s = statistics.fmean(b["seconds"] for b in bare)
     lines = [f"Site `{args.site}`, encoder `{args.encoder}`, update mode `full`, {args.steps} encoder steps a round, "
              f"rounds 2-{args.rounds}, {platform.machine()} CPU, {torch.get_num_threads()} threads, "
              f"torch {torch.__version__}.", "",
-             "| round | site round s (message in to reply out) | trainer s | bare loop s | site / bare | "
-             "coordinator's round s |", "|---|---|---|---|---|---|"]
-    for r, b in zip(compared, bare):
-        lines.append(f"| {r['round']} | {r['handled']:.1f} | {r['trainer']:.1f} | {b['seconds']:.1f} | "
-                     f"{r['handled'] / b['seconds']:.3f} | {r['round_seconds']:.1f} |")
-    lines += ["", f"Site round / bare loop: {site_s / bare_s:.3f} (target <= 1.05)"]
+             "| round | site round s (message in to reply out) | trainer s | trainer alone s | bare loop s | "
+             "site / bare | trainer alone / bare | coordinator's round s |", "|---|---|---|---|---|---|---|---|"]
+    for r, a, b in zip(compared, alone, bare):
+        lines.append(f"| {r['round']} | {r['handled']:.1f} | {r['trainer']:.1f} | {a['seconds']:.1f} | "
+                     f"{b['seconds']:.1f} | {r['handled'] / b['seconds']:.3f} | {a['seconds'] / b['seconds']:.3f} | "
+                     f"{r['round_seconds']:.1f} |")
+    lines += ["", "Seconds per phase, mean over the compared rounds (the trainer's own phase clocks; the bare "
+              "loop's laps at the same points):", "",
+              "| phase | site in the federation | trainer alone | bare loop |", "|---|---|---|---|"]
+    for phase in PHASES:
+        cells = [statistics.fmean(x["phases"].get(phase, 0.0) for x in xs) for xs in (compared, alone, bare)]
+        if any(cells):
+            lines.append(f"| {phase} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    others = {k: v for k, v in usage["cpu"].items() if k != "site (worker)"}
+    lines += ["", f"CPU seconds of the federation's processes over the whole `fedtl demo` run ({usage['wall']:.0f} s "
+              f"wall, {os.cpu_count()} cores), sampled every 0.5 s:", "",
+              "| process | CPU s | cores on average |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.1f} | {v / usage['wall']:.3f} |" for k, v in usage["cpu"].items()]
+    lines += ["", f"Everything but the site: {sum(others.values()) / usage['wall']:.3f} cores on average."]
+    lines += ["", f"Trainer alone / bare loop: {alone_s / bare_s:.3f}; in the federation it took "
+              f"{site_s / alone_s:.3f}x its time alone.", "",
+              f"Site round / bare loop: {site_s / bare_s:.3f} (target <= 1.05)"]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "site_vs_bare.json").write_text(json.dumps({"fedtl": fed, "bare": bare}, indent=1))
+    results = {"fedtl": fed, "alone": alone, "bare": bare, "usage": usage}
+    (args.out / "site_vs_bare.json").write_text(json.dumps(results, indent=1))
     (args.out / "site_vs_bare.md").write_text("\n".join(lines) + "\n")
     if args.out == OUT:
         write_block("site-vs-bare", "\n".join(lines))
