@@ -120,16 +120,17 @@ class LoraConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rank: int = Field(default=8, ge=1, description="r: the adapters' rank")
-    alpha: float = Field(default=16.0, gt=0, description="the update is scaled by alpha / rank")
+    rank: int = Field(default=LoraSettings.rank, ge=1, description="r: the adapters' rank")
+    alpha: float = Field(default=LoraSettings.alpha, gt=0, description="the update is scaled by alpha / rank")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="dropout on the adapters' input while training")
     lr_scale: float = Field(default=30.0, gt=0,
                             description="the sites' encoder_lr times this for the adapters (LoRA wants a higher "
                                         "rate than fine-tuning the weights; 30 was the best of 1, 3, 10, 30 and "
                                         "100 in benchmarks/communication.py, where 100 diverged)")
     targets: list[str] = Field(default_factory=lambda: list(LoraSettings().targets), min_length=1,
-                               description="linear modules (names or name suffixes) that get adapters; add "
-                                           "intermediate.dense and output.dense for the feed-forward layers")
+                               description="linear modules (names or name suffixes) that get adapters: "
+                                           "attention (query, key, value, attention.output.dense) and "
+                                           "feed-forward (intermediate.dense, output.dense)")
     aggregation: Literal["factors", "product"] = Field(
         default="factors", description="factors: the strategy averages A and B; product: the coordinator "
                                        "averages the sites' B @ A and factors it again (rank r, by SVD)")

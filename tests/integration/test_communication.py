@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fedtl.server.wire_log import read_wire_log
+from fedtl.shared.lora import LoraSettings
 from fedtl.shared.update_modes import is_adapter
 from tests.integration.harness import Federation
 
@@ -68,8 +69,9 @@ def test_merged_checkpoint_loads_as_a_plain_encoder_and_moved(lora_int8):
     assert not [n for n, _ in merged.named_parameters() if "lora" in n]
     pretrained = dict(load_encoder("tiny").backbone.named_parameters())
     changed = [n for n, p in merged.named_parameters() if n in pretrained and not torch.equal(p, pretrained[n])]
-    assert changed and all(n.endswith(".weight") and (".query." in n or ".key." in n or ".value." in n
-                                                      or ".attention.output.dense." in n) for n in changed)
+    targets = LoraSettings().targets  # the fixture keeps the default targets
+    assert changed and all(n.endswith(".weight") and any(f".{t}." in n for t in targets) for n in changed)
+    assert {t for t in targets if any(f".{t}." in n for n in changed)} == set(targets)
 
 
 def test_mlflow_logs_each_sites_encoded_bytes(lora_int8):

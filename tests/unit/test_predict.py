@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from fedtl.cli.main import app
 from fedtl.shared.config import load_site_config
 from fedtl.shared.data import load_task_data
+from fedtl.shared.lora import LoraSettings
 from tests.unit.test_codec_rounds import federation
 
 runner = CliRunner()
@@ -39,7 +40,7 @@ def test_predictions_reproduce_the_served_models_validation_score(tmp_path, upda
     predicted = [rows[n - 1]["label"] == source[n - 1]["label"] for n in val_rows]
     assert sum(predicted) / len(predicted) == pytest.approx(served["metrics"]["label"]["accuracy"], abs=1e-9)
     if update_mode == "lora" and served["model"] == "federated":
-        assert served["lora"]["rank"] == 8
+        assert served["lora"]["rank"] == LoraSettings().rank
     for suffix in (".jsonl", ".parquet"):  # the same predictions in the other formats
         import pandas as pd
 
