@@ -78,7 +78,7 @@ def fedtl_rounds(site_yaml: Path, encoder: str, steps: int, rounds: int, workdir
         time.sleep(0.5)
     if demo.returncode != 0:
         raise SystemExit(f"fedtl demo failed ({demo.returncode}): {' '.join(cmd)}")
-    usage = {"wall": time.perf_counter() - started, "cpu": cpu.seconds()}
+    usage = {"wall": time.perf_counter() - started, "cpu": cpu.seconds(), "rounds": {}}
     out = []
     for record in read_rounds(workdir / "demo" / "coordinator"):
         (name, entry), = record["sites"].items()
@@ -87,6 +87,11 @@ def fedtl_rounds(site_yaml: Path, encoder: str, steps: int, rounds: int, workdir
                     "handled": float(report["seconds/handled"]), "trainer": float(report["seconds/total"]),
                     "baseline": float(report.get("seconds/baseline", 0.0)),
                     "phases": {p: float(report[f"seconds/{p}"]) for p in PHASES if f"seconds/{p}" in report}})
+        # what each process used in the middle half of the round, while the site trains (the
+        # messages' transport and the ClientApp's start come before, the reply after)
+        start, quarter = record["started_at"], record["seconds"] / 4
+        middle = cpu.between(start + quarter, start + 3 * quarter)
+        usage["rounds"][record["round"]] = {"seconds": 2 * quarter, "cpu": middle}
     return out, usage
 
 
@@ -101,6 +106,7 @@ class CpuByProcess:
     def __init__(self, root: int) -> None:
         self.root, self.ticks = root, os.sysconf("SC_CLK_TCK")
         self.seen: dict[tuple[int, int], tuple[str, int]] = {}  # (pid, start) -> (kind, ticks)
+        self.timeline: list[tuple[float, dict[str, float]]] = []  # (wall clock, CPU seconds by kind so far)
 
     def _kind(self, pid: int) -> str:
         try:
@@ -119,12 +125,21 @@ class CpuByProcess:
             key, ticks = (pid, int(fields[19])), int(fields[11]) + int(fields[12])
             kind = self.seen[key][0] if key in self.seen else self._kind(pid)
             self.seen[key] = (kind, ticks)
+        self.timeline.append((time.time(), self.seconds()))
 
     def seconds(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for kind, ticks in self.seen.values():
             out[kind] = out.get(kind, 0.0) + ticks / self.ticks
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def between(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds by kind from the first sample at or after ``start`` to the last at or before ``end``."""
+        inside = [(t, totals) for t, totals in self.timeline if start <= t <= end]
+        if len(inside) < 2:
+            return {}
+        (_, first), (_, last) = inside[0], inside[-1]
+        return {k: v - first.get(k, 0.0) for k, v in last.items()}
 
 
 # ----------------------------------------------------------------------------- the bare loop
@@ -256,6 +271,22 @@ class Clock:
         return seconds
 
 
+def cpu_table(usage: dict, compared: list[dict]) -> list[str]:
+    """Cores each kind of process used while the site trained (the middle half of each compared round)."""
+    rounds = [usage["rounds"][r["round"]] for r in compared if usage["rounds"].get(r["round"], {}).get("cpu")]
+    wall = sum(r["seconds"] for r in rounds)
+    kinds: dict[str, float] = {}
+    for r in rounds:
+        for kind, seconds in r["cpu"].items():
+            kinds[kind] = kinds.get(kind, 0.0) + seconds
+    lines = [f"Cores each of the federation's processes used while the site trained (the middle half of each "
+             f"compared round, {wall:.0f} s in all, {os.cpu_count()} cores; CPU time from /proc every 0.5 s):", "",
+             "| process | CPU s | cores on average |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.1f} | {v / wall:.3f} |" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])]
+    others = sum(v for k, v in kinds.items() if k != "site (worker)")
+    return lines + ["", f"Everything but the site: {others / max(wall, 1e-9):.3f} cores on average."]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--site", default="clinic", help="a bundled site")
@@ -263,12 +294,17 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=100, help="encoder steps per round (>= 60 s of compute)")
     parser.add_argument("--rounds", type=int, default=3, help="federation rounds; rounds 2.. are compared")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--fedtl-only", action="store_true",
+                        help="only the federation: what its processes use while the site trains")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         site_yaml = site_config(workdir, args.site, args.steps)
         fed, usage = fedtl_rounds(site_yaml, args.encoder, args.steps, args.rounds, workdir)
+        if args.fedtl_only:
+            print("\n".join(cpu_table(usage, fed[1:])))
+            return 0
         alone, bare = [], []
         for r in fed[1:]:  # alternate, so drift in the machine's speed hits both alike
             alone.append(trainer_round(site_yaml, args.encoder, args.steps, seed=r["round"]))
@@ -293,12 +329,7 @@ def main() -> int:
         cells = [statistics.fmean(x["phases"].get(phase, 0.0) for x in xs) for xs in (compared, alone, bare)]
         if any(cells):
             lines.append(f"| {phase} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
-    others = {k: v for k, v in usage["cpu"].items() if k != "site (worker)"}
-    lines += ["", f"CPU seconds of the federation's processes over the whole `fedtl demo` run ({usage['wall']:.0f} s "
-              f"wall, {os.cpu_count()} cores), sampled every 0.5 s:", "",
-              "| process | CPU s | cores on average |", "|---|---|---|"]
-    lines += [f"| {k} | {v:.1f} | {v / usage['wall']:.3f} |" for k, v in usage["cpu"].items()]
-    lines += ["", f"Everything but the site: {sum(others.values()) / usage['wall']:.3f} cores on average."]
+    lines += [""] + cpu_table(usage, compared)
     lines += ["", f"Trainer alone / bare loop: {alone_s / bare_s:.3f}; in the federation it took "
               f"{site_s / alone_s:.3f}x its time alone.", "",
               f"Site round / bare loop: {site_s / bare_s:.3f} (target <= 1.05)"]

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -58,3 +60,18 @@ def test_site_daemon_detects_a_stuck_supernode(tmp_path, monkeypatch):
     listener.close()
     monkeypatch.setattr(site_daemon, "port_open", lambda host, port: False)
     assert not daemon.supernode_stuck(now=200.0 + STUCK_AFTER)  # coordinator down: let Flower retry
+
+
+def test_superexec_poll_interval_defaults_and_override(monkeypatch):
+    from fedtl.client.site_daemon import POLL_ENV, superexec_poll_seconds, supernode_env
+
+    monkeypatch.delenv(POLL_ENV, raising=False)
+    lone, many = superexec_poll_seconds(1), superexec_poll_seconds(10)
+    assert 0 < lone <= many
+    monkeypatch.setenv(POLL_ENV, "0.5")
+    assert superexec_poll_seconds(1) == superexec_poll_seconds(10) == 0.5
+    assert supernode_env(superexec_poll_seconds(1))["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.5"
+    for bad in ("soon", "0", "-1", "600"):
+        monkeypatch.setenv(POLL_ENV, bad)
+        with pytest.raises(ValueError, match=POLL_ENV):
+            superexec_poll_seconds(1)
