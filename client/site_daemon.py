@@ -53,28 +53,26 @@ def socket_path(state_dir: Path) -> Path:
     return folder / "worker.sock"
 
 
-# Flower's SuperExec looks for a new task (a message for the ClientApp) every 1 s by default:
-# half a second of every round, on average, spent waiting. Its own setting, read from the env.
-# Each look costs CPU (about 1% of a core at 0.1 s): a lone site looks often, a process that
-# serves many sites on one machine keeps Flower's default.
-SUPEREXEC_POLL_SECONDS = 0.1
-SUPEREXEC_POLL_SECONDS_MANY = 1.0
+# How often Flower's SuperExec looks for a new task (a message for the ClientApp): Flower's own
+# default, 1 s (half a second of waiting per message on average). Each look costs CPU in the
+# SuperExec and the SuperNode it asks, all round long: at 0.1 s they took 0.06 of a core while the
+# site trained, and its round took 1.135x its time alone (1.06x at 1 s, where they took 0.016)
+# (benchmarks/site_vs_bare.py). Rounds last tens of seconds; the half second is the cheaper cost.
+SUPEREXEC_POLL_SECONDS = 1.0
+POLL_ENV = "FEDTL_SUPEREXEC_POLL_SECONDS"  # an operator's (or a benchmark's) choice
 
 
-POLL_ENV = "FEDTL_SUPEREXEC_POLL_SECONDS"  # an operator's (or a benchmark's) choice overrides both
-
-
-def superexec_poll_seconds(sites_in_process: int) -> float:
+def superexec_poll_seconds() -> float:
     override = os.environ.get(POLL_ENV)
-    if override:
-        try:
-            seconds = float(override)
-        except ValueError:
-            seconds = 0.0
-        if not 0 < seconds <= 60:
-            raise ValueError(f"{POLL_ENV}={override!r}: give seconds between 0 and 60, e.g. 0.5")
-        return seconds
-    return SUPEREXEC_POLL_SECONDS if sites_in_process <= 1 else SUPEREXEC_POLL_SECONDS_MANY
+    if not override:
+        return SUPEREXEC_POLL_SECONDS
+    try:
+        seconds = float(override)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= 60:
+        raise ValueError(f"{POLL_ENV}={override!r}: give seconds between 0 and 60, e.g. 0.5")
+    return seconds
 
 
 def supernode_env(poll_seconds: float = SUPEREXEC_POLL_SECONDS) -> dict[str, str]:
@@ -100,7 +98,7 @@ class SiteDaemon:
         self.encoder = encoder
         self.warm = warm
         self.stop_event = stop_event or threading.Event()
-        self.superexec_poll = superexec_poll_seconds(1)
+        self.superexec_poll = superexec_poll_seconds()
         self.server = None
         self.supernode = None
         self.socket = socket_path(config.state_dir)
@@ -235,8 +233,6 @@ def run_sites(daemons: list[SiteDaemon]) -> int:
     before any site joins.
     """
     become_subreaper()  # the SuperNodes' SuperExecs run in their own sessions: keep them in reach
-    for daemon in daemons:
-        daemon.superexec_poll = superexec_poll_seconds(len(daemons))
     threads = []
     try:
         for daemon in daemons:

@@ -63,15 +63,14 @@ def test_site_daemon_detects_a_stuck_supernode(tmp_path, monkeypatch):
 
 
 def test_superexec_poll_interval_defaults_and_override(monkeypatch):
-    from fedtl.client.site_daemon import POLL_ENV, superexec_poll_seconds, supernode_env
+    from fedtl.client.site_daemon import POLL_ENV, SUPEREXEC_POLL_SECONDS, superexec_poll_seconds, supernode_env
 
     monkeypatch.delenv(POLL_ENV, raising=False)
-    lone, many = superexec_poll_seconds(1), superexec_poll_seconds(10)
-    assert 0 < lone <= many
+    assert superexec_poll_seconds() == SUPEREXEC_POLL_SECONDS
     monkeypatch.setenv(POLL_ENV, "0.5")
-    assert superexec_poll_seconds(1) == superexec_poll_seconds(10) == 0.5
-    assert supernode_env(superexec_poll_seconds(1))["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.5"
+    assert superexec_poll_seconds() == 0.5
+    assert supernode_env(superexec_poll_seconds())["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.5"
     for bad in ("soon", "0", "-1", "600"):
         monkeypatch.setenv(POLL_ENV, bad)
         with pytest.raises(ValueError, match=POLL_ENV):
-            superexec_poll_seconds(1)
+            superexec_poll_seconds()
