@@ -49,13 +49,26 @@ def ridge_gcv(features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
     return coef.T.to(features.dtype), bias.to(features.dtype), penalty / float(scale)
 
 
+# logistic penalties (on standardised features), searched from the largest down: half-decades, because
+# on the bundled sites the held-out loss moves by 4% between neighbouring decades and its minimum
+# sat at the old grid's top (1.0) at every site
+LOGISTIC_PENALTIES = tuple(10.0 ** (k / 2) for k in range(-8, 5))  # 1e-4 ... 1e2
+
+
 def logistic_cv(features: torch.Tensor, targets: torch.Tensor, multilabel: bool = False, folds: int = 3,
-                penalties: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0), seed: int = 0,
+                penalties: tuple[float, ...] = LOGISTIC_PENALTIES, seed: int = 0,
                 class_weights: torch.Tensor | None = None,
                 classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """A linear classifier fitted to convergence: L2-penalised logistic regression (softmax, or one
     sigmoid per label for multilabel), full-batch L-BFGS, the penalty chosen by k-fold
     cross-validated log-loss on the training data. Returns weight (classes x d), bias, penalty.
+
+    The penalties are walked as a regularisation path (glmnet's warm starts): from the largest
+    down, each fold's fit starts from its fit at the previous penalty, and the final fit on all
+    rows from the folds' mean at the chosen one. The problem is convex, so a warm start changes
+    only how many L-BFGS steps reach the optimum, not the optimum. The walk stops once the
+    held-out loss has risen at two penalties in a row (it is unimodal along the path in practice),
+    which skips the small penalties whose near-separable fits cost the most steps.
 
     ``classes``: the head's number of classes, when some may be missing from these rows (a site
     with label skew); without it, the largest class seen decides."""
@@ -65,25 +78,34 @@ def logistic_cv(features: torch.Tensor, targets: torch.Tensor, multilabel: bool 
     y = targets.detach()
     if classes is None:
         classes = y.shape[1] if multilabel else int(y.max()) + 1
-    order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
     cw = None if class_weights is None else class_weights.to(torch.float64)
-    best = (float("inf"), penalties[-1])
+    path = sorted(penalties, reverse=True)
+    best_penalty, start = path[0], None
     if len(z) >= 2 * folds:
-        for penalty in penalties:
-            losses = []
-            for k in range(folds):
-                held = order[k::folds]
-                keep = torch.ones(len(z), dtype=torch.bool)
-                keep[held] = False
-                w, b = _fit_logistic(z[keep], y[keep], classes, penalty, multilabel, cw)
-                losses.append(_log_loss(z[held] @ w.T + b, y[held], multilabel, cw))
-            score = sum(losses) / folds
-            if score < best[0] - 1e-9:
-                best = (score, penalty)
-    w, b = _fit_logistic(z, y, classes, best[1], multilabel, cw)
+        order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
+        splits = []
+        for k in range(folds):
+            keep = torch.ones(len(z), dtype=torch.bool)
+            keep[order[k::folds]] = False
+            splits.append((keep, ~keep))
+        fits: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * folds
+        best_score, best_fits, rises, last = float("inf"), None, 0, float("inf")
+        for penalty in path:
+            fits = [_fit_logistic(z[keep], y[keep], classes, penalty, multilabel, cw, init=fit)
+                    for (keep, _), fit in zip(splits, fits)]
+            score = sum(_log_loss(z[held] @ w.T + b, y[held], multilabel, cw)
+                        for (_, held), (w, b) in zip(splits, fits)) / folds
+            if score < best_score - 1e-9:
+                best_score, best_penalty, best_fits = score, penalty, fits
+            rises = rises + 1 if score > last else 0
+            last = score
+            if rises >= 2:
+                break
+        start = (torch.stack([w for w, _ in best_fits]).mean(0), torch.stack([b for _, b in best_fits]).mean(0))
+    w, b = _fit_logistic(z, y, classes, best_penalty, multilabel, cw, init=start)
     weight = w / std
     bias = b - (mean / std) @ w.T
-    return weight.to(features.dtype), bias.to(features.dtype), best[1]
+    return weight.to(features.dtype), bias.to(features.dtype), best_penalty
 
 
 def _log_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool, weights: torch.Tensor | None = None) -> float:
@@ -92,10 +114,15 @@ def _log_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool, weights: 
     return float(torch.nn.functional.cross_entropy(logits, y.long(), weight=weights))
 
 
-def _fit_logistic(z: torch.Tensor, y: torch.Tensor, classes: int, penalty: float,
-                  multilabel: bool, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    w = torch.zeros(classes, z.shape[1], dtype=z.dtype, requires_grad=True)
-    b = torch.zeros(classes, dtype=z.dtype, requires_grad=True)
+def _fit_logistic(z: torch.Tensor, y: torch.Tensor, classes: int, penalty: float, multilabel: bool,
+                  weights: torch.Tensor | None = None,
+                  init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The penalised optimum by L-BFGS, from ``init`` (weight, bias) or from zeros."""
+    if init is None:
+        w = torch.zeros(classes, z.shape[1], dtype=z.dtype, requires_grad=True)
+        b = torch.zeros(classes, dtype=z.dtype, requires_grad=True)
+    else:
+        w, b = (t.detach().clone().requires_grad_(True) for t in init)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=200, tolerance_grad=1e-7, line_search_fn="strong_wolfe")
 
     def closure():

@@ -1,11 +1,13 @@
-"""Closed-form regression heads: ridge with its penalty chosen by GCV on training data."""
+"""Converged heads: ridge with its penalty chosen by GCV, logistic regression with its penalty chosen by
+cross-validation along a warm-started path, both on training data alone."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from fedtl.shared.probes import ridge_gcv
+from fedtl.shared import probes
+from fedtl.shared.probes import logistic_cv, ridge_gcv
 
 
 def data(n=200, d=20, noise=0.0, seed=0, sample_seed=None):
@@ -43,3 +45,46 @@ def test_a_ridge_head_generalises_better_than_least_squares_on_noisy_small_data(
     ridge_err = float(((xt @ weight[0] + bias[0] - yt) ** 2).mean())
     ols_err = float(((xt.numpy() @ ols[:-1] + ols[-1] - yt.numpy()) ** 2).mean())
     assert ridge_err < ols_err
+
+
+def classes_data(n=150, d=12, classes=3, spread=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = spread * torch.randn(classes, d, generator=g)
+    y = torch.arange(n) % classes
+    return centres[y] + torch.randn(n, d, generator=g), y
+
+
+def cold_logistic_cv(x, y, classes, penalties, folds=3, seed=0):
+    """The reference: every penalty and fold fitted from zeros, every penalty scored."""
+    z = (x.double() - x.double().mean(0)) / x.double().std(0)
+    order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
+    scores = []
+    for penalty in penalties:
+        loss = 0.0
+        for k in range(folds):
+            keep = torch.ones(len(z), dtype=torch.bool)
+            keep[order[k::folds]] = False
+            w, b = probes._fit_logistic(z[keep], y[keep], classes, penalty, False)
+            loss += probes._log_loss(z[~keep] @ w.T + b, y[~keep], False) / folds
+        scores.append(loss)
+    best = penalties[int(np.argmin(scores))]
+    w, b = probes._fit_logistic(z, y, classes, best, False)
+    return w, b, best, scores
+
+
+def test_the_warm_started_path_finds_the_cold_fits_penalty_and_optimum():
+    x, y = classes_data()
+    weight, bias, penalty = logistic_cv(x, y, classes=3)
+    grid = tuple(sorted(probes.LOGISTIC_PENALTIES))
+    w, b, best, scores = cold_logistic_cv(x, y, 3, grid)
+    assert penalty == best
+    assert 0 < grid.index(best) < len(grid) - 1, f"the optimum should be inside the grid: {scores}"
+    std, mean = x.double().std(0), x.double().mean(0)  # fold the reference back into raw features
+    torch.testing.assert_close(x @ weight.T + bias, (x.double() @ (w / std).T + b - (mean / std) @ w.T).float(),
+                               rtol=1e-3, atol=1e-3)
+
+
+def test_overlapping_classes_buy_a_larger_logistic_penalty():
+    clear = logistic_cv(*classes_data(spread=2.0), classes=3)[2]
+    overlapping = logistic_cv(*classes_data(spread=0.3), classes=3)[2]
+    assert overlapping > clear
