@@ -54,6 +54,28 @@ def classes_data(n=150, d=12, classes=3, spread=1.0, seed=0):
     return centres[y] + torch.randn(n, d, generator=g), y
 
 
+def reference_fit(z, y, classes, penalty, multilabel=False, weights=None):
+    """Penalised logistic regression written out with torch's own losses, from zeros."""
+    w = torch.zeros(classes, z.shape[1], dtype=z.dtype, requires_grad=True)
+    b = torch.zeros(classes, dtype=z.dtype, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logits = z @ w.T + b
+        if multilabel:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+        else:
+            loss = torch.nn.functional.cross_entropy(logits, y, weight=weights)
+        loss = loss + 0.5 * penalty * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
 def cold_logistic_cv(x, y, classes, penalties, folds=3, seed=0):
     """The reference: every penalty and fold fitted from zeros, every penalty scored."""
     z = (x.double() - x.double().mean(0)) / x.double().std(0)
@@ -64,11 +86,11 @@ def cold_logistic_cv(x, y, classes, penalties, folds=3, seed=0):
         for k in range(folds):
             keep = torch.ones(len(z), dtype=torch.bool)
             keep[order[k::folds]] = False
-            w, b = probes._fit_logistic(z[keep], y[keep], classes, penalty, False)
+            w, b = reference_fit(z[keep], y[keep], classes, penalty)
             loss += probes._log_loss(z[~keep] @ w.T + b, y[~keep], False) / folds
         scores.append(loss)
     best = penalties[int(np.argmin(scores))]
-    w, b = probes._fit_logistic(z, y, classes, best, False)
+    w, b = reference_fit(z, y, classes, best)
     return w, b, best, scores
 
 
@@ -88,3 +110,18 @@ def test_overlapping_classes_buy_a_larger_logistic_penalty():
     clear = logistic_cv(*classes_data(spread=2.0), classes=3)[2]
     overlapping = logistic_cv(*classes_data(spread=0.3), classes=3)[2]
     assert overlapping > clear
+
+
+def test_the_weighted_and_multilabel_fits_are_plain_penalised_logistic_regression():
+    x, y = classes_data(n=90, classes=4)
+    z = ((x - x.mean(0)) / x.std(0)).double()
+    labels = torch.nn.functional.one_hot(y, 4).double()
+    labels[::5, 0] = 1.0  # some rows with two labels
+    start = (torch.full((4, z.shape[1]), 0.3, dtype=z.dtype), torch.ones(4, dtype=z.dtype))
+    cases = [(y, False, torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)), (labels, True, None)]
+    for targets, multilabel, weights in cases:
+        prob = torch.sigmoid if multilabel else lambda logits: torch.softmax(logits, 1)  # softmax: bias up to a shift
+        wr, br = reference_fit(z, targets, 4, 0.05, multilabel, weights)
+        for init in (None, start):  # from zeros, and warm-started from elsewhere: the same optimum
+            w, b = probes._fit_logistic(z, targets, 4, 0.05, multilabel, weights, init=init)
+            torch.testing.assert_close(prob(z @ w.T + b), prob(z @ wr.T + br), rtol=1e-4, atol=1e-4)
