@@ -103,7 +103,7 @@ def run_seed(paths: list[Path], seed: int, args, work: Path) -> dict[str, dict[s
 
 def report(runs: list[dict], meta: dict, readme: Path | None) -> str:
     combos = [" + ".join(c) for c in [(n,) for n in SINGLE] + list(PAIRS)] + ["fedavg (site's report)"]
-    head = "| site | task | " + " | ".join(combos) + " | best pair - best local |"
+    head = "| site | task | " + " | ".join(combos) + " | local + fedavg - best local |"
     lines = [f"Seeds {meta['seeds']}, encoder `{meta['encoder']}`, update mode `{meta['update']}`, FedAvg "
              f"{meta['rounds']} rounds x {meta['steps']} steps, local fine-tuning {meta['rounds'] * meta['steps']} "
              f"steps, {meta['machine']}. Primary validation metric, mean ± sd over seeds; the last column pairs "
@@ -115,7 +115,8 @@ def report(runs: list[dict], meta: dict, readme: Path | None) -> str:
             cells = []
             for combo in combos:
                 values = [r[site][task][combo] for r in runs]
-                cells.append(f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}")
+                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells.append(f"{statistics.fmean(values):.3f} ± {sd:.3f}")
             gain = [r[site][task]["local + fedavg"] - max(r[site][task]["pretrained"], r[site][task]["local"])
                     for r in runs]
             gains.append(statistics.fmean(gain))
