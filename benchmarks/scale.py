@@ -50,8 +50,9 @@ def tree_pss(root: int) -> int:
     return sum(pss(pid) for pid in tree(root))
 
 
-def federation_yaml(root: Path, sites: int, rounds: int, steps: int) -> tuple[Path, str]:
-    config = {
+def federation_yaml(root: Path, sites: int, rounds: int, steps: int,
+                    in_flight: int | None = None) -> tuple[Path, str]:
+    config = {"sites_in_flight": in_flight,
         "name": "scale", "encoder": "tiny", "update_mode": "full", "rounds": rounds, "min_sites": sites,
         "min_available_sites": sites, "max_steps": steps, "round_timeout": 600, "wait_for_sites": 900,
         "final_evaluate": False, "state_dir": str(root / "coordinator"),
@@ -63,10 +64,10 @@ def federation_yaml(root: Path, sites: int, rounds: int, steps: int) -> tuple[Pa
     return path, config["superlink"]["fleet_address"]
 
 
-def run(sites: int, rounds: int, per_process: int, steps: int, root: Path) -> dict:
+def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_flight: int | None = None) -> dict:
     bundled = copy_examples(root / "bundled")
     configs = split_site(bundled["lexicon"], sites, root / "split")
-    fed_path, fleet = federation_yaml(root, sites, rounds, steps)
+    fed_path, fleet = federation_yaml(root, sites, rounds, steps, in_flight)
     coordinator = start([tool("fedtl"), "coordinator", "--config", str(fed_path), "--insecure"],
                         root / "coordinator.log", die_with_parent=True)
     hosts = []
@@ -90,7 +91,8 @@ def run(sites: int, rounds: int, per_process: int, steps: int, root: Path) -> di
     walls = [wall for _, wall, _ in timed]
     overheads = [wall - max(sites.values()) for _, wall, sites in timed]
     return {
-        "sites": sites, "per_process": per_process, "rounds": len(records), "exit_code": coordinator.returncode,
+        "sites": sites, "per_process": per_process, "in_flight": in_flight,
+        "rounds": len(records), "exit_code": coordinator.returncode,
         "failed_rounds": sum(1 for r in records if r["accepted"] < sites or not r["aggregated"]),
         "round_seconds": statistics.fmean(walls[1:] or walls) if walls else None,
         "overhead_per_site": statistics.fmean(o / sites for o in (overheads[1:] or overheads)) if overheads else None,
@@ -105,16 +107,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--per-process", type=int, nargs="+", default=[10])
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--in-flight", type=int, nargs="+", default=[0],
+                        help="federation.yaml's sites_in_flight (0: every site at once)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
     rows = []
     for sites in args.sites:
         for per_process in args.per_process:
-            with tempfile.TemporaryDirectory() as tmp:
-                rows.append(run(sites, args.rounds, per_process, args.steps, Path(tmp)))
+            for in_flight in args.in_flight:
+                with tempfile.TemporaryDirectory() as tmp:
+                    rows.append(run(sites, args.rounds, per_process, args.steps, Path(tmp), in_flight or None))
     table = Table(title=f"real SuperNodes on loopback, tiny encoder, {args.rounds} rounds x {args.steps} steps")
-    header = ["sites", "sites per process", "rounds done", "failed rounds", "s per round",
+    header = ["sites", "sites per process", "sites in flight", "rounds done", "failed rounds", "s per round",
               "overhead s per site", "MiB per site (PSS)", "coordinator MiB (PSS)"]
     for col in header:
         table.add_column(col, justify="right")
@@ -122,7 +127,8 @@ def main() -> None:
              f"{args.rounds} rounds x {args.steps} encoder steps, {platform.machine()} CPU, 2 cores.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [str(r["sites"]), str(r["per_process"]), str(r["rounds"]), str(r["failed_rounds"]),
+        cells = [str(r["sites"]), str(r["per_process"]), str(r.get("in_flight") or "all"), str(r["rounds"]),
+                 str(r["failed_rounds"]),
                  f"{r['round_seconds']:.1f}", f"{r['overhead_per_site']:.2f}", f"{r['site_pss'] / MiB:.0f}",
                  f"{r['coordinator_pss'] / MiB:.0f}"]
         table.add_row(*cells)

@@ -118,10 +118,11 @@ class Exchange:
     def node_bytes_down(self) -> dict[int, int]:
         return {m.metadata.dst_node_id: record_nbytes(m.content[ARRAYS]) for m in self.sent}
 
-    def collect(self, grid: Grid, rnd: int, timeout: float, wire: WireLog) -> Iterator[Message]:
+    def collect(self, grid: Grid, rnd: int, timeout: float, wire: WireLog,
+                window: int | None = None) -> Iterator[Message]:
         """Each reply as it arrives, logged on the wire log and counted (before aggregation may
-        release its tensors)."""
-        for msg in receive(grid, self.sent, timeout):
+        release its tensors); at most ``window`` messages out at once."""
+        for msg in receive(grid, self.sent, timeout, window):
             wire.record("up", rnd, msg)
             self.replies.append(msg)
             if not msg.has_error() and ARRAYS in msg.content.array_records:
@@ -220,22 +221,38 @@ def send(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: 
     return Exchange(sent, bases=bases)
 
 
-def receive(grid: Grid, sent: list[Message], timeout: float) -> Iterator[Message]:
+def receive(grid: Grid, sent: list[Message], timeout: float, window: int | None = None) -> Iterator[Message]:
     """Push the messages, then yield each reply as soon as it is there, until all came or ``timeout``.
 
     Flower's ``send_and_receive`` returns only once every reply is in and looks every 3 s, so a
     round waited 1.5 s on average after its last site, with every reply held in memory. Here
     replies are pulled a few at a time with a short poll, so the caller can fold each one in
     and let it go.
+
+    ``window``: at most this many messages out at once; each reply lets the next one go. Many
+    sites on one host otherwise start all their ClientApp processes together, and Flower 1.39
+    gives a task whose ClientApp has not checked in within 30 s to another, new ClientApp: an
+    overloaded host then starts more processes than it has messages (benchmarks/README.md).
     """
     if not sent:
         return
-    ids = list(grid.push_messages(sent))
-    to = {mid: msg for mid, msg in zip(ids, sent) if mid}
-    pending = set(to)
+    queue = list(sent)
+    to: dict[str, Message] = {}
+    pending: set[str] = set()
+
+    def push(count: int) -> None:
+        batch, queue[:count] = queue[:max(count, 0)], []
+        if not batch:
+            return
+        for mid, msg in zip(grid.push_messages(batch), batch):
+            if mid:
+                to[mid] = msg
+                pending.add(mid)
+
+    push(window or len(queue))
     deadline = time.monotonic() + timeout
     wait = POLL_MIN
-    while pending:
+    while pending or queue:
         got = 0
         waiting = sorted(pending)
         for start in range(0, len(waiting), PULL_BATCH):
@@ -244,7 +261,9 @@ def receive(grid: Grid, sent: list[Message], timeout: float) -> Iterator[Message
                 pending.discard(msg.metadata.reply_to_message_id)
                 got += 1
                 yield on_behalf_of(msg, question)
-        if not pending:
+        if queue:
+            push((window or len(queue)) - len(pending))
+        if not pending and not queue:
             return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -270,10 +289,10 @@ def on_behalf_of(reply: Message, question: Message | None) -> Message:
 
 def exchange(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: RoundConfig,
              timeout: float, wire: WireLog, evaluate: bool = False,
-             personal: dict[int, dict[str, np.ndarray]] | None = None) -> Exchange:
+             personal: dict[int, dict[str, np.ndarray]] | None = None, window: int | None = None) -> Exchange:
     """Sample, send, and collect every reply (evaluation: replies carry metrics only)."""
     ex = send(grid, strategy, rnd, arrays, config, wire, evaluate, personal)
-    for _ in ex.collect(grid, rnd, timeout, wire):
+    for _ in ex.collect(grid, rnd, timeout, wire, window):
         pass
     return ex
 
@@ -296,7 +315,7 @@ def train_exchange(grid: Grid, rnd: int, ex: Exchange, global_arrays: dict[str, 
     failed, rejected = [], []
     up = Codec.parse(fed.codec.up)
     shapes = {n: a.shape for n, a in global_arrays.items()}
-    for msg in ex.collect(grid, rnd, fed.round_timeout, wire):
+    for msg in ex.collect(grid, rnd, fed.round_timeout, wire, fed.sites_in_flight):
         if downlink is not None:
             downlink.answered(msg.metadata.src_node_id, not msg.has_error())
         if up.lossy and (reason := decode_reply(msg, up, shapes)) is not None:
@@ -511,7 +530,7 @@ class FederationRun:
                        wire: WireLog) -> dict[str, Any]:
         started = time.time()
         ex = exchange(grid, strategy, rnd, global_arrays, self.round_config(), self.fed.round_timeout, wire,
-                      evaluate=True)
+                      evaluate=True, window=self.fed.sites_in_flight)
         good = [m for m in ex.replies if not m.has_error()]
         aggregated = strategy.aggregate_evaluate(rnd, good) if good else None
         return {

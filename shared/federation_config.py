@@ -226,6 +226,10 @@ class FederationConfig(BaseModel):
         default=None, ge=1, description="sites that must be connected before a round starts (default: min_sites)")
     fraction: float = Field(default=1.0, gt=0, le=1, description="share of connected sites sampled per round")
     round_timeout: float = Field(default=900.0, gt=0, description="seconds to wait for a round's replies")
+    sites_in_flight: int | None = Field(
+        default=None, ge=1, description="at most this many sites working on a round at once, the rest "
+        "waiting for a free slot (default: all). For many sites on one host: Flower hands a task whose "
+        "ClientApp has not started within 30 s to a new ClientApp, and an overloaded host spirals")
     wait_for_sites: float = Field(default=600.0, gt=0, description="seconds to wait for min_sites at start")
     evaluate_every: int = Field(default=0, ge=0, description="separate evaluate exchange every k rounds (0: only at the end)")
     final_evaluate: bool = True
