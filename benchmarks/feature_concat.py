@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from learning import METHODS, federated, fit, site_configs
+from learning import METHODS, add_run_arguments, federated, fit, site_configs
 from readme_block import write_block
 from safetensors.numpy import load
 
@@ -131,11 +131,7 @@ def report(runs: list[dict], meta: dict, readme: Path | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=12, help="encoder steps per site per round")
-    parser.add_argument("--encoder", default="minilm")
-    parser.add_argument("--update", default="last:2")
+    add_run_arguments(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--readme", type=Path, default=Path(__file__).with_name("README.md"))

@@ -268,13 +268,18 @@ def plot(results: list[dict[str, Any]], methods: list[str], path: Path) -> None:
 
 
 # ---------------------------------------------------------------- main
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Seeds, round plan, encoder and update mode: what every learning benchmark is run with."""
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=12, help="encoder steps per site per round")
     parser.add_argument("--encoder", default="minilm")
     parser.add_argument("--update", default="last:2")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_arguments(parser)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--site", type=Path, action="append", help="a site.yaml (default: the bundled sites)")
     parser.add_argument("--split", metavar="SITE:N", help="instead of the sites: N sites sharing the bundled "
