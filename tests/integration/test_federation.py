@@ -193,12 +193,13 @@ def test_late_joiner_starts_from_the_current_global_encoder(tmp_path):
 
 
 def test_one_process_serves_several_sites_each_with_its_own_state(tmp_path):
-    """`fedtl site --config a --config b --config c`: three sites, one process, each a full participant."""
+    """`fedtl site --config a --config b --config c`: three sites, one process, each a full participant;
+    the coordinator keeps at most two of them working at once (``sites_in_flight``), as for co-hosted sites."""
     fed = Federation(tmp_path)
     names = ("host_a", "host_b", "host_c")
     for i, name in enumerate(names):
         fed.add_site(name, types=("classification",) if i % 2 == 0 else ("regression",), seed=i)
-    fed.write_config(rounds=2, min_sites=3, min_available_sites=3, final_evaluate=False)
+    fed.write_config(rounds=2, min_sites=3, min_available_sites=3, final_evaluate=False, sites_in_flight=2)
     try:
         host = fed.start_sites("host", *names)
         fed.start_coordinator()
