@@ -38,23 +38,18 @@ from fedtl.client.local_training import load_site_data, prepare_tasks
 from fedtl.client.trainer import LocalTrainer
 from fedtl.shared.encoders import load_encoder
 from fedtl.shared.examples import copy_examples
-from fedtl.shared.heads import TaskType
-from fedtl.shared.probes import logistic_cv, ridge_gcv
 
 OUT = Path(__file__).resolve().parent / "results" / "feature-concat"
 SINGLE = ("pretrained", "local", "fedavg")
 # ("local", "local"): the control; the same features twice change only how the penalty acts
 PAIRS = (("pretrained", "fedavg"), ("local", "fedavg"), ("pretrained", "local"), ("local", "local"))
+COMBOS = [(n,) for n in SINGLE] + list(PAIRS)
 
 
 def converged_score(task, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, seed: int) -> float:
     """The task's primary validation metric for a converged head on these features."""
     spec = replace(task.spec, hidden_size=train_x.shape[1])
-    if spec.type == TaskType.regression:
-        weight, bias, _ = ridge_gcv(train_x, spec.standardise(train_y))
-    else:
-        weight, bias, _ = logistic_cv(train_x, train_y, multilabel=spec.type == TaskType.multilabel, seed=seed,
-                                      class_weights=spec.weight_tensor(train_x), classes=spec.out_features)
+    weight, bias = spec.fit_converged(train_x, train_y, seed)
     outputs = val_x @ weight.T + bias
     return spec.metrics(spec.predict(outputs), task.data.val.targets)[spec.primary_metric]
 
@@ -67,11 +62,11 @@ def site_scores(cfg, encoders: dict[str, object], seed: int) -> dict[str, dict[s
     for name, encoder in encoders.items():
         trainer = LocalTrainer(encoder, tasks, training, torch.device("cpu"))
         feats[name] = {split: trainer.features(split) for split in ("train", "val")}
-    targets = {t.name: trainer._targets(t, "train") for t in tasks}
+    targets = {t.name: torch.as_tensor(t.data.train.targets) for t in tasks}
     out = {}
     for task in tasks:
         scores = {}
-        for combo in [(n,) for n in SINGLE] + list(PAIRS):
+        for combo in COMBOS:
             x = torch.cat([feats[n]["train"][task.name] for n in combo], 1)
             v = torch.cat([feats[n]["val"][task.name] for n in combo], 1)
             scores[" + ".join(combo)] = converged_score(task, x, targets[task.name], v, seed)
@@ -102,7 +97,7 @@ def run_seed(paths: list[Path], seed: int, args, work: Path) -> dict[str, dict[s
 
 
 def report(runs: list[dict], meta: dict, readme: Path | None) -> str:
-    combos = [" + ".join(c) for c in [(n,) for n in SINGLE] + list(PAIRS)] + ["fedavg (site's report)"]
+    combos = [" + ".join(c) for c in COMBOS] + ["fedavg (site's report)"]
     head = "| site | task | " + " | ".join(combos) + " | local + fedavg - best local |"
     lines = [f"Seeds {meta['seeds']}, encoder `{meta['encoder']}`, update mode `{meta['update']}`, FedAvg "
              f"{meta['rounds']} rounds x {meta['steps']} steps, local fine-tuning {meta['rounds'] * meta['steps']} "

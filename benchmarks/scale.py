@@ -52,9 +52,10 @@ def tree_pss(root: int) -> int:
 
 def federation_yaml(root: Path, sites: int, rounds: int, steps: int,
                     in_flight: int | None = None) -> tuple[Path, str]:
-    config = {"sites_in_flight": in_flight,
+    config = {
         "name": "scale", "encoder": "tiny", "update_mode": "full", "rounds": rounds, "min_sites": sites,
         "min_available_sites": sites, "max_steps": steps, "round_timeout": 600, "wait_for_sites": 900,
+        "sites_in_flight": in_flight,
         "final_evaluate": False, "state_dir": str(root / "coordinator"),
         "superlink": {"fleet_address": f"127.0.0.1:{free_port()}", "control_port": free_port()},
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "scale"},

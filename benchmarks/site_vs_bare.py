@@ -44,8 +44,7 @@ from fedtl.shared.config import load_site_config
 from fedtl.shared.data import load_site_tasks
 from fedtl.shared.encoders import encoder_folder, load_encoder
 from fedtl.shared.examples import copy_examples
-from fedtl.shared.heads import HeadSpec, TaskType
-from fedtl.shared.probes import logistic_cv, ridge_gcv
+from fedtl.shared.heads import HeadSpec
 from fedtl.shared.processes import child_env, descendants, tool
 from fedtl.shared.records import l2_norm
 
@@ -161,11 +160,7 @@ def embed(model, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
 
 
 def fit_head(spec: HeadSpec, head: torch.nn.Linear, feats: torch.Tensor, y: torch.Tensor, seed: int) -> None:
-    if spec.type == TaskType.regression:
-        weight, bias, _ = ridge_gcv(feats, spec.standardise(y))
-    else:
-        weight, bias, _ = logistic_cv(feats, y, seed=seed, class_weights=spec.weight_tensor(feats),
-                                      classes=spec.out_features)
+    weight, bias = spec.fit_converged(feats, y, seed)
     with torch.no_grad():
         head.weight.copy_(weight)
         head.bias.copy_(bias)

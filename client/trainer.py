@@ -24,11 +24,10 @@ from rich.progress import Progress
 
 from fedtl.client.loss_weighting import LossWeighting
 from fedtl.client.prefix_cache import PrefixCache
-from fedtl.shared.config import TaskType, TrainingConfig
+from fedtl.shared.config import TrainingConfig
 from fedtl.shared.data import TaskData
 from fedtl.shared.encoders import TextEncoder
 from fedtl.shared.heads import HeadSpec, TaskHead
-from fedtl.shared.probes import logistic_cv, ridge_gcv
 
 EMBED_BATCH = 64
 
@@ -310,12 +309,7 @@ class LocalTrainer:
     def _fit_converged(self, task: PreparedTask, feats: torch.Tensor, targets: torch.Tensor) -> float:
         """A head fitted to convergence (ridge by GCV, or logistic regression by L-BFGS with a
         cross-validated penalty); returns its training loss."""
-        if task.spec.type == TaskType.regression:
-            weight, bias, _ = ridge_gcv(feats, task.spec.standardise(targets))
-        else:
-            weight, bias, _ = logistic_cv(feats, targets, multilabel=task.spec.type == TaskType.multilabel,
-                                          seed=self.cfg.seed, class_weights=task.spec.weight_tensor(feats),
-                                          classes=task.spec.out_features)
+        weight, bias = task.spec.fit_converged(feats, targets, self.cfg.seed)
         task.head.linear.weight.copy_(weight)
         task.head.linear.bias.copy_(bias)
         task.head.eval()

@@ -16,6 +16,7 @@ from torch import nn
 from fedtl.shared import metrics as M
 from fedtl.shared.config import TaskType
 from fedtl.shared.data import TaskData
+from fedtl.shared.probes import logistic_cv, ridge_gcv
 
 PRIMARY_METRIC = {
     TaskType.classification: "macro_f1",
@@ -95,6 +96,16 @@ class HeadSpec:
         if self.type == TaskType.multilabel:
             return F.binary_cross_entropy_with_logits(outputs, targets.float())
         return F.mse_loss(outputs.squeeze(-1), self.standardise(targets))
+
+    def fit_converged(self, feats: torch.Tensor, targets: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of this task's head fitted to convergence on frozen features: ridge by GCV
+        for regression, else logistic regression with a cross-validated penalty (shared/probes.py)."""
+        if self.type == TaskType.regression:
+            weight, bias, _ = ridge_gcv(feats, self.standardise(targets))
+        else:
+            weight, bias, _ = logistic_cv(feats, targets, multilabel=self.type == TaskType.multilabel, seed=seed,
+                                          class_weights=self.weight_tensor(feats), classes=self.out_features)
+        return weight, bias
 
     def weight_tensor(self, like: torch.Tensor) -> torch.Tensor | None:
         if not self.class_weights:
