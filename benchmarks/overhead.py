@@ -16,22 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from flower_floor import floor_rounds
 from readme_block import write_block
 from rich.console import Console
 from rich.table import Table
 from round_timing import timed_rounds
 
-from fedtl.server.control import FlowerControl
 from fedtl.server.history import read_rounds
-from fedtl.shared.processes import child_env, free_port, start, stop_many, tool, wait_for_port
+from fedtl.shared.processes import child_env, tool
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "overhead"
@@ -47,37 +45,6 @@ def fedtl_rounds(encoder: str, update: str, rounds: int, workdir: Path) -> list[
                     "bytes_down": record["bytes_down"], "bytes_up": record["bytes_up"],
                     "overhead": wall - max(sites.values())})
     return out
-
-
-def floor_rounds(sites: int, nbytes: int, rounds: int, workdir: Path) -> list[float]:
-    """Seconds per round of the trivial app with ``sites`` SuperNodes and ``nbytes`` each way per site."""
-    fleet, control = free_port(), free_port()
-    env = child_env({"FLWR_HOME": str(workdir / "flwr")})
-    procs = [start([tool("flower-superlink"), "--fleet-api-address", f"127.0.0.1:{fleet}", "--host", "127.0.0.1",
-                    "--port", str(control), "--insecure", "--disable-runtime-dependency-installation"],
-                   workdir / "superlink.log", env=env, die_with_parent=True)]
-    try:
-        wait_for_port("127.0.0.1", control, 60, procs[0], "flower-superlink", workdir / "superlink.log")
-        wait_for_port("127.0.0.1", fleet, 60, procs[0], "flower-superlink", workdir / "superlink.log")
-        for i in range(sites):
-            node_env = child_env({"FLWR_HOME": str(workdir / f"node{i}")})
-            procs.append(start([tool("flower-supernode"), "--superlink", f"127.0.0.1:{fleet}", "--insecure",
-                                "--port", str(free_port())], workdir / f"node{i}.log", env=node_env,
-                               die_with_parent=True))
-        app = workdir / "app"
-        shutil.copytree(HERE / "floor_app", app, ignore=shutil.ignore_patterns("__pycache__"))
-        result = workdir / "floor.json"
-        client = FlowerControl(f"127.0.0.1:{control}", timeout=10)
-        client.start_run(app, {"sites": sites, "bytes": nbytes, "rounds": rounds, "out": str(result)})
-        deadline = time.monotonic() + 600
-        while not result.exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the floor app did not finish; see the logs in {workdir}")
-            time.sleep(0.5)
-        client.close()
-        return json.loads(result.read_text())["seconds"]
-    finally:
-        stop_many(procs)
 
 
 def main() -> None:

@@ -7,13 +7,18 @@ loopback, for ``--rounds`` rounds. Memory is proportional set size (PSS: shared 
 split among the processes that map them), sampled every 2 s, the peak kept; per site it counts
 the whole tree of the site processes (workers, SuperNodes, SuperExecs, ClientApps) over N.
 
-    python benchmarks/scale.py [--sites 50] [--rounds 10] [--per-process 10]
+With ``--floor``, each size is also run as Flower's floor (``benchmarks/flower_floor.py``: a
+trivial app with as many real SuperNodes moving the same bytes each way), and the table sets
+fedtl's round against the floor's round plus the sites' own compute spread over the cores.
+
+    python benchmarks/scale.py [--sites 50] [--rounds 10] [--per-process 10] [--floor]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -21,6 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
+from flower_floor import floor_rounds
 from readme_block import write_block
 from rich.console import Console
 from rich.table import Table
@@ -91,15 +97,28 @@ def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_fl
     timed = list(timed_rounds(records))
     walls = [wall for _, wall, _ in timed]
     overheads = [wall - max(sites.values()) for _, wall, sites in timed]
+    computes = [sum(sites.values()) for _, _, sites in timed]
     return {
         "sites": sites, "per_process": per_process, "in_flight": in_flight,
         "rounds": len(records), "exit_code": coordinator.returncode,
         "failed_rounds": sum(1 for r in records if r["accepted"] < sites or not r["aggregated"]),
         "round_seconds": statistics.fmean(walls[1:] or walls) if walls else None,
         "overhead_per_site": statistics.fmean(o / sites for o in (overheads[1:] or overheads)) if overheads else None,
+        "compute_seconds": statistics.fmean(computes[1:] or computes) if computes else None,
+        "bytes_per_site": records[0]["bytes_down"] // sites if records else None,
         "site_pss": peak_sites / sites, "coordinator_pss": peak_coord,
         "seconds": time.monotonic() - started,
     }
+
+
+def with_floor(row: dict, rounds: int, root: Path) -> dict:
+    """The row plus Flower's floor for the same sites and bytes, and the round fedtl is held to:
+    the floor's round + the sites' summed compute over the cores + 1 s."""
+    floor = floor_rounds(row["sites"], row["bytes_per_site"], rounds, root / "floor")
+    row["floor_seconds"] = statistics.fmean(floor[1:] or floor)
+    row["cores"] = os.cpu_count() or 1
+    row["round_bound"] = row["floor_seconds"] + row["compute_seconds"] / row["cores"] + 1.0
+    return row
 
 
 def main() -> None:
@@ -110,6 +129,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--in-flight", type=int, nargs="+", default=[0],
                         help="federation.yaml's sites_in_flight (0: every site at once)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time Flower's floor (a trivial app, same SuperNodes and bytes) at each size")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
@@ -118,10 +139,13 @@ def main() -> None:
         for per_process in args.per_process:
             for in_flight in args.in_flight:
                 with tempfile.TemporaryDirectory() as tmp:
-                    rows.append(run(sites, args.rounds, per_process, args.steps, Path(tmp), in_flight or None))
+                    row = run(sites, args.rounds, per_process, args.steps, Path(tmp), in_flight or None)
+                    rows.append(with_floor(row, args.rounds, Path(tmp)) if args.floor else row)
     table = Table(title=f"real SuperNodes on loopback, tiny encoder, {args.rounds} rounds x {args.steps} steps")
     header = ["sites", "sites per process", "sites in flight", "rounds done", "failed rounds", "s per round",
               "overhead s per site", "MiB per site (PSS)", "coordinator MiB (PSS)"]
+    if args.floor:
+        header += ["sites' compute s", "Flower floor s", "floor + compute / cores + 1 s"]
     for col in header:
         table.add_column(col, justify="right")
     lines = [f"Real SuperNodes on loopback, tiny encoder, bundled lexicon rows dealt across the sites, "
@@ -132,6 +156,8 @@ def main() -> None:
                  str(r["failed_rounds"]),
                  f"{r['round_seconds']:.1f}", f"{r['overhead_per_site']:.2f}", f"{r['site_pss'] / MiB:.0f}",
                  f"{r['coordinator_pss'] / MiB:.0f}"]
+        if args.floor:
+            cells += [f"{r['compute_seconds']:.1f}", f"{r['floor_seconds']:.1f}", f"{r['round_bound']:.1f}"]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     Console().print(table)
@@ -141,8 +167,13 @@ def main() -> None:
     if args.out == OUT:
         write_block("scale", "\n".join(lines))
     worst = max(rows, key=lambda r: r["site_pss"])
-    print(f"scale: {sum(r['failed_rounds'] for r in rows)} failed rounds; at most "
-          f"{worst['site_pss'] / MiB:.0f} MiB per site (PSS; target <= 400 MB)")
+    summary = (f"scale: {sum(r['failed_rounds'] for r in rows)} failed rounds; at most "
+               f"{worst['site_pss'] / MiB:.0f} MiB per site (PSS; target <= 400 MB)")
+    if args.floor:
+        slowest = max(rows, key=lambda r: r["round_seconds"] / r["round_bound"])
+        summary += (f"; round / (floor + compute / cores + 1 s) at most "
+                    f"{slowest['round_seconds'] / slowest['round_bound']:.2f} (target <= 1)")
+    print(summary)
 
 
 if __name__ == "__main__":
