@@ -52,6 +52,29 @@ def pss(pid: int) -> int:
     return 0
 
 
+# What each process of a site's tree is, by its command line: the first name found wins.
+KINDS = (("flwr-clientapp", "ClientApp"), ("flower-superexec", "SuperExec"),
+         ("flower-supernode", "SuperNode"), ("fedtl", "site worker"))
+
+
+def kind(pid: int) -> str:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "other"
+    return next((label for needle, label in KINDS if needle in cmdline), "other")
+
+
+def pss_by_kind(roots: list[int]) -> dict[str, int]:
+    """PSS of the trees under ``roots``, summed per kind of process."""
+    out: dict[str, int] = {}
+    for root in roots:
+        for pid in tree(root):
+            label = kind(pid)
+            out[label] = out.get(label, 0) + pss(pid)
+    return out
+
+
 def tree_pss(root: int) -> int:
     return sum(pss(pid) for pid in tree(root))
 
@@ -83,10 +106,13 @@ def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_fl
         hosts.append(start([tool("fedtl"), "site", *args, "--coordinator", fleet, "--insecure", "--encoder", "tiny"],
                            root / f"sites-{k // per_process}.log", die_with_parent=True))
     peak_sites = peak_coord = 0
+    peak_kinds: dict[str, int] = {}
     started = time.monotonic()
     try:
         while coordinator.poll() is None:
-            peak_sites = max(peak_sites, sum(tree_pss(h.pid) for h in hosts))
+            kinds = pss_by_kind([h.pid for h in hosts])
+            if sum(kinds.values()) > peak_sites:  # the breakdown at the peak, so its parts add up to it
+                peak_sites, peak_kinds = sum(kinds.values()), kinds
             peak_coord = max(peak_coord, tree_pss(coordinator.pid))
             if time.monotonic() - started > 3600:
                 raise RuntimeError(f"no end after an hour; see {root}")
@@ -107,6 +133,7 @@ def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_fl
         "compute_seconds": statistics.fmean(computes[1:] or computes) if computes else None,
         "bytes_per_site": records[0]["bytes_down"] // sites if records else None,
         "site_pss": peak_sites / sites, "coordinator_pss": peak_coord,
+        "site_pss_by_kind": {k: v / sites for k, v in sorted(peak_kinds.items())},
         "seconds": time.monotonic() - started,
     }
 
@@ -160,6 +187,13 @@ def main() -> None:
             cells += [f"{r['compute_seconds']:.1f}", f"{r['floor_seconds']:.1f}", f"{r['round_bound']:.1f}"]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
+    kinds = sorted({k for r in rows for k in r["site_pss_by_kind"]})
+    lines += ["", "MiB per site (PSS) at the peak, by process:", "",
+              "| sites | sites per process | sites in flight | " + " | ".join(kinds) + " |",
+              "|" + "---|" * (3 + len(kinds))]
+    for r in rows:
+        lines.append(f"| {r['sites']} | {r['per_process']} | {r.get('in_flight') or 'all'} | "
+                     + " | ".join(f"{r['site_pss_by_kind'].get(k, 0) / MiB:.0f}" for k in kinds) + " |")
     Console().print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scale.json").write_text(json.dumps(rows, indent=1))
