@@ -75,6 +75,30 @@ def pss_by_kind(roots: list[int]) -> dict[str, int]:
     return out
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) CPU seconds of one process, user + system; zeros when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0, 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks, (int(fields[13]) + int(fields[14])) / ticks
+
+
+def cpu_by_kind(roots: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the trees under ``roots`` per kind of process. A ClientApp that has
+    exited and been reaped counts through its SuperExec's children's time."""
+    out: dict[str, float] = {}
+    for root in roots:
+        for pid in tree(root):
+            label = kind(pid)
+            own, reaped = cpu_times(pid)
+            out[label] = out.get(label, 0.0) + own
+            if label == "SuperExec":
+                out["ClientApp"] = out.get("ClientApp", 0.0) + reaped
+    return out
+
+
 def tree_pss(root: int) -> int:
     return sum(pss(pid) for pid in tree(root))
 
@@ -107,9 +131,16 @@ def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_fl
                            root / f"sites-{k // per_process}.log", die_with_parent=True))
     peak_sites = peak_coord = 0
     peak_kinds: dict[str, int] = {}
+    cpu_from: tuple[int, dict[str, float]] | None = None  # (rounds done, CPU by kind) once round 1 is done
+    cpu_last: tuple[int, dict[str, float]] | None = None
     started = time.monotonic()
     try:
         while coordinator.poll() is None:
+            done = len(read_rounds(root / "coordinator")) if (root / "coordinator" / "rounds.jsonl").exists() else 0
+            if done:
+                coordinator_cpu = sum(cpu_by_kind([coordinator.pid]).values())
+                cpu_last = (done, {**cpu_by_kind([h.pid for h in hosts]), "coordinator": coordinator_cpu})
+                cpu_from = cpu_from or cpu_last
             kinds = pss_by_kind([h.pid for h in hosts])
             if sum(kinds.values()) > peak_sites:  # the breakdown at the peak, so its parts add up to it
                 peak_sites, peak_kinds = sum(kinds.values()), kinds
@@ -124,6 +155,10 @@ def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_fl
     walls = [wall for _, wall, _ in timed]
     overheads = [wall - max(sites.values()) for _, wall, sites in timed]
     computes = [sum(sites.values()) for _, _, sites in timed]
+    cpu = {}
+    if cpu_from and cpu_last and cpu_last[0] > cpu_from[0]:  # rounds after the first, per site and round
+        n = (cpu_last[0] - cpu_from[0]) * sites
+        cpu = {k: (v - cpu_from[1].get(k, 0.0)) / n for k, v in sorted(cpu_last[1].items())}
     return {
         "sites": sites, "per_process": per_process, "in_flight": in_flight,
         "rounds": len(records), "exit_code": coordinator.returncode,
@@ -134,6 +169,7 @@ def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_fl
         "bytes_per_site": records[0]["bytes_down"] // sites if records else None,
         "site_pss": peak_sites / sites, "coordinator_pss": peak_coord,
         "site_pss_by_kind": {k: v / sites for k, v in sorted(peak_kinds.items())},
+        "cpu_per_site_round": cpu,
         "seconds": time.monotonic() - started,
     }
 
@@ -194,6 +230,15 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['sites']} | {r['per_process']} | {r.get('in_flight') or 'all'} | "
                      + " | ".join(f"{r['site_pss_by_kind'].get(k, 0) / MiB:.0f}" for k in kinds) + " |")
+    kinds = sorted({k for r in rows for k in r["cpu_per_site_round"]})
+    if kinds:
+        lines += ["", "CPU seconds per site and round (rounds after the first), by process:", "",
+                  "| sites | sites per process | sites in flight | " + " | ".join(kinds) + " | all |",
+                  "|" + "---|" * (4 + len(kinds))]
+        for r in rows:
+            cpu = r["cpu_per_site_round"]
+            lines.append(f"| {r['sites']} | {r['per_process']} | {r.get('in_flight') or 'all'} | "
+                         + " | ".join(f"{cpu.get(k, 0):.2f}" for k in kinds) + f" | {sum(cpu.values()):.2f} |")
     Console().print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scale.json").write_text(json.dumps(rows, indent=1))
