@@ -28,7 +28,7 @@ from scipy.linalg.blas import saxpy
 from fedtl.server.similarity import cosine_matrix
 from fedtl.server.validation import Verdict
 from fedtl.shared.protocol import ARRAYS, METRICS, SiteMetric
-from fedtl.shared.records import to_record
+from fedtl.shared.records import tensor_record
 
 # Strategies whose aggregate is linear in the replies: a running weighted sum computes them exactly.
 STREAMING_STRATEGIES = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"})
@@ -177,7 +177,7 @@ class RoundAggregator:
         if self.keep_models:
             replies = []
             for msg, verdict in self.accepted:  # strategies aggregate full tensors: what the site ended with
-                msg.content[ARRAYS] = to_record(self.models[verdict.site])
+                msg.content[ARRAYS] = tensor_record(self.models[verdict.site])
                 replies.append(msg)
         else:
             replies = [self._mean_reply()]
@@ -195,5 +195,5 @@ class RoundAggregator:
         contents = [RecordDict({METRICS: msg.content[METRICS]}) for msg, _ in self.accepted]
         metrics = dict(self.strategy.train_metrics_aggr_fn(contents, key))
         metrics[key] = int(self.sum.weight)
-        content = RecordDict({ARRAYS: to_record(self.sum.mean(self.global_arrays)), METRICS: MetricRecord(metrics)})
+        content = RecordDict({ARRAYS: tensor_record(self.sum.mean(self.global_arrays)), METRICS: MetricRecord(metrics)})
         return Message(content, reply_to=self.accepted[0][0])

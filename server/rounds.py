@@ -55,7 +55,7 @@ from fedtl.shared.lora import add_adapters, target_weight
 from fedtl.shared.privacy import epsilon_spent
 from fedtl.shared.privacy import noise_multiplier as calibrate_noise
 from fedtl.shared.protocol import ARRAYS, CONFIG, METRICS, REPORT, RoundConfig, SiteMetric
-from fedtl.shared.records import digest, from_record, record_nbytes, to_record
+from fedtl.shared.records import digest, from_record, record_nbytes, tensor_record, to_record
 from fedtl.shared.update_modes import exchanged_names
 
 log = logging.getLogger(__name__)
@@ -201,8 +201,10 @@ def send(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: 
     """Sample sites and build their messages. ``personal[node]``: that node gets these tensors instead;
     ``downlink``: every node gets what brings its encoder up to date (``server/downlink.py``)."""
     configure = strategy.configure_evaluate if evaluate else strategy.configure_train
-    # the strategy sees the global tensors (FedAdam & co. keep them for their server step)
-    sent = list(configure(rnd, to_record(arrays), config.to_record(), grid))
+    # the strategy sees the global tensors one by one (FedAdam & co. keep them for their server step);
+    # what travels is the packed record (shared/records.py), built once for every node it goes to
+    sent = list(configure(rnd, tensor_record(arrays), config.to_record(), grid))
+    packed = to_record(arrays)
     bases = {}
     encoded: dict[str, tuple[ArrayRecord, ConfigRecord]] = {}  # one record per payload, shared by its nodes
     for msg in sent:
@@ -215,8 +217,9 @@ def send(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: 
                 encoded[base] = (to_record(payload), cfg)
             record, cfg = encoded[base]
             msg.content = RecordDict({**msg.content, ARRAYS: record, CONFIG: cfg})
-        elif bases[node] is not arrays:  # strategies share one RecordDict among their messages: give it its own
-            msg.content = RecordDict({**msg.content, ARRAYS: to_record(bases[node])})
+        else:  # strategies share one RecordDict among their messages: give each its own
+            record = packed if bases[node] is arrays else to_record(bases[node])
+            msg.content = RecordDict({**msg.content, ARRAYS: record})
         wire.record("down", rnd, msg)
     return Exchange(sent, bases=bases)
 
@@ -302,9 +305,11 @@ def decode_reply(msg: Message, codec: Codec, shapes: dict[str, tuple[int, ...]])
     if msg.has_error() or ARRAYS not in msg.content.array_records:
         return None
     try:
-        msg.content[ARRAYS] = to_record(decode(from_record(msg.content[ARRAYS]), codec, shapes))
+        msg.content[ARRAYS] = tensor_record(decode(from_record(msg.content[ARRAYS]), codec, shapes))
     except CodecError as exc:
         return f"the {codec} update does not decode: {exc}"
+    except ValueError as exc:  # the packed record itself (shared/records.py)
+        return f"malformed update: {exc}"
     return None
 
 

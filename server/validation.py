@@ -50,7 +50,10 @@ def check_update(msg: Message, expected: Mapping[str, np.ndarray], max_norm: flo
     n = content[METRICS].get(SiteMetric.NUM_EXAMPLES)
     if not isinstance(n, int) or n <= 0:
         return Verdict(node, site, "rejected", f"{SiteMetric.NUM_EXAMPLES} must be a positive integer, got {n!r}")
-    delta = from_record(content[ARRAYS])
+    try:
+        delta = from_record(content[ARRAYS])
+    except ValueError as err:
+        return Verdict(node, site, "rejected", f"malformed update: {err}")
     extra = sorted(set(delta) - set(expected))
     missing = sorted(set(expected) - set(delta))
     if extra or missing:

@@ -15,20 +15,32 @@ from typing import Any
 
 from flwr.app import Message
 
+from fedtl.shared.records import record_layout, record_nbytes
+
 
 def describe(msg: Message) -> dict[str, Any]:
     content = msg.content
     return {
         "arrays": {
-            key: {name: {"shape": list(arr.shape), "dtype": str(arr.dtype)} for name, arr in record.items()}
+            key: {name: {"shape": list(shape), "dtype": dtype} for name, (shape, dtype) in _layout(record).items()}
             for key, record in content.array_records.items()
         },
+        "bytes": {key: record_nbytes(record) for key, record in content.array_records.items()},  # as sent
         "configs": {
             key: {k: (v.hex() if isinstance(v, bytes) else v) for k, v in record.items()}
             for key, record in content.config_records.items()
         },
         "metrics": {key: dict(record) for key, record in content.metric_records.items()},
     }
+
+
+def _layout(record) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The tensors a record carries (a packed record's manifest); a malformed manifest is logged as
+    the raw arrays it arrived as, so the audit still shows what travelled."""
+    try:
+        return record_layout(record)
+    except ValueError:
+        return {name: (tuple(arr.shape), str(arr.dtype)) for name, arr in record.items()}
 
 
 class WireLog:

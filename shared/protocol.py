@@ -2,7 +2,8 @@
 
 One exchange per round. The coordinator sends a Message whose RecordDict holds
 
-- ``ARRAYS`` (ArrayRecord): the update mode's encoder tensors, and
+- ``ARRAYS`` (ArrayRecord): the update mode's encoder tensors, packed into one Array with a
+  manifest of names, dtypes and shapes (``fedtl.shared.records``: ``to_record``/``from_record``), and
 - ``CONFIG`` (ConfigRecord): the round config, built and parsed by ``RoundConfig``.
 
 A site replies with

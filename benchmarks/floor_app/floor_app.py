@@ -20,21 +20,22 @@ server_app = ServerApp()
 client_app = ClientApp()
 
 
-def _payload(nbytes: int, seed: int) -> ArrayRecord:
+def _payload(nbytes: int, seed: int, arrays: int = 1) -> ArrayRecord:
     values = np.random.default_rng(seed).standard_normal(nbytes // 4, dtype=np.float32)
-    return ArrayRecord({"payload": Array(values)})
+    return ArrayRecord({f"payload{i}": Array(np.ascontiguousarray(part))
+                        for i, part in enumerate(np.array_split(values, arrays))})
 
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
-    sites, nbytes, rounds = int(cfg["sites"]), int(cfg["bytes"]), int(cfg["rounds"])
+    sites, nbytes, rounds, arrays = int(cfg["sites"]), int(cfg["bytes"]), int(cfg["rounds"]), int(cfg["arrays"])
     deadline = time.monotonic() + 120
     while len(nodes := sorted(grid.get_node_ids())) < sites and time.monotonic() < deadline:
         time.sleep(0.2)
     seconds = []
     for rnd in range(1, rounds + 1):
-        content = RecordDict({"arrays": _payload(nbytes, rnd)})
+        content = RecordDict({"arrays": _payload(nbytes, rnd, arrays)})
         messages = [Message(content, dst_node_id=node, message_type="train") for node in nodes[:sites]]
         start = time.perf_counter()
         replies = list(grid.send_and_receive(messages))
@@ -45,5 +46,6 @@ def main(grid: Grid, context: Context) -> None:
 
 @client_app.train()
 def echo(msg: Message, context: Context) -> Message:
-    nbytes = sum(len(a.data) for a in msg.content["arrays"].values())
-    return Message(RecordDict({"arrays": _payload(nbytes, int(time.time_ns() % 2**31))}), reply_to=msg)
+    record = msg.content["arrays"]
+    nbytes = sum(len(a.data) for a in record.values())
+    return Message(RecordDict({"arrays": _payload(nbytes, int(time.time_ns() % 2**31), len(record))}), reply_to=msg)

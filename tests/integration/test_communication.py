@@ -8,6 +8,7 @@ and differs from the pretrained encoder, and MLflow holds each site's encoded by
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -39,6 +40,14 @@ def serialized_size(shape: list[int], dtype: str) -> int:
     return buffer.tell()
 
 
+def packed_size(tensors: dict[str, dict]) -> int:
+    """Bytes of named tensors packed as fedtl sends them (shared/records.py): a JSON manifest and
+    every tensor's values, each one uint8 array."""
+    manifest = json.dumps([[n, np.dtype(a["dtype"]).str, a["shape"]] for n, a in tensors.items()]).encode()
+    values = sum(int(np.prod(a["shape"])) * np.dtype(a["dtype"]).itemsize for a in tensors.values())
+    return serialized_size([len(manifest)], "uint8") + serialized_size([values], "uint8")
+
+
 def test_only_encoded_adapter_tensors_cross_the_wire_and_are_what_is_counted(lora_int8):
     rounds = lora_int8.rounds()
     assert [(r["round"], r["accepted"]) for r in rounds] == [(1, 2), (2, 2)]
@@ -52,9 +61,9 @@ def test_only_encoded_adapter_tensors_cross_the_wire_and_are_what_is_counted(lor
         assert {a["dtype"] for n, a in entry["arrays"]["arrays"].items() if n.endswith("#q")} == {"int8"}
     for record in rounds:
         for direction in ("down", "up"):
-            logged = sum(serialized_size(a["shape"], a["dtype"]) for e in train
-                         if e["round"] == record["round"] and e["direction"] == direction
-                         for a in e["arrays"]["arrays"].values())
+            entries_here = [e for e in train if e["round"] == record["round"] and e["direction"] == direction]
+            logged = sum(packed_size(e["arrays"]["arrays"]) for e in entries_here)
+            assert logged == sum(e["bytes"]["arrays"] for e in entries_here)
             assert record[f"bytes_{direction}"] == logged > 0
             assert logged == sum(s[f"bytes_{direction}"] for s in record["sites"].values())
 

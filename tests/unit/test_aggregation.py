@@ -12,7 +12,7 @@ from fedtl.server.aggregation import CountSketch, RoundAggregator, RunningSum, s
 from fedtl.server.similarity import cosine_matrix
 from fedtl.server.validation import Verdict
 from fedtl.shared.protocol import ARRAYS, METRICS, SiteMetric
-from fedtl.shared.records import from_record, to_record
+from fedtl.shared.records import from_record, tensor_record
 
 SHAPES = {"w": (64, 48), "b": (48,), "big": (70_001,)}  # "big" spans several RunningSum chunks
 
@@ -22,7 +22,7 @@ def _arrays(rng, scale=1.0):
 
 
 def _reply(to: Message, node: int, arrays, examples: int, loss: float) -> Message:
-    content = RecordDict({ARRAYS: to_record(arrays),
+    content = RecordDict({ARRAYS: tensor_record(arrays),
                           METRICS: MetricRecord({SiteMetric.NUM_EXAMPLES: examples, SiteMetric.TRAIN_LOSS: loss})})
     reply = Message(content, reply_to=to)
     reply.metadata.__dict__["_src_node_id"] = node
@@ -37,7 +37,7 @@ class _Grid:
 def _round(strategy, global_arrays):
     """Configure a round (FedAvgM/FedAdam remember the arrays they sent) and return one sent message."""
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    return list(strategy.configure_train(1, to_record(global_arrays), ConfigRecord({}), _Grid()))[0]
+    return list(strategy.configure_train(1, tensor_record(global_arrays), ConfigRecord({}), _Grid()))[0]
 
 
 @pytest.mark.parametrize("make", [lambda: FedAvg(), lambda: FedAvgM(server_momentum=0.9),

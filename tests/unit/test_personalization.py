@@ -14,7 +14,7 @@ from fedtl.client.worker import SiteWorker, Timing
 from fedtl.server.similarity import cosine_matrix, mix, mixing_weights
 from fedtl.shared.config import load_site_config
 from fedtl.shared.protocol import ARRAYS, CONFIG, REPORT, RoundConfig, Section, task_key
-from fedtl.shared.records import to_record
+from fedtl.shared.records import from_record, to_record
 from fedtl.shared.update_modes import UpdateMode, exchanged_names
 from tests.conftest import make_site
 from tests.fakes import HonestSite
@@ -57,9 +57,9 @@ def test_similarity_sends_each_site_its_own_model_and_logs_the_mixing(tmp_path):
     recorder, grid = run(tmp_path, {1: a, 2: b}, rounds=2,
                          personalization={"method": "similarity", "similarity_temperature": 0.05})
     second = [m for m in grid.sent if m.metadata.message_type == "train"][2:]
-    sent = {m.metadata.dst_node_id: m.content[ARRAYS] for m in second}
+    sent = {m.metadata.dst_node_id: from_record(m.content[ARRAYS]) for m in second}
     name = next(iter(sent[1].keys()))
-    assert not np.array_equal(sent[1][name].numpy(), sent[2][name].numpy())  # round 2: a model per site
+    assert not np.array_equal(sent[1][name], sent[2][name])  # round 2: a model per site
     first = recorder.rounds()[0]
     assert set(first["mixing"]) == {"a", "b"} and first["mixing"]["a"]["a"] > 0.5
     assert all(math.isclose(sum(row.values()), 1.0) for row in first["mixing"].values())
@@ -91,8 +91,8 @@ def test_ditto_with_infinite_lambda_serves_the_global_encoder(site_dir, tmp_path
     content = message(worker, 1, math.inf, shift=0.01)
     reply = worker.handle("train", content, Timing())
     personal = worker.ditto.personal_tensors()
-    for name, value in content[ARRAYS].items():
-        np.testing.assert_array_equal(personal[name], value.numpy())
+    for name, value in from_record(content[ARRAYS]).items():
+        np.testing.assert_array_equal(personal[name], value)
     served = json.loads((tmp_path / "s" / "state" / "federated" / "site_model.json").read_text())
     assert served["personalized"] and served["encoder_tensors"].endswith("personal/encoder.safetensors")
     assert task_key(Section.SHARED, "label", "macro_f1") in reply[REPORT]
@@ -108,7 +108,7 @@ def test_ditto_with_zero_lambda_is_purely_local(site_dir, tmp_path):
         second = message(worker, 2, 0.0, shift=shift)  # a different global encoder for each twin
         worker.handle("train", second, Timing())
         personal.append(worker.ditto.personal_tensors())
-        moved = [n for n, v in second[ARRAYS].items() if not np.allclose(personal[-1][n], v.numpy())]
+        moved = [n for n, v in from_record(second[ARRAYS]).items() if not np.allclose(personal[-1][n], v)]
         assert moved, "the personal model should not be the global one"
     for name in personal[0]:
         np.testing.assert_allclose(personal[0][name], personal[1][name], rtol=1e-6, atol=1e-7)
