@@ -86,16 +86,17 @@ def cpu_times(pid: int) -> tuple[float, float]:
 
 
 def cpu_by_kind(roots: list[int]) -> dict[str, float]:
-    """CPU seconds so far of the trees under ``roots`` per kind of process. A ClientApp that has
-    exited and been reaped counts through its SuperExec's children's time."""
+    """CPU seconds so far of the trees under ``roots`` per kind of process. A process that has
+    exited counts through its parent's reaped children's time once reaped: a SuperExec's are its
+    ClientApps, any other's are counted as the parent's own kind."""
     out: dict[str, float] = {}
     for root in roots:
         for pid in tree(root):
             label = kind(pid)
             own, reaped = cpu_times(pid)
             out[label] = out.get(label, 0.0) + own
-            if label == "SuperExec":
-                out["ClientApp"] = out.get("ClientApp", 0.0) + reaped
+            children = "ClientApp" if label == "SuperExec" else label
+            out[children] = out.get(children, 0.0) + reaped
     return out
 
 
