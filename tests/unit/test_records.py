@@ -74,6 +74,9 @@ def packed(manifest, blob: bytes) -> ArrayRecord:
     (packed([["w", "<f4", [2]]], b"\0" * 12), "beyond"),
     (packed([["w", "no-such-dtype", [2]]], b"\0" * 8), "manifest"),
     (packed([["w", "<f4"]], b"\0" * 8), "manifest"),
+    (packed([["w", "|O", [1]]], b"\0" * 8), "manifest"),
+    (packed([["w", "<f4", [-2]]], b"\0" * 8), "manifest"),
+    (packed([["w", "<f4", [1]], ["w", "<f4", [1]]], b"\0" * 8), "twice"),
     (ArrayRecord({MANIFEST: Array(np.frombuffer(b"not json", np.uint8))}), "exactly"),
 ])
 def test_a_malformed_packed_record_raises_a_clear_error(record, needle):
