@@ -58,9 +58,14 @@ KINDS = (("flwr-clientapp", "ClientApp"), ("flower-superexec", "SuperExec"),
 
 
 def kind(pid: int) -> str:
+    """The process's kind by its command line, or by its name once it has exited (a zombie's
+    command line is empty, its name is the script's: ``flwr-clientapp``)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+        if not cmdline:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = stat[stat.index("(") + 1:stat.rindex(")")]
+    except (OSError, ValueError):
         return "other"
     return next((label for needle, label in KINDS if needle in cmdline), "other")
 
