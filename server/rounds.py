@@ -204,7 +204,7 @@ def send(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: 
     # the strategy sees the global tensors one by one (FedAdam & co. keep them for their server step);
     # what travels is the packed record (shared/records.py), built once for every node it goes to
     sent = list(configure(rnd, tensor_record(arrays), config.to_record(), grid))
-    packed = to_record(arrays)
+    packed: ArrayRecord | None = None  # the global tensors packed, once a node gets them (not under a downlink)
     bases = {}
     encoded: dict[str, tuple[ArrayRecord, ConfigRecord]] = {}  # one record per payload, shared by its nodes
     for msg in sent:
@@ -218,7 +218,12 @@ def send(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: 
             record, cfg = encoded[base]
             msg.content = RecordDict({**msg.content, ARRAYS: record, CONFIG: cfg})
         else:  # strategies share one RecordDict among their messages: give each its own
-            record = packed if bases[node] is arrays else to_record(bases[node])
+            if bases[node] is arrays:
+                if packed is None:
+                    packed = to_record(arrays)
+                record = packed
+            else:
+                record = to_record(bases[node])
             msg.content = RecordDict({**msg.content, ARRAYS: record})
         wire.record("down", rnd, msg)
     return Exchange(sent, bases=bases)
