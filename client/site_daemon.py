@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedtl.client import clientapp_forkserver
+from fedtl.client.clientapp_forkserver import ForkServer
 from fedtl.client.warm_start import WarmStart
 from fedtl.client.worker import SiteWorker, serve
 from fedtl.shared.config import SiteConfig
@@ -75,9 +77,11 @@ def superexec_poll_seconds() -> float:
     return seconds
 
 
-def supernode_env(poll_seconds: float = SUPEREXEC_POLL_SECONDS) -> dict[str, str]:
-    """The SuperNode's environment: how often the SuperExec it starts looks for tasks."""
-    return child_env({"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(poll_seconds)})
+def supernode_env(poll_seconds: float = SUPEREXEC_POLL_SECONDS, forkserver: ForkServer | None = None) -> dict[str, str]:
+    """The SuperNode's environment: how often the SuperExec it starts looks for tasks, and
+    where it finds flwr-clientapp (the fork server's launcher, when there is one)."""
+    env = child_env({"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(poll_seconds)})
+    return forkserver.path_env(env) if forkserver is not None else env
 
 
 @dataclass
@@ -101,6 +105,7 @@ class SiteDaemon:
         self.superexec_poll = superexec_poll_seconds()
         self.server = None
         self.supernode = None
+        self.forkserver: ForkServer | None = None  # set by run_sites: shared by the sites of this process
         self.socket = socket_path(config.state_dir)
         self.log_path = config.state_dir / "supernode.log"
         self._log = LogTail(self.log_path)
@@ -128,7 +133,7 @@ class SiteDaemon:
     def start_supernode(self) -> None:
         self._log.skip_to_end()
         self._failing_since = None
-        self.supernode = start(self._supernode_cmd(), self.log_path, env=supernode_env(self.superexec_poll),
+        self.supernode = start(self._supernode_cmd(), self.log_path, env=supernode_env(self.superexec_poll, self.forkserver),
                                die_with_parent=True)
         log.info("site %s: SuperNode (pid %d) connecting to %s", self.config.name, self.supernode.pid,
                  self.settings.coordinator)
@@ -234,15 +239,23 @@ def run_sites(daemons: list[SiteDaemon]) -> int:
     """
     become_subreaper()  # the SuperNodes' SuperExecs run in their own sessions: keep them in reach
     threads = []
+    forkserver = None
     try:
         for daemon in daemons:
             daemon.start_worker()
+        if daemons and clientapp_forkserver.enabled():
+            forkserver = ForkServer(daemons[0].config.state_dir / "clientapp-forkserver.log")
+            forkserver.start()
+            for daemon in daemons:
+                daemon.forkserver = forkserver
         for daemon in daemons:
             thread = threading.Thread(target=daemon.supervise, name=f"site-{daemon.config.name}", daemon=True)
             thread.start()
             threads.append(thread)
-        for thread in threads:
-            thread.join()
+        while alive := [thread for thread in threads if thread.is_alive()]:
+            alive[0].join(timeout=1.0)
+            if forkserver is not None and not daemons[0].stop_event.is_set():
+                forkserver.keep_up()
     finally:
         for daemon in daemons:
             daemon.stop_event.set()
@@ -253,4 +266,6 @@ def run_sites(daemons: list[SiteDaemon]) -> int:
         for daemon in daemons:
             daemon.supernode = None
             daemon.shutdown()
+        if forkserver is not None:
+            forkserver.stop()
     return 0

@@ -1,0 +1,338 @@
+"""A fork server for Flower's ClientApp processes: each message's process starts warm.
+
+Flower 1.39's SuperExec starts a fresh ``flwr-clientapp`` process for every message. Most of
+that process's cost is importing Flower (its SuperNode CLI pulls in FastAPI, SQLAlchemy and
+Alembic): about 1.3 s of CPU and 120 MB before the first byte moves, per site and message,
+60-75% of all the CPU a site's side spends in a round (benchmarks/scale.py).
+
+The site daemon starts one fork server per process. It imports Flower's ``flwr-clientapp``
+entry point and fedtl's shim once, then forks a child for each launch; the child is an
+ordinary ``flwr-clientapp`` run (Flower's own code, same arguments, environment, working
+directory and stdio), only without the imports. The SuperNode finds the fork server through
+a tiny ``flwr-clientapp`` launcher put first on its PATH; the launcher hands its arguments
+and stdio to the server and exits with the child's exit code. If the server cannot be
+reached the launcher becomes Flower's own ``flwr-clientapp`` instead, so a site never
+depends on it. ``FEDTL_CLIENTAPP_FORKSERVER=0`` turns it off.
+
+The server stays single-threaded (forking a threaded process is unsafe) and creates no gRPC
+channel before forking: each child makes its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import stat
+import struct
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ENABLE_ENV = "FEDTL_CLIENTAPP_FORKSERVER"
+COMMAND = "flwr-clientapp"  # the name Flower's SuperExec runs
+MAX_REQUEST = 1 << 20  # bytes: arguments and environment of one launch
+_HEADER = struct.Struct("!I")
+_STATUS = struct.Struct("!i")
+
+# The launcher. Runs with -I -S: standard library only, so it starts in ~20 ms.
+_LAUNCHER = """#!{python} -IS
+# fedtl: run this flwr-clientapp in the site's ClientApp fork server; without one, run Flower's own.
+import json, os, socket, struct, sys
+SERVER, FLOWER = {server!r}, {flower!r}
+conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    conn.connect(SERVER)
+    body = json.dumps({{"argv": sys.argv, "env": dict(os.environ), "cwd": os.getcwd()}}).encode()
+    socket.send_fds(conn, [struct.pack("!I", len(body)) + body], [0, 1, 2])
+    started = conn.recv(4)
+except OSError:
+    started = b""
+if len(started) != 4:  # no server, or it did not start the child: Flower's own command does the job
+    os.execv(FLOWER, [FLOWER] + sys.argv[1:])
+status = b""
+while len(status) < 4:
+    chunk = conn.recv(4 - len(status))
+    if not chunk:
+        sys.exit(1)  # the server went away with the child
+    status += chunk
+sys.exit(struct.unpack("!i", status)[0])
+"""
+
+
+def enabled() -> bool:
+    """On where fork exists, unless the operator turned it off."""
+    return hasattr(os, "fork") and os.environ.get(ENABLE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """Where the launcher lives: put ``bin_dir`` first on the SuperNode's PATH."""
+
+    bin_dir: Path
+    socket: Path
+
+
+def write_launcher(folder: Path, server_socket: Path, flower_command: str) -> Launcher:
+    """Write the ``flwr-clientapp`` launcher into ``folder/bin`` (atomically) and return it."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    path = bin_dir / COMMAND
+    text = _LAUNCHER.format(python=sys.executable, server=str(server_socket), flower=flower_command)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    os.replace(tmp, path)
+    return Launcher(bin_dir=bin_dir, socket=server_socket)
+
+
+def private_folder() -> Path:
+    """A fresh private folder whose socket path stays under the unix socket limit."""
+    return Path(tempfile.mkdtemp(prefix="fedtl-clientapp-"))
+
+
+class ForkServer:
+    """The fork server process of one `fedtl site` process and its launcher, started and kept up."""
+
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+        self.folder = private_folder()
+        self.launcher = write_launcher(self.folder, self.folder / "server.sock", _flower_command())
+        self.proc = None
+
+    def start(self) -> None:
+        from fedtl.shared.processes import child_env, start
+
+        self.proc = start([sys.executable, "-m", "fedtl.client.clientapp_forkserver", "--socket",
+                           str(self.launcher.socket), "--parent-pid", str(os.getpid())],
+                          self.log_path, env=child_env(), die_with_parent=True)
+
+    def keep_up(self) -> None:
+        """Start it again if it exited; launchers use Flower's own command meanwhile."""
+        if self.proc is not None and self.proc.poll() is not None:
+            log.warning("ClientApp fork server exited with code %s; starting it again (log: %s)",
+                        self.proc.returncode, self.log_path)
+            self.start()
+
+    def path_env(self, env: dict[str, str]) -> dict[str, str]:
+        """``env`` with the launcher first on PATH, where the SuperExec looks for flwr-clientapp."""
+        return {**env, "PATH": f"{self.launcher.bin_dir}{os.pathsep}{env.get('PATH', '')}"}
+
+    def stop(self) -> None:
+        import shutil
+
+        from fedtl.shared.processes import stop
+
+        stop(self.proc)
+        self.proc = None
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _flower_command() -> str:
+    from fedtl.shared.processes import tool
+
+    return tool(COMMAND)
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return 1
+
+
+def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
+    conn.settimeout(10.0)
+    data, fds, _, _ = socket.recv_fds(conn, 65536, 3)
+    try:
+        if len(data) < _HEADER.size:
+            raise ValueError("short request")
+        size = _HEADER.unpack_from(data)[0]
+        if size > MAX_REQUEST:
+            raise ValueError(f"request of {size} bytes")
+        body = bytearray(data[_HEADER.size:])
+        while len(body) < size:
+            chunk = conn.recv(size - len(body))
+            if not chunk:
+                raise ValueError("truncated request")
+            body += chunk
+        request = json.loads(body)
+        if len(fds) != 3:
+            raise ValueError(f"{len(fds)} file descriptors, expected stdin, stdout and stderr")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    conn.settimeout(None)
+    return request, fds
+
+
+def _run_child(request: dict, fds: list[int], forked_at: float) -> int:
+    """In the forked child: become the launcher's flwr-clientapp and run it."""
+    from fedtl.client.shim import STARTED_AT_ENV
+
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in request["env"].items()})
+    os.environ[STARTED_AT_ENV] = repr(forked_at)  # the shim's start-up time counts from here
+    os.chdir(request["cwd"])
+    sys.argv = [str(a) for a in request["argv"]]
+    import random
+
+    random.seed()  # not the server's sequence, shared by every child
+    from flwr.supernode.cli import flwr_clientapp
+
+    try:
+        flwr_clientapp()
+    except SystemExit as done:
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
+def serve(server_socket: Path, parent_pid: int | None = None) -> None:
+    """Import once, then fork a ready ``flwr-clientapp`` for each launcher until told to stop."""
+    import gc
+
+    import flwr.supernode.cli  # noqa: F401  the cost paid once, here
+
+    import fedtl.client.shim  # noqa: F401  the app every child loads
+
+    stopping = False
+
+    def stop(signum, frame):  # noqa: ARG001
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    wake_read, wake_write = socket.socketpair()  # a child's exit (SIGCHLD) wakes the loop at once
+    wake_read.setblocking(False)
+    wake_write.setblocking(False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
+    with contextlib.suppress(FileNotFoundError):
+        server_socket.unlink()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(server_socket))
+    os.chmod(server_socket, stat.S_IRUSR | stat.S_IWUSR)
+    listener.listen(128)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    selector.register(wake_read, selectors.EVENT_READ)
+    children: dict[int, socket.socket] = {}  # child pid -> its launcher's connection
+    gc.freeze()  # what is imported stays out of the children's collections: fewer pages copied
+    try:
+        while not stopping and (parent_pid is None or os.getppid() == parent_pid):
+            for key, _ in selector.select(timeout=0.5):
+                if key.fileobj is listener:
+                    _accept(listener, selector, children, (wake_read, wake_write))
+                elif key.fileobj is wake_read:
+                    with contextlib.suppress(BlockingIOError):
+                        wake_read.recv(4096)
+                else:  # a launcher hung up (killed): its child goes too
+                    conn = key.fileobj
+                    pid = next((p for p, c in children.items() if c is conn), None)
+                    if pid is not None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGTERM)
+                    selector.unregister(conn)
+            _reap(selector, children)
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            server_socket.unlink()
+
+
+def _accept(listener: socket.socket, selector: selectors.BaseSelector, children: dict[int, socket.socket],
+            wake: tuple[socket.socket, socket.socket]) -> None:
+    conn, _ = listener.accept()
+    try:
+        request, fds = _read_request(conn)
+    except (OSError, ValueError) as bad:
+        log.warning("ClientApp fork server: dropped a launch request: %s", bad)
+        conn.close()
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the server's loop
+        forked_at = time.time()
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            selector.close()
+            listener.close()
+            for end in wake:
+                end.close()
+            conn.close()
+            for other in children.values():
+                other.close()
+            code = _run_child(request, fds, forked_at)
+        except BaseException:  # noqa: BLE001  reported on the launcher's stderr
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+    for fd in fds:
+        os.close(fd)
+    children[pid] = conn
+    try:
+        conn.sendall(_STATUS.pack(pid))
+        selector.register(conn, selectors.EVENT_READ)
+    except OSError:  # the launcher is already gone
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _reap(selector: selectors.BaseSelector, children: dict[int, socket.socket]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = children.pop(pid, None)
+        if conn is None:
+            continue
+        with contextlib.suppress(KeyError, ValueError):
+            selector.unregister(conn)
+        with contextlib.suppress(OSError):
+            conn.sendall(_STATUS.pack(_exit_code(status)))
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="fedtl's ClientApp fork server (started by `fedtl site`).")
+    parser.add_argument("--socket", required=True, type=Path, help="unix socket to listen on")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is no longer the parent")
+    args = parser.parse_args(argv)
+    serve(args.socket, args.parent_pid)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

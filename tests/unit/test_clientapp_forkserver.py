@@ -1,0 +1,98 @@
+"""The ClientApp fork server runs Flower's real flwr-clientapp, forked warm, or steps aside."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fedtl.client import clientapp_forkserver
+from fedtl.client.clientapp_forkserver import COMMAND, ForkServer
+from fedtl.shared.processes import alive, descendants
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the fork server needs fork()")
+
+
+@pytest.fixture
+def server(tmp_path):
+    fs = ForkServer(tmp_path / "forkserver.log")
+    fs.start()
+    wait_until(fs.launcher.socket.exists, 60, lambda: (tmp_path / "forkserver.log").read_text())
+    yield fs
+    fs.stop()
+
+
+def launch(fs: ForkServer, *args: str, cwd: Path, **kw) -> subprocess.CompletedProcess | subprocess.Popen:
+    cmd = [str(fs.launcher.bin_dir / COMMAND), *args]
+    if kw.pop("background", False):
+        return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_launcher_passes_arguments_output_and_exit_code_through(server, tmp_path):
+    ok = launch(server, "--help", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "usage: flwr-clientapp" in ok.stdout
+    bad = launch(server, "--runtime-api-address", "127.0.0.1:1", cwd=tmp_path)  # no token
+    assert bad.returncode == 2
+    assert "one of the arguments --token --token-file is required" in bad.stderr
+
+
+def test_each_launch_is_a_child_of_the_server_and_dies_with_its_launcher(server, tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    # A ClientApp whose SuperNode never answers keeps retrying: long enough to look at it.
+    launcher = launch(server, "--runtime-api-address", "127.0.0.1:1", "--token", "t", "--insecure",
+                      cwd=workdir, background=True)
+    try:
+        child = wait_until(lambda: descendants(server.proc.pid), 30, "the server forked no ClientApp")
+        (pid,) = child
+        assert Path(f"/proc/{pid}/cwd").resolve() == workdir.resolve()  # the launcher's working directory
+        wait_until(lambda: "Connection attempt failed" in launcher.stderr.readline(), 30,
+                   "the child's log did not reach the launcher's stderr")
+        launcher.kill()
+        launcher.wait(timeout=10)
+        wait_until(lambda: not alive(pid), 30, "the ClientApp outlived its killed launcher")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        launcher.wait(timeout=10)
+        launcher.stderr.close()
+    assert server.proc.poll() is None  # the server goes on serving
+
+
+def test_launcher_runs_flowers_own_command_when_the_server_is_down(server, tmp_path):
+    os.kill(server.proc.pid, signal.SIGTERM)
+    server.proc.wait(timeout=30)
+    assert not server.launcher.socket.exists()
+    ok = launch(server, "--help", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "usage: flwr-clientapp" in ok.stdout
+    server.keep_up()  # and the site daemon starts it again
+    wait_until(server.launcher.socket.exists, 60, "the fork server did not come back")
+    assert server.proc.poll() is None
+
+
+def test_supernodes_find_the_launcher_first_on_their_path(tmp_path):
+    from fedtl.client.site_daemon import supernode_env
+
+    fs = ForkServer(tmp_path / "forkserver.log")  # not started: only the launcher is written
+    try:
+        env = supernode_env(forkserver=fs)
+        assert shutil.which(COMMAND, path=env["PATH"]) == str(fs.launcher.bin_dir / COMMAND)
+        assert shutil.which(COMMAND, path=supernode_env()["PATH"]) != str(fs.launcher.bin_dir / COMMAND)
+    finally:
+        fs.stop()
+
+
+def test_operators_can_turn_the_fork_server_off(monkeypatch):
+    monkeypatch.delenv(clientapp_forkserver.ENABLE_ENV, raising=False)
+    assert clientapp_forkserver.enabled()
+    for off in ("0", "false", "off"):
+        monkeypatch.setenv(clientapp_forkserver.ENABLE_ENV, off)
+        assert not clientapp_forkserver.enabled()
