@@ -53,31 +53,46 @@ def pss(pid: int) -> int:
 
 
 # What each process of a site's tree is, by its command line: the first name found wins.
-KINDS = (("flwr-clientapp", "ClientApp"), ("flower-superexec", "SuperExec"),
+# fedtl's launcher (a tiny flwr-clientapp in the fork server's folder) comes before Flower's own.
+KINDS = (("fedtl-clientapp-", "ClientApp launcher"), ("flwr-clientapp", "ClientApp"),
+         ("clientapp_forkserver", "ClientApp fork server"), ("flower-superexec", "SuperExec"),
          ("flower-supernode", "SuperNode"), ("fedtl", "site worker"))
+# Whom a process's reaped children were, by its kind (any other's count as the parent's own kind).
+REAPED_AS = {"SuperExec": "ClientApp", "ClientApp fork server": "ClientApp"}
 
 
-def kind(pid: int) -> str:
-    """The process's kind by its command line, or by its name once it has exited (a zombie's
-    command line is empty, its name is the script's: ``flwr-clientapp``)."""
+def command(pid: int) -> str:
+    """The process's command line, or its name once it has exited (a zombie's command line is
+    empty, its name is the script's: ``flwr-clientapp``); empty when it is gone."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         if not cmdline:
             stat = Path(f"/proc/{pid}/stat").read_text()
             cmdline = stat[stat.index("(") + 1:stat.rindex(")")]
     except (OSError, ValueError):
-        return "other"
-    return next((label for needle, label in KINDS if needle in cmdline), "other")
+        return ""
+    return cmdline
 
 
-def pss_by_kind(roots: list[int]) -> dict[str, int]:
-    """PSS of the trees under ``roots``, summed per kind of process."""
-    out: dict[str, int] = {}
+def kinds_of(roots: list[int]) -> dict[int, str]:
+    """Each process of the trees under ``roots`` and its kind. A fork server's forked children
+    carry its command line: they are its ClientApps."""
+    out: dict[int, str] = {}
     for root in roots:
-        for pid in tree(root):
-            label = kind(pid)
-            out[label] = out.get(label, 0) + pss(pid)
+        pids = tree(root)
+        for pid in sorted(pids):
+            out[pid] = next((label for needle, label in KINDS if needle in command(pid)), "other")
+        for pid in pids:
+            if out[pid] == "ClientApp fork server" and out.get(parent(pid)) == "ClientApp fork server":
+                out[pid] = "ClientApp"
     return out
+
+
+def parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -90,23 +105,32 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / ticks, (int(fields[13]) + int(fields[14])) / ticks
 
 
-def cpu_by_kind(roots: list[int]) -> dict[str, float]:
-    """CPU seconds so far of the trees under ``roots`` per kind of process. A process that has
-    exited counts through its parent's reaped children's time once reaped: a SuperExec's are its
-    ClientApps, any other's are counted as the parent's own kind."""
-    out: dict[str, float] = {}
-    for root in roots:
-        for pid in tree(root):
-            label = kind(pid)
-            own, reaped = cpu_times(pid)
-            out[label] = out.get(label, 0.0) + own
-            children = "ClientApp" if label == "SuperExec" else label
-            out[children] = out.get(children, 0.0) + reaped
-    return out
+def sample(roots: list[int]) -> tuple[dict[str, int], dict[str, float]]:
+    """One pass over the trees under ``roots``: (PSS, CPU seconds so far) summed per kind of
+    process. A process that has exited counts through its parent's reaped children's time once
+    reaped (see REAPED_AS)."""
+    memory: dict[str, int] = {}
+    cpu: dict[str, float] = {}
+    for pid, label in kinds_of(roots).items():
+        memory[label] = memory.get(label, 0) + pss(pid)
+        own, reaped = cpu_times(pid)
+        cpu[label] = cpu.get(label, 0.0) + own
+        children = REAPED_AS.get(label, label)
+        cpu[children] = cpu.get(children, 0.0) + reaped
+    return memory, cpu
 
 
 def tree_pss(root: int) -> int:
     return sum(pss(pid) for pid in tree(root))
+
+
+def rounds_done(path: Path) -> int:
+    """Rounds the coordinator has recorded so far (lines of rounds.jsonl), without parsing them."""
+    try:
+        with path.open("rb") as fh:
+            return sum(1 for line in fh if line.endswith(b"\n"))
+    except FileNotFoundError:
+        return 0
 
 
 def federation_yaml(root: Path, sites: int, rounds: int, steps: int,
@@ -142,15 +166,15 @@ def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_fl
     started = time.monotonic()
     try:
         while coordinator.poll() is None:
-            done = len(read_rounds(root / "coordinator")) if (root / "coordinator" / "rounds.jsonl").exists() else 0
+            done = rounds_done(root / "coordinator" / "rounds.jsonl")
+            memory, cpu = sample([h.pid for h in hosts])
+            coordinator_memory, coordinator_cpu = sample([coordinator.pid])
             if done:
-                coordinator_cpu = sum(cpu_by_kind([coordinator.pid]).values())
-                cpu_last = (done, {**cpu_by_kind([h.pid for h in hosts]), "coordinator": coordinator_cpu})
+                cpu_last = (done, {**cpu, "coordinator": sum(coordinator_cpu.values())})
                 cpu_from = cpu_from or cpu_last
-            kinds = pss_by_kind([h.pid for h in hosts])
-            if sum(kinds.values()) > peak_sites:  # the breakdown at the peak, so its parts add up to it
-                peak_sites, peak_kinds = sum(kinds.values()), kinds
-            peak_coord = max(peak_coord, tree_pss(coordinator.pid))
+            if sum(memory.values()) > peak_sites:  # the breakdown at the peak, so its parts add up to it
+                peak_sites, peak_kinds = sum(memory.values()), memory
+            peak_coord = max(peak_coord, sum(coordinator_memory.values()))
             if time.monotonic() - started > 3600:
                 raise RuntimeError(f"no end after an hour; see {root}")
             time.sleep(2.0)
