@@ -53,12 +53,14 @@ def pss(pid: int) -> int:
 
 
 # What each process of a site's tree is, by its command line: the first name found wins.
-# fedtl's launcher (a tiny flwr-clientapp in the fork server's folder) comes before Flower's own.
-KINDS = (("fedtl-clientapp-", "ClientApp launcher"), ("flwr-clientapp", "ClientApp"),
-         ("clientapp_forkserver", "ClientApp fork server"), ("flower-superexec", "SuperExec"),
+# fedtl's launchers (tiny scripts of Flower's names in the fork server's folder) come first.
+KINDS = (("/flower-bin/", "launcher"), ("flwr-clientapp", "ClientApp"),
+         ("flower-superexec", "SuperExec"), ("fork_server", "fork server"),
          ("flower-supernode", "SuperNode"), ("fedtl", "site worker"))
+# A fork server's children carry its command line; their name (comm) says what they run.
+FORKED = {"flwr-clientapp": "ClientApp", "flower-superexe": "SuperExec"}
 # Whom a process's reaped children were, by its kind (any other's count as the parent's own kind).
-REAPED_AS = {"SuperExec": "ClientApp", "ClientApp fork server": "ClientApp"}
+REAPED_AS = {"SuperExec": "ClientApp", "fork server": "ClientApp"}
 
 
 def command(pid: int) -> str:
@@ -74,25 +76,19 @@ def command(pid: int) -> str:
     return cmdline
 
 
+def kind(pid: int) -> str:
+    label = next((label for needle, label in KINDS if needle in command(pid)), "other")
+    if label == "fork server":
+        try:
+            label = FORKED.get(Path(f"/proc/{pid}/comm").read_text().strip(), label)
+        except OSError:
+            pass
+    return label
+
+
 def kinds_of(roots: list[int]) -> dict[int, str]:
-    """Each process of the trees under ``roots`` and its kind. A fork server's forked children
-    carry its command line: they are its ClientApps."""
-    out: dict[int, str] = {}
-    for root in roots:
-        pids = tree(root)
-        for pid in sorted(pids):
-            out[pid] = next((label for needle, label in KINDS if needle in command(pid)), "other")
-        for pid in pids:
-            if out[pid] == "ClientApp fork server" and out.get(parent(pid)) == "ClientApp fork server":
-                out[pid] = "ClientApp"
-    return out
-
-
-def parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
+    """Each process of the trees under ``roots`` and its kind."""
+    return {pid: kind(pid) for root in roots for pid in tree(root)}
 
 
 def cpu_times(pid: int) -> tuple[float, float]:

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedtl.client import clientapp_forkserver
-from fedtl.client.clientapp_forkserver import ForkServer
+from fedtl.client.fork_server import ForkServer
+from fedtl.client.fork_server import enabled as fork_server_enabled
 from fedtl.client.warm_start import WarmStart
 from fedtl.client.worker import SiteWorker, serve
 from fedtl.shared.config import SiteConfig
@@ -44,15 +44,16 @@ REFUSED_BACKOFF = 8.0  # a refused key may be allowed any moment: look again soo
 REFUSED = "Failed to activate SuperNode"  # Flower's SuperNode, when the SuperLink does not know its key
 
 
-def socket_path(state_dir: Path) -> Path:
-    """The worker's socket inside state_dir, or in a private temp folder if that path is too long."""
-    path = state_dir.resolve() / "worker.sock"
+def socket_path(state_dir: Path, name: str = "worker.sock") -> Path:
+    """A unix socket inside state_dir, or in a private temp folder named after that path if it
+    is too long for a socket address (the same folder each time: nothing piles up)."""
+    path = state_dir.resolve() / name
     if len(str(path)) <= UNIX_PATH_MAX:
         return path
     tag = hashlib.sha256(str(path).encode()).hexdigest()[:12]
     folder = Path(tempfile.gettempdir()) / f"fedtl-{tag}"
     folder.mkdir(mode=0o700, exist_ok=True)
-    return folder / "worker.sock"
+    return folder / name
 
 
 # How often Flower's SuperExec looks for a new task (a message for the ClientApp): Flower's own
@@ -77,11 +78,11 @@ def superexec_poll_seconds() -> float:
     return seconds
 
 
-def supernode_env(poll_seconds: float = SUPEREXEC_POLL_SECONDS, forkserver: ForkServer | None = None) -> dict[str, str]:
+def supernode_env(poll_seconds: float = SUPEREXEC_POLL_SECONDS, fork_server: ForkServer | None = None) -> dict[str, str]:
     """The SuperNode's environment: how often the SuperExec it starts looks for tasks, and
-    where it finds flwr-clientapp (the fork server's launcher, when there is one)."""
+    where it finds Flower's commands (the fork server's launchers, when there is one)."""
     env = child_env({"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(poll_seconds)})
-    return forkserver.path_env(env) if forkserver is not None else env
+    return fork_server.path_env(env) if fork_server is not None else env
 
 
 @dataclass
@@ -105,7 +106,7 @@ class SiteDaemon:
         self.superexec_poll = superexec_poll_seconds()
         self.server = None
         self.supernode = None
-        self.forkserver: ForkServer | None = None  # set by run_sites: shared by the sites of this process
+        self.fork_server: ForkServer | None = None  # set by run_sites: shared by the sites of this process
         self.socket = socket_path(config.state_dir)
         self.log_path = config.state_dir / "supernode.log"
         self._log = LogTail(self.log_path)
@@ -133,8 +134,8 @@ class SiteDaemon:
     def start_supernode(self) -> None:
         self._log.skip_to_end()
         self._failing_since = None
-        self.supernode = start(self._supernode_cmd(), self.log_path, env=supernode_env(self.superexec_poll, self.forkserver),
-                               die_with_parent=True)
+        env = supernode_env(self.superexec_poll, self.fork_server)
+        self.supernode = start(self._supernode_cmd(), self.log_path, env=env, die_with_parent=True)
         log.info("site %s: SuperNode (pid %d) connecting to %s", self.config.name, self.supernode.pid,
                  self.settings.coordinator)
 
@@ -239,23 +240,24 @@ def run_sites(daemons: list[SiteDaemon]) -> int:
     """
     become_subreaper()  # the SuperNodes' SuperExecs run in their own sessions: keep them in reach
     threads = []
-    forkserver = None
+    fork_server = None
     try:
         for daemon in daemons:
             daemon.start_worker()
-        if daemons and clientapp_forkserver.enabled():
-            forkserver = ForkServer(daemons[0].config.state_dir / "clientapp-forkserver.log")
-            forkserver.start()
+        if daemons and fork_server_enabled():  # Flower's processes at these sites start warm (see fork_server)
+            state_dir = daemons[0].config.state_dir
+            fork_server = ForkServer(state_dir, socket_path(state_dir, "fork-server.sock"))
+            fork_server.start()
             for daemon in daemons:
-                daemon.forkserver = forkserver
+                daemon.fork_server = fork_server
         for daemon in daemons:
             thread = threading.Thread(target=daemon.supervise, name=f"site-{daemon.config.name}", daemon=True)
             thread.start()
             threads.append(thread)
         while alive := [thread for thread in threads if thread.is_alive()]:
             alive[0].join(timeout=1.0)
-            if forkserver is not None and not daemons[0].stop_event.is_set():
-                forkserver.keep_up()
+            if fork_server is not None and not daemons[0].stop_event.is_set():
+                fork_server.keep_up()
     finally:
         for daemon in daemons:
             daemon.stop_event.set()
@@ -266,6 +268,6 @@ def run_sites(daemons: list[SiteDaemon]) -> int:
         for daemon in daemons:
             daemon.supernode = None
             daemon.shutdown()
-        if forkserver is not None:
-            forkserver.stop()
+        if fork_server is not None:
+            fork_server.stop()
     return 0

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fedtl.client import clientapp_forkserver
-from fedtl.client.clientapp_forkserver import COMMAND, ForkServer
+from fedtl.client import fork_server
+from fedtl.client.fork_server import ForkServer
+from fedtl.client.site_daemon import socket_path
 from fedtl.shared.processes import alive, descendants
 from tests.waiting import wait_until
 
@@ -20,15 +21,18 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the fork server
 
 @pytest.fixture
 def server(tmp_path):
-    fs = ForkServer(tmp_path / "forkserver.log")
+    fs = ForkServer(tmp_path, socket_path(tmp_path, "fork-server.sock"))
     fs.start()
-    wait_until(fs.launcher.socket.exists, 60, lambda: (tmp_path / "forkserver.log").read_text())
+    wait_until(fs.launcher.socket.exists, 60, lambda: (tmp_path / "fork-server.log").read_text())
     yield fs
     fs.stop()
 
 
+CLIENTAPP = "flwr-clientapp"
+
+
 def launch(fs: ForkServer, *args: str, cwd: Path, **kw) -> subprocess.CompletedProcess | subprocess.Popen:
-    cmd = [str(fs.launcher.bin_dir / COMMAND), *args]
+    cmd = [str(fs.launcher.bin_dir / CLIENTAPP), *args]
     if kw.pop("background", False):
         return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=60)
@@ -41,6 +45,19 @@ def test_launcher_passes_arguments_output_and_exit_code_through(server, tmp_path
     bad = launch(server, "--runtime-api-address", "127.0.0.1:1", cwd=tmp_path)  # no token
     assert bad.returncode == 2
     assert "one of the arguments --token --token-file is required" in bad.stderr
+    superexec = subprocess.run([str(server.launcher.bin_dir / "flower-superexec"), "--help"], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=60)
+    assert superexec.returncode == 0, superexec.stderr
+    assert "usage: flower-superexec" in superexec.stdout
+
+
+def test_a_command_it_does_not_serve_is_refused_and_runs_as_flowers_own(server, tmp_path):
+    other = tmp_path / "not-a-flower-command"
+    shutil.copy(server.launcher.bin_dir / CLIENTAPP, other)  # its fallback is still flwr-clientapp
+    out = subprocess.run([str(other), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "usage: flwr-clientapp" in out.stdout
+    assert "is not one of flwr-clientapp, flower-superexec" in (tmp_path / "fork-server.log").read_text()
 
 
 def test_each_launch_is_a_child_of_the_server_and_dies_with_its_launcher(server, tmp_path):
@@ -53,6 +70,7 @@ def test_each_launch_is_a_child_of_the_server_and_dies_with_its_launcher(server,
         child = wait_until(lambda: descendants(server.proc.pid), 30, "the server forked no ClientApp")
         (pid,) = child
         assert Path(f"/proc/{pid}/cwd").resolve() == workdir.resolve()  # the launcher's working directory
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == CLIENTAPP  # named for ps and top
         wait_until(lambda: "Connection attempt failed" in launcher.stderr.readline(), 30,
                    "the child's log did not reach the launcher's stderr")
         launcher.kill()
@@ -81,18 +99,20 @@ def test_launcher_runs_flowers_own_command_when_the_server_is_down(server, tmp_p
 def test_supernodes_find_the_launcher_first_on_their_path(tmp_path):
     from fedtl.client.site_daemon import supernode_env
 
-    fs = ForkServer(tmp_path / "forkserver.log")  # not started: only the launcher is written
+    fs = ForkServer(tmp_path, socket_path(tmp_path, "fork-server.sock"))  # not started: only the launchers are written
     try:
-        env = supernode_env(forkserver=fs)
-        assert shutil.which(COMMAND, path=env["PATH"]) == str(fs.launcher.bin_dir / COMMAND)
-        assert shutil.which(COMMAND, path=supernode_env()["PATH"]) != str(fs.launcher.bin_dir / COMMAND)
+        env = supernode_env(fork_server=fs)
+        for command in ("flwr-clientapp", "flower-superexec"):
+            launcher = str(fs.launcher.bin_dir / command)
+            assert shutil.which(command, path=env["PATH"]) == launcher
+            assert shutil.which(command, path=supernode_env()["PATH"]) != launcher
     finally:
         fs.stop()
 
 
 def test_operators_can_turn_the_fork_server_off(monkeypatch):
-    monkeypatch.delenv(clientapp_forkserver.ENABLE_ENV, raising=False)
-    assert clientapp_forkserver.enabled()
+    monkeypatch.delenv(fork_server.ENABLE_ENV, raising=False)
+    assert fork_server.enabled()
     for off in ("0", "false", "off"):
-        monkeypatch.setenv(clientapp_forkserver.ENABLE_ENV, off)
-        assert not clientapp_forkserver.enabled()
+        monkeypatch.setenv(fork_server.ENABLE_ENV, off)
+        assert not fork_server.enabled()

@@ -1,18 +1,20 @@
-"""A fork server for Flower's ClientApp processes: each message's process starts warm.
+"""A fork server for the processes Flower starts at a site: they start warm and share memory.
 
 Flower 1.39's SuperExec starts a fresh ``flwr-clientapp`` process for every message. Most of
 that process's cost is importing Flower (its SuperNode CLI pulls in FastAPI, SQLAlchemy and
 Alembic): about 1.3 s of CPU and 120 MB before the first byte moves, per site and message,
-60-75% of all the CPU a site's side spends in a round (benchmarks/scale.py).
+60-75% of all the CPU a site's side spends in a round (benchmarks/scale.py). Each SuperNode
+also starts its own ``flower-superexec``, ~90 MB of the same imports, per site.
 
 The site daemon starts one fork server per process. It imports Flower's ``flwr-clientapp``
-entry point and fedtl's shim once, then forks a child for each launch; the child is an
-ordinary ``flwr-clientapp`` run (Flower's own code, same arguments, environment, working
-directory and stdio), only without the imports. The SuperNode finds the fork server through
-a tiny ``flwr-clientapp`` launcher put first on its PATH; the launcher hands its arguments
-and stdio to the server and exits with the child's exit code. If the server cannot be
-reached the launcher becomes Flower's own ``flwr-clientapp`` instead, so a site never
-depends on it. ``FEDTL_CLIENTAPP_FORKSERVER=0`` turns it off.
+and ``flower-superexec`` entry points and fedtl's shim once, then forks a child for each
+launch; the child is an ordinary run of that command (Flower's own code, same arguments,
+environment, working directory and stdio), only without the imports, and its pages stay
+shared with the server's until written. The SuperNode finds the fork server through tiny
+launchers of those names put first on its PATH; a launcher hands its arguments and stdio to
+the server and exits with the child's exit code. If the server cannot be reached a launcher
+becomes Flower's own command instead, so a site never depends on it.
+``FEDTL_FORK_SERVER=0`` turns it off.
 
 The server stays single-threaded (forking a threaded process is unsafe) and creates no gRPC
 channel before forking: each child makes its own.
@@ -30,22 +32,25 @@ import socket
 import stat
 import struct
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-ENABLE_ENV = "FEDTL_CLIENTAPP_FORKSERVER"
-COMMAND = "flwr-clientapp"  # the name Flower's SuperExec runs
+ENABLE_ENV = "FEDTL_FORK_SERVER"
+# The commands Flower starts by name at a site, and their entry points (module, function).
+ENTRY_POINTS = {
+    "flwr-clientapp": ("flwr.supernode.cli", "flwr_clientapp"),  # by the SuperExec, per message
+    "flower-superexec": ("flwr.supercore.cli", "flower_superexec"),  # by the SuperNode, once
+}
 MAX_REQUEST = 1 << 20  # bytes: arguments and environment of one launch
 _HEADER = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
 
 # The launcher. Runs with -I -S: standard library only, so it starts in ~20 ms.
 _LAUNCHER = """#!{python} -IS
-# fedtl: run this flwr-clientapp in the site's ClientApp fork server; without one, run Flower's own.
+# fedtl: run this command in the site's fork server; without one, run Flower's own.
 import json, os, socket, struct, sys
 SERVER, FLOWER = {server!r}, {flower!r}
 conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -75,71 +80,58 @@ def enabled() -> bool:
 
 @dataclass(frozen=True)
 class Launcher:
-    """Where the launcher lives: put ``bin_dir`` first on the SuperNode's PATH."""
+    """Where the launchers live: put ``bin_dir`` first on the SuperNode's PATH."""
 
     bin_dir: Path
     socket: Path
 
 
-def write_launcher(folder: Path, server_socket: Path, flower_command: str) -> Launcher:
-    """Write the ``flwr-clientapp`` launcher into ``folder/bin`` (atomically) and return it."""
-    bin_dir = folder / "bin"
+def write_launchers(bin_dir: Path, server_socket: Path) -> Launcher:
+    """Write a launcher for each of ENTRY_POINTS into ``bin_dir`` (atomically)."""
+    from fedtl.shared.processes import tool
+
     bin_dir.mkdir(parents=True, exist_ok=True)
-    path = bin_dir / COMMAND
-    text = _LAUNCHER.format(python=sys.executable, server=str(server_socket), flower=flower_command)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
-    os.replace(tmp, path)
+    for command in ENTRY_POINTS:
+        path = bin_dir / command
+        text = _LAUNCHER.format(python=sys.executable, server=str(server_socket), flower=tool(command))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        os.replace(tmp, path)
     return Launcher(bin_dir=bin_dir, socket=server_socket)
 
 
-def private_folder() -> Path:
-    """A fresh private folder whose socket path stays under the unix socket limit."""
-    return Path(tempfile.mkdtemp(prefix="fedtl-clientapp-"))
-
-
 class ForkServer:
-    """The fork server process of one `fedtl site` process and its launcher, started and kept up."""
+    """The fork server process of one `fedtl site` process and its launchers, started and kept up."""
 
-    def __init__(self, log_path: Path):
-        self.log_path = log_path
-        self.folder = private_folder()
-        self.launcher = write_launcher(self.folder, self.folder / "server.sock", _flower_command())
+    def __init__(self, state_dir: Path, server_socket: Path):
+        self.log_path = state_dir / "fork-server.log"
+        self.launcher = write_launchers(state_dir / "flower-bin", server_socket)
         self.proc = None
 
     def start(self) -> None:
         from fedtl.shared.processes import child_env, start
 
-        self.proc = start([sys.executable, "-m", "fedtl.client.clientapp_forkserver", "--socket",
+        self.proc = start([sys.executable, "-m", "fedtl.client.fork_server", "--socket",
                            str(self.launcher.socket), "--parent-pid", str(os.getpid())],
                           self.log_path, env=child_env(), die_with_parent=True)
 
     def keep_up(self) -> None:
         """Start it again if it exited; launchers use Flower's own command meanwhile."""
         if self.proc is not None and self.proc.poll() is not None:
-            log.warning("ClientApp fork server exited with code %s; starting it again (log: %s)",
+            log.warning("the fork server for Flower's processes exited with code %s; starting it again (log: %s)",
                         self.proc.returncode, self.log_path)
             self.start()
 
     def path_env(self, env: dict[str, str]) -> dict[str, str]:
-        """``env`` with the launcher first on PATH, where the SuperExec looks for flwr-clientapp."""
+        """``env`` with the launchers first on PATH, where Flower looks for its commands."""
         return {**env, "PATH": f"{self.launcher.bin_dir}{os.pathsep}{env.get('PATH', '')}"}
 
     def stop(self) -> None:
-        import shutil
-
         from fedtl.shared.processes import stop
 
         stop(self.proc)
         self.proc = None
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _flower_command() -> str:
-    from fedtl.shared.processes import tool
-
-    return tool(COMMAND)
 
 
 def _exit_code(status: int) -> int:
@@ -166,6 +158,11 @@ def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
                 raise ValueError("truncated request")
             body += chunk
         request = json.loads(body)
+        if not (isinstance(request, dict) and isinstance(request.get("argv"), list) and request["argv"]
+                and isinstance(request.get("env"), dict) and isinstance(request.get("cwd"), str)):
+            raise ValueError("a request needs argv, env and cwd")
+        if Path(str(request["argv"][0])).name not in ENTRY_POINTS:
+            raise ValueError(f"{request['argv'][0]!r} is not one of {', '.join(ENTRY_POINTS)}")
         if len(fds) != 3:
             raise ValueError(f"{len(fds)} file descriptors, expected stdin, stdout and stderr")
     except BaseException:
@@ -177,7 +174,7 @@ def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
 
 
 def _run_child(request: dict, fds: list[int], forked_at: float) -> int:
-    """In the forked child: become the launcher's flwr-clientapp and run it."""
+    """In the forked child: become the launcher's command and run it."""
     from fedtl.client.shim import STARTED_AT_ENV
 
     for target, fd in enumerate(fds):
@@ -190,13 +187,17 @@ def _run_child(request: dict, fds: list[int], forked_at: float) -> int:
     os.environ[STARTED_AT_ENV] = repr(forked_at)  # the shim's start-up time counts from here
     os.chdir(request["cwd"])
     sys.argv = [str(a) for a in request["argv"]]
+    import importlib
     import random
 
     random.seed()  # not the server's sequence, shared by every child
-    from flwr.supernode.cli import flwr_clientapp
-
+    name = Path(sys.argv[0]).name
+    with contextlib.suppress(OSError):  # what ps and top show (15 bytes at most): the command, not the server
+        Path("/proc/self/comm").write_text(name[:15])
+    module, function = ENTRY_POINTS[name]
+    main = getattr(importlib.import_module(module), function)
     try:
-        flwr_clientapp()
+        main()
     except SystemExit as done:
         code = done.code
         return code if isinstance(code, int) else (0 if code is None else 1)
@@ -266,7 +267,7 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector, children:
     try:
         request, fds = _read_request(conn)
     except (OSError, ValueError) as bad:
-        log.warning("ClientApp fork server: dropped a launch request: %s", bad)
+        log.warning("fork server: dropped a launch request: %s", bad)
         conn.close()
         return
     sys.stdout.flush()
@@ -326,7 +327,7 @@ def _reap(selector: selectors.BaseSelector, children: dict[int, socket.socket]) 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description="fedtl's ClientApp fork server (started by `fedtl site`).")
+    parser = argparse.ArgumentParser(description="fedtl's fork server for Flower's site processes (started by `fedtl site`).")
     parser.add_argument("--socket", required=True, type=Path, help="unix socket to listen on")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is no longer the parent")
     args = parser.parse_args(argv)
