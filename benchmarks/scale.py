@@ -33,9 +33,10 @@ from rich.table import Table
 from round_timing import timed_rounds
 from split_sites import split_site
 
+from fedtl.client.fork_server import ENABLE_ENV as FORK_SERVER_ENV
 from fedtl.server.history import read_rounds
 from fedtl.shared.examples import copy_examples
-from fedtl.shared.processes import free_port, start, stop_many, tool, tree
+from fedtl.shared.processes import child_env, free_port, start, stop_many, tool, tree
 
 OUT = Path(__file__).resolve().parent / "results" / "scale"
 MiB = 2**20
@@ -58,7 +59,7 @@ KINDS = (("/flower-bin/", "launcher"), ("flwr-clientapp", "ClientApp"),
          ("flower-superexec", "SuperExec"), ("fork_server", "fork server"),
          ("flower-supernode", "SuperNode"), ("fedtl", "site worker"))
 # A fork server's children carry its command line; their name (comm) says what they run.
-FORKED = {"flwr-clientapp": "ClientApp", "flower-superexe": "SuperExec"}
+FORKED = {"flwr-clientapp": "ClientApp", "flower-superexe": "SuperExec", "flower-supernod": "SuperNode"}
 # Whom a process's reaped children were, by its kind (any other's count as the parent's own kind).
 REAPED_AS = {"SuperExec": "ClientApp", "fork server": "ClientApp"}
 
@@ -144,7 +145,8 @@ def federation_yaml(root: Path, sites: int, rounds: int, steps: int,
     return path, config["superlink"]["fleet_address"]
 
 
-def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_flight: int | None = None) -> dict:
+def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_flight: int | None = None,
+        fork_server: bool = True) -> dict:
     bundled = copy_examples(root / "bundled")
     configs = split_site(bundled["lexicon"], sites, root / "split")
     fed_path, fleet = federation_yaml(root, sites, rounds, steps, in_flight)
@@ -154,7 +156,8 @@ def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_fl
     for k in range(0, sites, per_process):
         args = [a for c in configs[k:k + per_process] for a in ("--config", str(c))]
         hosts.append(start([tool("fedtl"), "site", *args, "--coordinator", fleet, "--insecure", "--encoder", "tiny"],
-                           root / f"sites-{k // per_process}.log", die_with_parent=True))
+                           root / f"sites-{k // per_process}.log", die_with_parent=True,
+                           env=child_env({FORK_SERVER_ENV: "1" if fork_server else "0"})))
     peak_sites = peak_coord = 0
     peak_kinds: dict[str, int] = {}
     cpu_from: tuple[int, dict[str, float]] | None = None  # (rounds done, CPU by kind) once round 1 is done
@@ -186,7 +189,7 @@ def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_fl
         n = (cpu_last[0] - cpu_from[0]) * sites
         cpu = {k: (v - cpu_from[1].get(k, 0.0)) / n for k, v in sorted(cpu_last[1].items())}
     return {
-        "sites": sites, "per_process": per_process, "in_flight": in_flight,
+        "sites": sites, "per_process": per_process, "in_flight": in_flight, "fork_server": fork_server,
         "rounds": len(records), "exit_code": coordinator.returncode,
         "failed_rounds": sum(1 for r in records if r["accepted"] < sites or not r["aggregated"]),
         "round_seconds": statistics.fmean(walls[1:] or walls) if walls else None,
@@ -210,6 +213,12 @@ def with_floor(row: dict, rounds: int, root: Path) -> dict:
     return row
 
 
+def row_key(r: dict) -> list[str]:
+    """The settings that tell a row apart, as table cells."""
+    return [str(r["sites"]), str(r["per_process"]), str(r.get("in_flight") or "all"),
+            "on" if r.get("fork_server", True) else "off"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[50])
@@ -218,6 +227,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--in-flight", type=int, nargs="+", default=[0],
                         help="federation.yaml's sites_in_flight (0: every site at once)")
+    parser.add_argument("--fork-server", choices=("on", "off"), nargs="+", default=["on"],
+                        help="start Flower's site processes from fedtl's fork server (on) or cold, as Flower does (off)")
     parser.add_argument("--floor", action="store_true",
                         help="also time Flower's floor (a trivial app, same SuperNodes and bytes) at each size")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -227,11 +238,13 @@ def main() -> None:
     for sites in args.sites:
         for per_process in args.per_process:
             for in_flight in args.in_flight:
-                with tempfile.TemporaryDirectory() as tmp:
-                    row = run(sites, args.rounds, per_process, args.steps, Path(tmp), in_flight or None)
-                    rows.append(with_floor(row, args.rounds, Path(tmp)) if args.floor else row)
+                for fork_server in args.fork_server:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        row = run(sites, args.rounds, per_process, args.steps, Path(tmp), in_flight or None,
+                                  fork_server == "on")
+                        rows.append(with_floor(row, args.rounds, Path(tmp)) if args.floor else row)
     table = Table(title=f"real SuperNodes on loopback, tiny encoder, {args.rounds} rounds x {args.steps} steps")
-    header = ["sites", "sites per process", "sites in flight", "rounds done", "failed rounds", "s per round",
+    header = ["sites", "sites per process", "sites in flight", "fork server", "rounds done", "failed rounds", "s per round",
               "overhead s per site", "MiB per site (PSS)", "coordinator MiB (PSS)"]
     if args.floor:
         header += ["sites' compute s", "Flower floor s", "floor + compute / cores + 1 s"]
@@ -241,7 +254,7 @@ def main() -> None:
              f"{args.rounds} rounds x {args.steps} encoder steps, {platform.machine()} CPU, 2 cores.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [str(r["sites"]), str(r["per_process"]), str(r.get("in_flight") or "all"), str(r["rounds"]),
+        cells = [*row_key(r), str(r["rounds"]),
                  str(r["failed_rounds"]),
                  f"{r['round_seconds']:.1f}", f"{r['overhead_per_site']:.2f}", f"{r['site_pss'] / MiB:.0f}",
                  f"{r['coordinator_pss'] / MiB:.0f}"]
@@ -251,19 +264,19 @@ def main() -> None:
         lines.append("| " + " | ".join(cells) + " |")
     kinds = sorted({k for r in rows for k in r["site_pss_by_kind"]})
     lines += ["", "MiB per site (PSS) at the peak, by process:", "",
-              "| sites | sites per process | sites in flight | " + " | ".join(kinds) + " |",
-              "|" + "---|" * (3 + len(kinds))]
+              "| sites | sites per process | sites in flight | fork server | " + " | ".join(kinds) + " |",
+              "|" + "---|" * (4 + len(kinds))]
     for r in rows:
-        lines.append(f"| {r['sites']} | {r['per_process']} | {r.get('in_flight') or 'all'} | "
+        lines.append("| " + " | ".join(row_key(r)) + " | "
                      + " | ".join(f"{r['site_pss_by_kind'].get(k, 0) / MiB:.0f}" for k in kinds) + " |")
     kinds = sorted({k for r in rows for k in r["cpu_per_site_round"]})
     if kinds:
         lines += ["", "CPU seconds per site and round (rounds after the first), by process:", "",
-                  "| sites | sites per process | sites in flight | " + " | ".join(kinds) + " | all |",
-                  "|" + "---|" * (4 + len(kinds))]
+                  "| sites | sites per process | sites in flight | fork server | " + " | ".join(kinds) + " | all |",
+                  "|" + "---|" * (5 + len(kinds))]
         for r in rows:
             cpu = r["cpu_per_site_round"]
-            lines.append(f"| {r['sites']} | {r['per_process']} | {r.get('in_flight') or 'all'} | "
+            lines.append("| " + " | ".join(row_key(r)) + " | "
                          + " | ".join(f"{cpu.get(k, 0):.2f}" for k in kinds) + f" | {sum(cpu.values()):.2f} |")
     Console().print(table)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ ENABLE_ENV = "FEDTL_FORK_SERVER"
 ENTRY_POINTS = {
     "flwr-clientapp": ("flwr.supernode.cli", "flwr_clientapp"),  # by the SuperExec, per message
     "flower-superexec": ("flwr.supercore.cli", "flower_superexec"),  # by the SuperNode, once
+    "flower-supernode": ("flwr.supernode.cli", "flower_supernode"),  # by the site daemon, once
 }
 MAX_REQUEST = 1 << 20  # bytes: arguments and environment of one launch
 _HEADER = struct.Struct("!I")
@@ -51,7 +52,7 @@ _STATUS = struct.Struct("!i")
 # The launcher. Runs with -I -S: standard library only, so it starts in ~20 ms.
 _LAUNCHER = """#!{python} -IS
 # fedtl: run this command in the site's fork server; without one, run Flower's own.
-import json, os, socket, struct, sys
+import json, os, signal, socket, struct, sys
 SERVER, FLOWER = {server!r}, {flower!r}
 conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 try:
@@ -63,6 +64,9 @@ except OSError:
     started = b""
 if len(started) != 4:  # no server, or it did not start the child: Flower's own command does the job
     os.execv(FLOWER, [FLOWER] + sys.argv[1:])
+child = struct.unpack("!i", started)[0]
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a stop meant for the command reaches it
+    signal.signal(sig, lambda signum, frame: os.kill(child, signum))
 status = b""
 while len(status) < 4:
     chunk = conn.recv(4 - len(status))
@@ -109,12 +113,20 @@ class ForkServer:
         self.launcher = write_launchers(state_dir / "flower-bin", server_socket)
         self.proc = None
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the server and wait (at most ``timeout`` s) until it listens."""
         from fedtl.shared.processes import child_env, start
 
+        with contextlib.suppress(FileNotFoundError):
+            self.launcher.socket.unlink()  # a stale one from a killed server: wait for the new one
         self.proc = start([sys.executable, "-m", "fedtl.client.fork_server", "--socket",
                            str(self.launcher.socket), "--parent-pid", str(os.getpid())],
                           self.log_path, env=child_env(), die_with_parent=True)
+        deadline = time.monotonic() + timeout
+        while not self.launcher.socket.exists() and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not self.launcher.socket.exists():
+            log.warning("the fork server did not start (log: %s); Flower's processes start cold", self.log_path)
 
     def keep_up(self) -> None:
         """Start it again if it exited; launchers use Flower's own command meanwhile."""
@@ -122,6 +134,12 @@ class ForkServer:
             log.warning("the fork server for Flower's processes exited with code %s; starting it again (log: %s)",
                         self.proc.returncode, self.log_path)
             self.start()
+
+    def command(self, name: str) -> str:
+        """The launcher to run for Flower's command ``name``."""
+        if name not in ENTRY_POINTS:
+            raise ValueError(f"the fork server does not start {name!r}")
+        return str(self.launcher.bin_dir / name)
 
     def path_env(self, env: dict[str, str]) -> dict[str, str]:
         """``env`` with the launchers first on PATH, where Flower looks for its commands."""
@@ -205,12 +223,12 @@ def _run_child(request: dict, fds: list[int], forked_at: float) -> int:
 
 
 def serve(server_socket: Path, parent_pid: int | None = None) -> None:
-    """Import once, then fork a ready ``flwr-clientapp`` for each launcher until told to stop."""
+    """Listen, import once, then fork a ready Flower command for each launcher until told to stop.
+
+    The socket listens before the imports: a launcher that comes meanwhile waits in the
+    backlog instead of falling back to a cold start."""
     import gc
-
-    import flwr.supernode.cli  # noqa: F401  the cost paid once, here
-
-    import fedtl.client.shim  # noqa: F401  the app every child loads
+    import importlib
 
     stopping = False
 
@@ -220,17 +238,20 @@ def serve(server_socket: Path, parent_pid: int | None = None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    wake_read, wake_write = socket.socketpair()  # a child's exit (SIGCHLD) wakes the loop at once
-    wake_read.setblocking(False)
-    wake_write.setblocking(False)
-    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-    signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
     with contextlib.suppress(FileNotFoundError):
         server_socket.unlink()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(server_socket))
     os.chmod(server_socket, stat.S_IRUSR | stat.S_IWUSR)
     listener.listen(128)
+    for module, _ in ENTRY_POINTS.values():
+        importlib.import_module(module)  # the cost paid once, here
+    importlib.import_module("fedtl.client.shim")  # the app every ClientApp loads
+    wake_read, wake_write = socket.socketpair()  # a child's exit (SIGCHLD) wakes the loop at once
+    wake_read.setblocking(False)
+    wake_write.setblocking(False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     selector.register(wake_read, selectors.EVENT_READ)
@@ -244,12 +265,12 @@ def serve(server_socket: Path, parent_pid: int | None = None) -> None:
                 elif key.fileobj is wake_read:
                     with contextlib.suppress(BlockingIOError):
                         wake_read.recv(4096)
-                else:  # a launcher hung up (killed): its child goes too
+                else:  # a launcher hung up: killed hard (it forwards gentler signals), so its child is too
                     conn = key.fileobj
                     pid = next((p for p, c in children.items() if c is conn), None)
                     if pid is not None:
                         with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGTERM)
+                            os.kill(pid, signal.SIGKILL)
                     selector.unregister(conn)
             _reap(selector, children)
     finally:

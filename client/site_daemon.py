@@ -121,7 +121,8 @@ class SiteDaemon:
 
     def _supernode_cmd(self) -> list[str]:
         s = self.settings
-        cmd = [tool("flower-supernode"), "--superlink", s.coordinator, "--port", str(s.port or free_port()),
+        program = self.fork_server.command("flower-supernode") if self.fork_server else tool("flower-supernode")
+        cmd = [program, "--superlink", s.coordinator, "--port", str(s.port or free_port()),
                "--node-config", f"socket='{self.socket}' site='{self.config.name}'"]
         if s.insecure:
             cmd.append("--insecure")

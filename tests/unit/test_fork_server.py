@@ -84,6 +84,25 @@ def test_each_launch_is_a_child_of_the_server_and_dies_with_its_launcher(server,
     assert server.proc.poll() is None  # the server goes on serving
 
 
+def test_a_stop_sent_to_the_launcher_reaches_the_command_and_its_exit_comes_back(server, tmp_path):
+    launcher = launch(server, "--runtime-api-address", "127.0.0.1:1", "--token", "t", "--insecure",
+                      cwd=tmp_path, background=True)
+    try:
+        (pid,) = wait_until(lambda: descendants(server.proc.pid), 30, "the server forked no ClientApp")
+        wait_until(lambda: "Connection attempt failed" in launcher.stderr.readline(), 30, "no log from the child")
+        launcher.send_signal(signal.SIGTERM)  # what a stop of the site's process tree sends
+        code = launcher.wait(timeout=60)
+        rest = launcher.stderr.read()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(timeout=10)
+        launcher.stderr.close()
+    assert not alive(pid)
+    assert "Task stopped." in rest  # Flower's own handler ran in the child: the signal was forwarded
+    assert code == 0, rest
+
+
 def test_launcher_runs_flowers_own_command_when_the_server_is_down(server, tmp_path):
     os.kill(server.proc.pid, signal.SIGTERM)
     server.proc.wait(timeout=30)
