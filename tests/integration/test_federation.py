@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -326,6 +327,18 @@ def test_site_rejoins_a_restarted_coordinator_which_resumes_from_its_checkpoint(
 
 
 
+def forked_names(root: int) -> set[str]:
+    """Names (comm) of the processes below ``root`` that the site's fork server forked."""
+    names = set()
+    for pid in tree(root):
+        try:
+            if b"fedtl.client.fork_server" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                names.add(Path(f"/proc/{pid}/comm").read_text().strip())
+        except OSError:
+            continue
+    return names
+
+
 def test_ctrl_c_stops_the_coordinator_and_sigterm_stops_a_site(tmp_path):
     fed = Federation(tmp_path)
     fed.add_site("solo", types=("classification",))
@@ -345,9 +358,14 @@ def test_ctrl_c_stops_the_coordinator_and_sigterm_stops_a_site(tmp_path):
                    "the restarted coordinator started no SuperLink")
         assert interrupt_and_check_exit(coordinator, signal.SIGTERM) == 130
         assert not pids_matching("flower-superlink", f"127.0.0.1:{fed.fleet_port}")
+        # the site's SuperNode and SuperExec were forked from its fork server (Flower's own code, warm)
+        wait_until(lambda: {"flower-supernod", "flower-superexe"} <= forked_names(site.pid), 60,
+                   lambda: f"forked by the site's fork server: {forked_names(site.pid)}")
+        site_tree = tree(site.pid)
         # the site daemon: SIGTERM stops it, its SuperNode and that SuperNode's SuperExec
         assert interrupt_and_check_exit(site, signal.SIGTERM) == 0
         assert not pids_matching("flower-", str(fed.root / "solo")), "the site's SuperNode outlived it"
+        wait_until(lambda: not [p for p, t in site_tree.items() if alive(p, t)], 10, "the site left processes")
         assert "stopped" in fed.log("solo")
     finally:
         fed.stop_all()
