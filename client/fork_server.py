@@ -102,6 +102,8 @@ def write_launchers(bin_dir: Path, server_socket: Path) -> Launcher:
         tmp.write_text(text)
         tmp.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
         os.replace(tmp, path)
+        if not os.access(path, os.X_OK):  # e.g. state_dir on a noexec mount
+            raise OSError(f"{path} cannot be executed here (is {bin_dir.parent} on a noexec mount?)")
     return Launcher(bin_dir=bin_dir, socket=server_socket)
 
 

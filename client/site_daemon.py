@@ -247,10 +247,14 @@ def run_sites(daemons: list[SiteDaemon]) -> int:
             daemon.start_worker()
         if daemons and fork_server_enabled():  # Flower's processes at these sites start warm (see fork_server)
             state_dir = daemons[0].config.state_dir
-            fork_server = ForkServer(state_dir, socket_path(state_dir, "fork-server.sock"))
-            fork_server.start()
-            for daemon in daemons:
-                daemon.fork_server = fork_server
+            try:
+                fork_server = ForkServer(state_dir, socket_path(state_dir, "fork-server.sock"))
+            except OSError as exc:
+                log.warning("Flower's processes will start cold: %s", exc)
+            else:
+                fork_server.start()
+                for daemon in daemons:
+                    daemon.fork_server = fork_server
         for daemon in daemons:
             thread = threading.Thread(target=daemon.supervise, name=f"site-{daemon.config.name}", daemon=True)
             thread.start()

@@ -135,3 +135,18 @@ def test_operators_can_turn_the_fork_server_off(monkeypatch):
     for off in ("0", "false", "off"):
         monkeypatch.setenv(fork_server.ENABLE_ENV, off)
         assert not fork_server.enabled()
+
+
+def test_a_state_dir_that_cannot_hold_programs_is_refused_with_the_reason(tmp_path):
+    """On a noexec mount the launchers could not run: the site must start Flower cold instead."""
+    mount = tmp_path / "noexec"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,size=4m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a noexec tmpfs here: {made.stderr.strip()}")
+    try:
+        with pytest.raises(OSError, match="noexec"):
+            ForkServer(mount, socket_path(mount, "fork-server.sock"))
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
