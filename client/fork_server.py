@@ -94,6 +94,8 @@ def write_launchers(bin_dir: Path, server_socket: Path) -> Launcher:
     """Write a launcher for each of ENTRY_POINTS into ``bin_dir`` (atomically)."""
     from fedtl.shared.processes import tool
 
+    if len(sys.executable) > 200 or any(c.isspace() for c in sys.executable):
+        raise OSError(f"{sys.executable!r} cannot start a script's first line (#!): too long or with spaces")
     bin_dir.mkdir(parents=True, exist_ok=True)
     for command in ENTRY_POINTS:
         path = bin_dir / command
@@ -110,10 +112,13 @@ def write_launchers(bin_dir: Path, server_socket: Path) -> Launcher:
 class ForkServer:
     """The fork server process of one `fedtl site` process and its launchers, started and kept up."""
 
+    RESTART_AFTER = 30.0  # seconds between starts at least: a server that cannot start does not spin
+
     def __init__(self, state_dir: Path, server_socket: Path):
         self.log_path = state_dir / "fork-server.log"
         self.launcher = write_launchers(state_dir / "flower-bin", server_socket)
         self.proc = None
+        self.started_at = float("-inf")
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the server and wait (at most ``timeout`` s) until it listens."""
@@ -121,6 +126,7 @@ class ForkServer:
 
         with contextlib.suppress(FileNotFoundError):
             self.launcher.socket.unlink()  # a stale one from a killed server: wait for the new one
+        self.started_at = time.monotonic()
         self.proc = start([sys.executable, "-m", "fedtl.client.fork_server", "--socket",
                            str(self.launcher.socket), "--parent-pid", str(os.getpid())],
                           self.log_path, env=child_env(), die_with_parent=True)
@@ -132,7 +138,8 @@ class ForkServer:
 
     def keep_up(self) -> None:
         """Start it again if it exited; launchers use Flower's own command meanwhile."""
-        if self.proc is not None and self.proc.poll() is not None:
+        if (self.proc is not None and self.proc.poll() is not None
+                and time.monotonic() - self.started_at >= self.RESTART_AFTER):
             log.warning("the fork server for Flower's processes exited with code %s; starting it again (log: %s)",
                         self.proc.returncode, self.log_path)
             self.start()
@@ -200,8 +207,11 @@ def _run_child(request: dict, fds: list[int], forked_at: float) -> int:
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_DFL)
+    # Signals as a fresh Python process has them (the server changed SIGTERM, SIGINT and SIGCHLD).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     os.environ.clear()
     os.environ.update({str(k): str(v) for k, v in request["env"].items()})
     os.environ[STARTED_AT_ENV] = repr(forked_at)  # the shim's start-up time counts from here

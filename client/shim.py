@@ -11,7 +11,7 @@ import os
 import time
 
 _PROCESS_STARTED_AT = time.time()  # before the imports below: start-up cost is measured from here
-# Set by fedtl's ClientApp fork server in each child it forks: that process started there, warm.
+# Set by fedtl's fork server (client/fork_server.py) in each ClientApp it forks: that process started there.
 STARTED_AT_ENV = "FEDTL_CLIENTAPP_STARTED_AT"
 
 import grpc  # noqa: E402

@@ -110,6 +110,9 @@ def test_launcher_runs_flowers_own_command_when_the_server_is_down(server, tmp_p
     ok = launch(server, "--help", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "usage: flwr-clientapp" in ok.stdout
+    server.keep_up()  # not again at once: a server that cannot start must not spin
+    assert server.proc.poll() is not None
+    server.RESTART_AFTER = 0.0  # the backoff has passed
     server.keep_up()  # and the site daemon starts it again
     wait_until(server.launcher.socket.exists, 60, "the fork server did not come back")
     assert server.proc.poll() is None
