@@ -17,6 +17,7 @@ fedtl's round against the floor's round plus the sites' own compute spread over 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -232,6 +233,8 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true",
                         help="also time Flower's floor (a trivial app, same SuperNodes and bytes) at each size")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="run in folders under this one and keep them (logs, rounds.jsonl) instead of temporary ones")
     args = parser.parse_args()
 
     rows = []
@@ -239,7 +242,10 @@ def main() -> None:
         for per_process in args.per_process:
             for in_flight in args.in_flight:
                 for fork_server in args.fork_server:
-                    with tempfile.TemporaryDirectory() as tmp:
+                    keep = args.keep / f"{sites}-{per_process}-{in_flight}-{fork_server}" if args.keep else None
+                    if keep:
+                        keep.mkdir(parents=True, exist_ok=True)
+                    with contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory() as tmp:
                         row = run(sites, args.rounds, per_process, args.steps, Path(tmp), in_flight or None,
                                   fork_server == "on")
                         rows.append(with_floor(row, args.rounds, Path(tmp)) if args.floor else row)
