@@ -193,6 +193,13 @@ def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_fl
         "sites": sites, "per_process": per_process, "in_flight": in_flight, "fork_server": fork_server,
         "rounds": len(records), "exit_code": coordinator.returncode,
         "failed_rounds": sum(1 for r in records if r["accepted"] < sites or not r["aggregated"]),
+        # what each such round lacked: sites that failed or were rejected (with Flower's or fedtl's
+        # reason), and how many never answered before the round ended
+        "incomplete_rounds": [{"round": r["round"], "accepted": r["accepted"], "aggregated": r["aggregated"],
+                               "failed": r.get("failed", []), "rejected": r.get("rejected", []),
+                               "unanswered": sites - r["accepted"] - len(r.get("failed", []))
+                               - len(r.get("rejected", []))}
+                              for r in records if r["accepted"] < sites or not r["aggregated"]],
         "round_seconds": statistics.fmean(walls[1:] or walls) if walls else None,
         "overhead_per_site": statistics.fmean(o / sites for o in (overheads[1:] or overheads)) if overheads else None,
         "compute_seconds": statistics.fmean(computes[1:] or computes) if computes else None,
@@ -268,6 +275,15 @@ def main() -> None:
             cells += [f"{r['compute_seconds']:.1f}", f"{r['floor_seconds']:.1f}", f"{r['round_bound']:.1f}"]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
+    lacking = []
+    for r in rows:
+        for bad in r["incomplete_rounds"]:
+            reasons = sorted({p["reason"][:120] for p in bad["failed"] + bad["rejected"]})
+            lacking.append(f"- {' / '.join(row_key(r))}: round {bad['round']}: {bad['accepted']} accepted, "
+                           f"{len(bad['failed'])} failed, {len(bad['rejected'])} rejected, {bad['unanswered']} "
+                           f"unanswered{'; ' + '; '.join(reasons) if reasons else ''}")
+    if lacking:
+        lines += ["", "Rounds that lacked a site (sites / per process / in flight / fork server):", "", *lacking]
     kinds = sorted({k for r in rows for k in r["site_pss_by_kind"]})
     lines += ["", "MiB per site (PSS) at the peak, by process:", "",
               "| sites | sites per process | sites in flight | fork server | " + " | ".join(kinds) + " |",
