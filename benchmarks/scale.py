@@ -79,6 +79,7 @@ def command(pid: int) -> str:
 
 
 def kind(pid: int) -> str:
+    """The process's kind (KINDS), a forked one's by its name (FORKED); "other" when unknown."""
     label = next((label for needle, label in KINDS if needle in command(pid)), "other")
     if label == "fork server":
         try:

@@ -6,13 +6,14 @@ Alembic): about 1.3 s of CPU and 120 MB before the first byte moves, per site an
 60-75% of all the CPU a site's side spends in a round (benchmarks/scale.py). Each SuperNode
 also starts its own ``flower-superexec``, ~90 MB of the same imports, per site.
 
-The site daemon starts one fork server per process. It imports Flower's ``flwr-clientapp``
-and ``flower-superexec`` entry points and fedtl's shim once, then forks a child for each
-launch; the child is an ordinary run of that command (Flower's own code, same arguments,
-environment, working directory and stdio), only without the imports, and its pages stay
-shared with the server's until written. The SuperNode finds the fork server through tiny
-launchers of those names put first on its PATH; a launcher hands its arguments and stdio to
-the server and exits with the child's exit code. If the server cannot be reached a launcher
+The site daemon starts one fork server per process. It imports the entry points of
+ENTRY_POINTS (``flower-supernode``, ``flower-superexec``, ``flwr-clientapp``) and fedtl's shim
+once, then forks a child for each launch; the child is an ordinary run of that command
+(Flower's own code, same arguments, environment, working directory and stdio), only without
+the imports, and its pages stay shared with the server's until written. The daemon runs the
+SuperNode's launcher; the SuperNode and its SuperExec find theirs first on their PATH. A
+launcher hands its arguments and stdio to the server, passes stop signals on, and exits with
+the child's exit code. If the server cannot be reached a launcher
 becomes Flower's own command instead, so a site never depends on it.
 ``FEDTL_FORK_SERVER=0`` turns it off.
 
@@ -35,6 +36,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from fedtl.shared.processes import child_env, start, tool
+from fedtl.shared.processes import stop as stop_process
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +96,6 @@ class Launcher:
 
 def write_launchers(bin_dir: Path, server_socket: Path) -> Launcher:
     """Write a launcher for each of ENTRY_POINTS into ``bin_dir`` (atomically)."""
-    from fedtl.shared.processes import tool
-
     if len(sys.executable) > 200 or any(c.isspace() for c in sys.executable):
         raise OSError(f"{sys.executable!r} cannot start a script's first line (#!): too long or with spaces")
     bin_dir.mkdir(parents=True, exist_ok=True)
@@ -122,8 +124,6 @@ class ForkServer:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the server and wait (at most ``timeout`` s) until it listens."""
-        from fedtl.shared.processes import child_env, start
-
         with contextlib.suppress(FileNotFoundError):
             self.launcher.socket.unlink()  # a stale one from a killed server: wait for the new one
         self.started_at = time.monotonic()
@@ -155,9 +155,7 @@ class ForkServer:
         return {**env, "PATH": f"{self.launcher.bin_dir}{os.pathsep}{env.get('PATH', '')}"}
 
     def stop(self) -> None:
-        from fedtl.shared.processes import stop
-
-        stop(self.proc)
+        stop_process(self.proc)
         self.proc = None
 
 
@@ -244,12 +242,12 @@ def serve(server_socket: Path, parent_pid: int | None = None) -> None:
 
     stopping = False
 
-    def stop(signum, frame):  # noqa: ARG001
+    def request_stop(signum, frame):  # noqa: ARG001
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     with contextlib.suppress(FileNotFoundError):
         server_socket.unlink()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -278,12 +276,9 @@ def serve(server_socket: Path, parent_pid: int | None = None) -> None:
                     with contextlib.suppress(BlockingIOError):
                         wake_read.recv(4096)
                 else:  # a launcher hung up: killed hard (it forwards gentler signals), so its child is too
-                    conn = key.fileobj
-                    pid = next((p for p, c in children.items() if c is conn), None)
-                    if pid is not None:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
-                    selector.unregister(conn)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(key.data, signal.SIGKILL)  # the child's pid, registered with its connection
+                    selector.unregister(key.fileobj)
             _reap(selector, children)
     finally:
         for pid in children:
@@ -333,7 +328,7 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector, children:
     children[pid] = conn
     try:
         conn.sendall(_STATUS.pack(pid))
-        selector.register(conn, selectors.EVENT_READ)
+        selector.register(conn, selectors.EVENT_READ, data=pid)
     except OSError:  # the launcher is already gone
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""The ClientApp fork server runs Flower's real flwr-clientapp, forked warm, or steps aside."""
+"""The fork server runs Flower's real commands, forked warm, or steps aside."""
 
 from __future__ import annotations
 
