@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ import yaml
 from readme_block import write_block
 
 from fedtl.client.local_training import prepare_tasks
-from fedtl.client.trainer import EMBED_BATCH, LocalTrainer, pad_batch
+from fedtl.client.trainer import EMBED_BATCH, LocalTrainer, pad_batch, resolve_device, resolve_precision
 from fedtl.server.history import read_rounds
 from fedtl.shared.config import load_site_config
 from fedtl.shared.data import load_site_tasks
@@ -50,14 +51,15 @@ from fedtl.shared.records import l2_norm
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "site-vs-bare"
-CPU = torch.device("cpu")
 PHASES = ("prefix_cache", "embed", "head", "encoder", "refit", "eval")
 
 
-def site_config(workdir: Path, site: str, steps: int) -> Path:
-    """The bundled site's config, its encoder phase long enough for ``steps`` steps a round."""
+def site_config(workdir: Path, site: str, steps: int, device: str = "cpu", precision: str = "fp32") -> Path:
+    """The bundled site's config, its encoder phase long enough for ``steps`` steps a round, on
+    ``device`` in ``precision`` (the bare loop reads both from it too)."""
     path = copy_examples(workdir)[site]
     config = yaml.safe_load(path.read_text())
+    config["device"], config["precision"] = device, precision
     config["training"]["encoder_epochs"] = 1000  # max_steps decides
     config["training"]["max_steps"] = steps
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -142,6 +144,23 @@ class CpuByProcess:
 
 
 # ----------------------------------------------------------------------------- the bare loop
+class Amp:
+    """Where the bare loop computes and in what precision: autocast as ``torch.amp`` documents it,
+    a gradient scaler for fp16."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype | None):
+        self.device, self.dtype = device, dtype
+        self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+    def autocast(self):
+        return nullcontext() if self.dtype is None else torch.autocast(self.device.type, dtype=self.dtype)
+
+    def sync(self) -> None:
+        """Wait for the device's queued work, so a clock read after it counts that work."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
 def pooled(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     states = model(input_ids=ids, attention_mask=mask).last_hidden_state
     m = mask.unsqueeze(-1).to(states.dtype)
@@ -149,13 +168,14 @@ def pooled(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed(model, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
+def embed(model, seqs: list[list[int]], pad_id: int, amp: Amp) -> torch.Tensor:
     model.eval()
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out = torch.empty((len(seqs), model.config.hidden_size))
+    out = torch.empty((len(seqs), model.config.hidden_size), device=amp.device)
     for start in range(0, len(order), EMBED_BATCH):
         chunk = order[start : start + EMBED_BATCH]
-        out[chunk] = pooled(model, *pad_batch([seqs[i] for i in chunk], pad_id, CPU))
+        with amp.autocast():
+            out[chunk] = pooled(model, *pad_batch([seqs[i] for i in chunk], pad_id, amp.device)).float()
     return out
 
 
@@ -170,7 +190,7 @@ def evaluate(spec: HeadSpec, head: torch.nn.Linear, feats: torch.Tensor, y: np.n
     with torch.no_grad():
         out = head(feats)
         metrics = spec.metrics(spec.predict(out), y)
-        metrics["loss"] = float(spec.loss(out, torch.as_tensor(y)))
+        metrics["loss"] = float(spec.loss(out, torch.as_tensor(y).to(out.device)))
     return metrics
 
 
@@ -180,22 +200,25 @@ def bare_round(site_yaml: Path, encoder: str, steps: int, seed: int) -> dict:
 
     config = load_site_config(site_yaml)
     cfg = config.training
+    device = resolve_device(config.device)
+    amp = Amp(device, resolve_precision(device, config.precision))
     (data,) = load_site_tasks(config.tasks, seed=cfg.seed)  # reading the CSV is not part of a round
     path = encoder_folder(encoder)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+    model = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False).to(device)
     train_ids = tokenizer(data.train.texts, truncation=True, max_length=cfg.max_length)["input_ids"]
     val_ids = tokenizer(data.val.texts, truncation=True, max_length=cfg.max_length)["input_ids"]
     pad_id = int(tokenizer.pad_token_id or 0)
     spec = HeadSpec.for_data(data, model.config.hidden_size)
-    head = torch.nn.Linear(model.config.hidden_size, spec.out_features)
-    y_train = torch.as_tensor(data.train.targets)
+    head = torch.nn.Linear(model.config.hidden_size, spec.out_features).to(device)
+    y_train = torch.as_tensor(data.train.targets).to(device)
     received = {n: p.detach().clone() for n, p in model.named_parameters()}  # what the message would bring
 
+    amp.sync()
     started = time.perf_counter()
-    phases, clock = {}, Clock()
+    phases, clock = {}, Clock(amp.sync)
     torch.manual_seed(seed)
-    train_feats, val_feats = embed(model, train_ids, pad_id), embed(model, val_ids, pad_id)
+    train_feats, val_feats = embed(model, train_ids, pad_id, amp), embed(model, val_ids, pad_id, amp)
     evaluate(spec, head, val_feats, data.val.targets)                        # before
     phases["embed"] = clock.lap()
     fit_head(spec, head, train_feats, y_train, seed)
@@ -217,22 +240,31 @@ def bare_round(site_yaml: Path, encoder: str, steps: int, seed: int) -> dict:
             rng.shuffle(order)
             order = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         idx = order.pop(0)
-        ids, mask = pad_batch([train_ids[i] for i in idx], pad_id, CPU)
-        out = head(pooled(model, ids, mask))
+        ids, mask = pad_batch([train_ids[i] for i in idx], pad_id, device)
+        with amp.autocast():
+            out = head(pooled(model, ids, mask))
         loss = spec.loss(out, y_train[idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if amp.scaler is not None:
+            amp.scaler.scale(loss).backward()
+            amp.scaler.unscale_(opt)
+        else:
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params + list(head.parameters()), cfg.max_grad_norm)
-        opt.step()
+        if amp.scaler is not None:
+            amp.scaler.step(opt)
+            amp.scaler.update()
+        else:
+            opt.step()
         sched.step()
         losses.append(float(loss.detach()))
     model.eval()
     phases["encoder"] = clock.lap()
-    fit_head(spec, head, embed(model, train_ids, pad_id), y_train, seed)      # refit
+    fit_head(spec, head, embed(model, train_ids, pad_id, amp), y_train, seed)      # refit
     phases["refit"] = clock.lap()
-    final = evaluate(spec, head, embed(model, val_ids, pad_id), data.val.targets)
+    final = evaluate(spec, head, embed(model, val_ids, pad_id, amp), data.val.targets)
     phases["eval"] = clock.lap()
-    update = {n: p.detach().numpy() - received[n].numpy() for n, p in model.named_parameters()}
+    update = {n: (p.detach() - received[n]).cpu().numpy() for n, p in model.named_parameters()}
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "phases": phases, "steps": steps, "final": final, "update_norm": l2_norm(update),
             "train_loss": statistics.fmean(losses)}
@@ -244,23 +276,29 @@ def trainer_round(site_yaml: Path, encoder: str, steps: int, seed: int) -> dict:
     federation's processes costs."""
     config = load_site_config(site_yaml)
     training = config.training.model_copy(update={"max_steps": steps, "seed": seed})
+    device = resolve_device(config.device)
+    amp = Amp(device, resolve_precision(device, config.precision))
     datas = load_site_tasks(config.tasks, seed=config.training.seed)
     model = load_encoder(encoder, seed=config.training.seed)
     tasks = prepare_tasks(datas, model, None, training.max_length, training.seed)
-    trainer = LocalTrainer(model, tasks, training, CPU, optimizer_state={})
+    trainer = LocalTrainer(model, tasks, training, device, amp.dtype, optimizer_state={})
+    amp.sync()
     started = time.perf_counter()
     result = trainer.fit()
+    amp.sync()
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "phases": result.seconds, "steps": result.steps}
 
 
 class Clock:
-    """Seconds since the last lap."""
+    """Seconds since the last lap (after ``sync``: a GPU's queued work counts in its lap)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync=lambda: None) -> None:
+        self.sync = sync
         self.last = time.perf_counter()
 
     def lap(self) -> float:
+        self.sync()
         now = time.perf_counter()
         seconds, self.last = now - self.last, now
         return seconds
