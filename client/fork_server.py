@@ -49,6 +49,7 @@ ENTRY_POINTS = {
     "flower-superexec": ("flwr.supercore.cli", "flower_superexec"),  # by the SuperNode, once
     "flower-supernode": ("flwr.supernode.cli", "flower_supernode"),  # by the site daemon, once
 }
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 MAX_REQUEST = 1 << 20  # bytes: arguments and environment of one launch
 _HEADER = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
@@ -58,6 +59,9 @@ _LAUNCHER = """#!{python} -IS
 # fedtl: run this command in the site's fork server; without one, run Flower's own.
 import json, os, signal, socket, struct, sys
 SERVER, FLOWER = {server!r}, {flower!r}
+STOPS = {{signal.SIGTERM, signal.SIGINT, signal.SIGHUP}}
+# A stop that comes while the command is being started waits (blocked) until it can be passed on.
+mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
 conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 try:
     conn.connect(SERVER)
@@ -67,10 +71,12 @@ try:
 except OSError:
     started = b""
 if len(started) != 4:  # no server, or it did not start the child: Flower's own command does the job
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop that came meanwhile ends this launcher now
     os.execv(FLOWER, [FLOWER] + sys.argv[1:])
 child = struct.unpack("!i", started)[0]
-for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a stop meant for the command reaches it
+for sig in STOPS:  # a stop meant for the command reaches it
     signal.signal(sig, lambda signum, frame: os.kill(child, signum))
+signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 status = b""
 while len(status) < 4:
     chunk = conn.recv(4 - len(status))
@@ -198,8 +204,9 @@ def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
     return request, fds
 
 
-def _run_child(request: dict, fds: list[int], forked_at: float) -> int:
-    """In the forked child: become the launcher's command and run it."""
+def _run_child(request: dict, fds: list[int], forked_at: float, mask: set[signal.Signals]) -> int:
+    """In the forked child: become the launcher's command and run it. Stops come in blocked and
+    are let through (``mask``) only once the child has a fresh Python's handlers for them."""
     from fedtl.client.shim import STARTED_AT_ENV
 
     for target, fd in enumerate(fds):
@@ -210,6 +217,7 @@ def _run_child(request: dict, fds: list[int], forked_at: float) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop that came since the fork acts now
     os.environ.clear()
     os.environ.update({str(k): str(v) for k, v in request["env"].items()})
     os.environ[STARTED_AT_ENV] = repr(forked_at)  # the shim's start-up time counts from here
@@ -300,7 +308,11 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector, children:
         return
     sys.stdout.flush()
     sys.stderr.flush()
+    # A stop for the child that comes just after the fork must not meet the server's handlers there.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     pid = os.fork()
+    if pid != 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if pid == 0:  # the child: never returns into the server's loop
         forked_at = time.time()
         code = 1
@@ -313,7 +325,7 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector, children:
             conn.close()
             for other in children.values():
                 other.close()
-            code = _run_child(request, fds, forked_at)
+            code = _run_child(request, fds, forked_at, mask)
         except BaseException:  # noqa: BLE001  reported on the launcher's stderr
             import traceback
 

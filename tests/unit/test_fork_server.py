@@ -69,8 +69,10 @@ def test_each_launch_is_a_child_of_the_server_and_dies_with_its_launcher(server,
     try:
         child = wait_until(lambda: descendants(server.proc.pid), 30, "the server forked no ClientApp")
         (pid,) = child
+        # the child changes directory, then names itself for ps and top, just after the fork
+        wait_until(lambda: Path(f"/proc/{pid}/comm").read_text().strip() == CLIENTAPP, 30,
+                   lambda: f"the ClientApp is named {Path(f'/proc/{pid}/comm').read_text().strip()!r}")
         assert Path(f"/proc/{pid}/cwd").resolve() == workdir.resolve()  # the launcher's working directory
-        assert Path(f"/proc/{pid}/comm").read_text().strip() == CLIENTAPP  # named for ps and top
         wait_until(lambda: "Connection attempt failed" in launcher.stderr.readline(), 30,
                    "the child's log did not reach the launcher's stderr")
         launcher.kill()
@@ -101,6 +103,35 @@ def test_a_stop_sent_to_the_launcher_reaches_the_command_and_its_exit_comes_back
     assert not alive(pid)
     assert "Task stopped." in rest  # Flower's own handler ran in the child: the signal was forwarded
     assert code == 0, rest
+
+
+def has_socket(pid: int) -> bool:
+    """Whether the process holds a socket: a launcher that has begun asking the server."""
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fd).startswith("socket:") for fd in fds.iterdir())
+
+
+def test_a_stop_that_comes_before_the_command_started_still_reaches_it(server, tmp_path):
+    os.kill(server.proc.pid, signal.SIGSTOP)  # the server is slow: the launcher waits for its command
+    try:
+        launcher = launch(server, "--runtime-api-address", "127.0.0.1:1", "--token", "t", "--insecure",
+                          cwd=tmp_path, background=True)
+        wait_until(lambda: has_socket(launcher.pid), 30, "the launcher never asked the server")
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.poll() is None  # held until there is a command to pass it to
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    try:
+        code = launcher.wait(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(timeout=10)
+        launcher.stderr.close()
+    # the command got the stop: Flower's handler ran (0) or it came before the handler (killed: 128 + 15)
+    assert code in (0, 128 + signal.SIGTERM), code
+    wait_until(lambda: not descendants(server.proc.pid), 30, "the stopped command outlived its launcher")
+    assert server.proc.poll() is None
 
 
 def test_launcher_runs_flowers_own_command_when_the_server_is_down(server, tmp_path):
