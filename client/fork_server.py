@@ -49,7 +49,7 @@ ENTRY_POINTS = {
     "flower-superexec": ("flwr.supercore.cli", "flower_superexec"),  # by the SuperNode, once
     "flower-supernode": ("flwr.supernode.cli", "flower_supernode"),  # by the site daemon, once
 }
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}  # held while a command starts, then passed on
 MAX_REQUEST = 1 << 20  # bytes: arguments and environment of one launch
 _HEADER = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
@@ -59,7 +59,7 @@ _LAUNCHER = """#!{python} -IS
 # fedtl: run this command in the site's fork server; without one, run Flower's own.
 import json, os, signal, socket, struct, sys
 SERVER, FLOWER = {server!r}, {flower!r}
-STOPS = {{signal.SIGTERM, signal.SIGINT, signal.SIGHUP}}
+STOPS = {{{stops}}}
 # A stop that comes while the command is being started waits (blocked) until it can be passed on.
 mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
 conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -107,7 +107,8 @@ def write_launchers(bin_dir: Path, server_socket: Path) -> Launcher:
     bin_dir.mkdir(parents=True, exist_ok=True)
     for command in ENTRY_POINTS:
         path = bin_dir / command
-        text = _LAUNCHER.format(python=sys.executable, server=str(server_socket), flower=tool(command))
+        text = _LAUNCHER.format(python=sys.executable, server=str(server_socket), flower=tool(command),
+                                stops=", ".join(f"signal.{sig.name}" for sig in sorted(STOP_SIGNALS)))
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
@@ -311,8 +312,6 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector, children:
     # A stop for the child that comes just after the fork must not meet the server's handlers there.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     pid = os.fork()
-    if pid != 0:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if pid == 0:  # the child: never returns into the server's loop
         forked_at = time.time()
         code = 1
@@ -335,6 +334,7 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector, children:
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for fd in fds:
         os.close(fd)
     children[pid] = conn
