@@ -40,6 +40,22 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def output_file(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
+    """Option callback for a file a command writes at its end (``--json``, ``--output``).
+
+    Checked while the flags are parsed, before any work: a folder or a path under a file is
+    refused then, not after a whole run whose results would be lost.
+    """
+    from fedtl.shared.safe_paths import UnsafePath, check_output_file
+
+    if value is not None and not ctx.resilient_parsing:
+        try:
+            check_output_file(value, param.opts[0])
+        except UnsafePath as exc:
+            fail(str(exc))
+    return value
+
+
 def progress(disable: bool = False) -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),

@@ -34,6 +34,19 @@ DEMO_DEFAULTS: dict[str, Any] = {
 }
 
 
+DEMO = "fedtl demo"  # the marker of a demo's workdir (shared/safe_paths.py)
+
+
+def _earlier_workdir(folder: Path) -> bool:
+    """A workdir an earlier fedtl demo made before workdirs were marked: its federation.yaml keeps
+    state in the workdir's own coordinator/ folder, by absolute path, as only the demo writes it."""
+    try:
+        written = yaml.safe_load((folder / "federation.yaml").read_text())
+        return isinstance(written, dict) and written.get("state_dir") == str((folder / "coordinator").resolve())
+    except (OSError, yaml.YAMLError):
+        return False
+
+
 def demo_federation(workdir: Path, n_sites: int, base: dict[str, Any], overrides: dict[str, Any]) -> Path:
     """Write the demo's federation.yaml: loopback ports chosen now, state under workdir.
 
@@ -128,19 +141,29 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
     from fedtl.server.history import read_rounds
     from fedtl.shared.data import DataError
     from fedtl.shared.encoder_specs import EncoderError
-    from fedtl.shared.examples import copy_examples
+    from fedtl.shared.examples import copy_examples, edited_copies
     from fedtl.shared.federation_config import load_federation_config
+    from fedtl.shared.safe_paths import UnsafePath, check_output_file, check_replaceable, made_by, mark_folder
     from fedtl.shared.yamlconfig import ConfigError, read_mapping
 
     started = time.monotonic()
     workdir = workdir.resolve()
     try:  # everything cheap is checked before a file is written or a process started
+        check_replaceable(workdir, DEMO, "--workdir", legacy=_earlier_workdir, itself=False)
+        if json_out is not None:
+            check_output_file(json_out, "--json")
         base = dict(read_mapping(federation)[0]) if federation else {}
         if federation:
             load_federation_config(federation)  # the user's file on its own: errors name its lines
         check_flags(base, str(federation), encoder, update, codec)
         names = check_sites(sites) if sites else []
+        if not sites and (edited := edited_copies(workdir)):
+            fail(f"{edited[0]}{f' and {len(edited) - 1} more' if len(edited) > 1 else ''}: edited since the demo "
+                 f"copied the examples to {workdir}; they are kept. Run your edits with --site "
+                 f"{workdir / 'sites' / 'clinic.yaml'} (one --site per site), or give another --workdir")
         workdir.mkdir(parents=True, exist_ok=True)
+        if made_by(workdir) != DEMO:
+            mark_folder(workdir, DEMO)
         if not sites:
             sites = list(copy_examples(workdir).values())
             names = check_sites(sites)
@@ -149,7 +172,7 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
                                    {"rounds": rounds, "encoder": encoder, "update_mode": update,
                                     "codec": {"up": codec, "down": codec} if codec else None})
         fed = load_federation_config(fed_path)
-    except (ConfigError, DataError, EncoderError) as exc:
+    except (ConfigError, DataError, EncoderError, UnsafePath) as exc:
         fail(str(exc))
 
     threads = str(max(1, (os.cpu_count() or 1) // len(sites)))

@@ -94,13 +94,13 @@ def run_site(configs: list[Path], coordinator: str, insecure: bool, root_certifi
     from fedtl.shared.encoders import EncoderError
     from fedtl.shared.federation_config import split_address
     from fedtl.shared.hub_client import HubError
-    from fedtl.shared.site_keys import SiteKeyError, fingerprint, load_private_key
+    from fedtl.shared.site_keys import SiteKeyError, check_key_is_sites
     from fedtl.shared.yamlconfig import ConfigError
 
     try:
         host, port = split_address(coordinator)
-    except ValueError:
-        fail(f"--coordinator {coordinator!r}: expected HOST:PORT, e.g. coordinator.example.org:9092")
+    except ValueError as exc:
+        fail(f"--coordinator {coordinator!r}: {exc}")
     try:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
@@ -118,13 +118,13 @@ def run_site(configs: list[Path], coordinator: str, insecure: bool, root_certifi
         keys = list(keys or [])
         if keys and len(keys) != len(configs):
             fail(f"{len(keys)} --key for {len(configs)} --config: give each site its own key, in the same order")
+        prints = [check_key_is_sites(key, cfg.name) for key, cfg in zip(keys, site_cfgs)] or [None] * len(configs)
         stop_event = threading.Event()
         handle_stop_signals(on_stop=stop_event.set)
         daemons = []
         for i, cfg in enumerate(site_cfgs):
             key = keys[i] if keys else None
-            settings = SuperNodeSettings(coordinator, insecure, root_certificates, key,
-                                         key_fingerprint=fingerprint(load_private_key(key).public_key()) if key else None)
+            settings = SuperNodeSettings(coordinator, insecure, root_certificates, key, key_fingerprint=prints[i])
             warm = None
             if warm_start is not None:
                 warm = pull_warm_start(warm_start, cfg.state_dir, stop_event)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fedtl.cli.console import console, fail, progress, setup_logging, write_json
+from fedtl.cli.console import console, fail, output_file, progress, setup_logging, write_json
 
 app = typer.Typer(
     name="fedtl",
@@ -39,7 +39,8 @@ def train_local_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="The site's site.yaml.")],
     encoder: Annotated[str | None, typer.Option(help="Override the encoder: minilm, tiny or a model folder.")] = None,
     fresh: Annotated[bool, typer.Option(help="Ignore stored local heads and encoder; start over.")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON to this file ('-': stdout).")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", callback=output_file, help="Write the metrics as JSON to this file ('-': stdout).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train this site's heads and encoder on its own data only: the baseline for the federation."""
@@ -75,10 +76,19 @@ def _tls_files(certs: Path | None, insecure: bool, allowed_sites: Path | None = 
         fail("--allowed-sites needs TLS (--certs DIR): Flower authenticates sites only over TLS")
     if certs is None:
         return None
+    from fedtl.shared.certs import TLSMaterialError, check_server_material
+
+    if not certs.is_dir():
+        fail(f"--certs {certs}: {'is a file' if certs.exists() else 'not found'}; give the folder that holds "
+             "ca.crt, server.pem and server.key (from `fedtl certs --out DIR`)")
     files = TLSFiles(certs / "ca.crt", certs / "server.pem", certs / "server.key")
     for path in (files.ca, files.cert, files.key):
         if not path.exists():
             fail(f"{path}: not found (expected ca.crt, server.pem and server.key in {certs})")
+    try:
+        check_server_material(files.ca, files.cert, files.key)
+    except TLSMaterialError as exc:
+        fail(f"--certs {certs}: {exc}")
     if allowed_sites is None and (certs / ALLOWED_SITES).exists():
         allowed_sites = certs / ALLOWED_SITES
     if allowed_sites is not None and not allowed_sites.exists():
@@ -100,7 +110,8 @@ def coordinator(
     allowed_sites: Annotated[Path | None, typer.Option(
         help="Only sites whose public keys are in this file may join (default: CERTS/allowed_sites.txt if it "
              "exists). Edit it while the federation runs to add or revoke sites.")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the round history as JSON here ('-': stdout).")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", callback=output_file, help="Write the round history as JSON here ('-': stdout).")] = None,
 ) -> None:
     """Start the SuperLink and run the federation in federation.yaml; show each round live."""
     from fedtl.cli.federation import run_coordinator
@@ -149,16 +160,18 @@ def site(
              "`fedtl certs`), or --insecure on a trusted network")
     if key and insecure:
         fail("--key needs TLS (--root-certificates): Flower authenticates sites only over TLS")
+    check_address(coordinator, "--coordinator", 9092)
+    if root_certificates is not None:
+        check_certificate_file(root_certificates, "--root-certificates")
     warm = None
     if hub is not None and not warm_start:
         fail("--hub goes with --warm-start")
     if warm_start:
         if encoder is not None:
             fail("choose either --encoder or --warm-start, not both")
-        try:
-            host, _ = split_address(hub or coordinator)
-        except ValueError:
-            fail(f"--hub {hub!r}: expected HOST:PORT, e.g. coordinator.example.org:9094")
+        if hub is not None:
+            check_address(hub, "--hub", DEFAULT_HUB_PORT)
+        host, _ = split_address(hub or coordinator)
         address = hub or (f"[{host}]" if ":" in host else host) + f":{DEFAULT_HUB_PORT}"
         warm = WarmStartOptions(HubAccess(address, root_certificates, hub_token), warm_start_wait)
     raise typer.Exit(run_site(config, coordinator, insecure, root_certificates, encoder, list(key or []), warm))
@@ -175,7 +188,8 @@ def demo(
         "--site", help="A site.yaml; repeat for more sites. Default: the bundled examples.")] = None,
     federation: Annotated[Path | None, typer.Option(help="A federation.yaml for the other settings.")] = None,
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps sites, state and logs.")] = Path("fedtl-demo"),
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON here ('-': stdout).")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", callback=output_file, help="Write the summary as JSON here ('-': stdout).")] = None,
 ) -> None:
     """Run a real federation on this machine: a SuperLink and one daemon per site, on 127.0.0.1."""
     from fedtl.cli.demo import run_demo
@@ -201,7 +215,8 @@ def simulate(
         min=1, help="Site workers each Ray actor keeps loaded; others reload from their state folder.")] = 16,
     workdir: Annotated[Path, typer.Option(help="Where the sites' data and state and the coordinator's state go.")] = Path(
         "fedtl-simulation"),
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the round history as JSON here ('-': stdout).")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", callback=output_file, help="Write the round history as JSON here ('-': stdout).")] = None,
 ) -> None:
     """Run the federation over N virtual sites on Flower's simulation engine (Ray), cut from bundled data."""
     from fedtl.cli.simulation import run_simulate
@@ -230,25 +245,41 @@ def certs(
         "--host", help="DNS name or IP sites use to reach the coordinator; repeat. Needed when OUT has no CA yet.")] = None,
     site: Annotated[list[str] | None, typer.Option(
         "--site", help="Make a key pair for this site and allow it (OUT/allowed_sites.txt); repeat.")] = None,
-    days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Validity in days (1-3650).")] = 365,
 ) -> None:
     """Make a development CA, the coordinator's TLS certificate and site keys (not for production PKI).
 
     Run it again with more --site to add sites: existing certificates and keys are kept.
     """
-    from fedtl.shared.certs import generate_dev_certs
-    from fedtl.shared.site_keys import ALLOWED_SITES, SITE_KEYS_DIR, SiteKeyError, allow_site, generate_site_key
+    from fedtl.shared.certs import TLSMaterialError, check_host, generate_dev_certs, load_certificate
+    from fedtl.shared.safe_paths import UnsafePath, check_folder
+    from fedtl.shared.site_keys import ALLOWED_SITES, SITE_KEYS_DIR, SiteKeyError, allow_site, check_site_name, generate_site_key
 
+    try:  # every flag is checked before the first file is written
+        check_folder(out, "--out")
+    except UnsafePath as exc:
+        fail(str(exc))
+    for name in site or []:
+        try:
+            check_site_name(name)
+        except SiteKeyError as exc:
+            fail(f"--site {name!r}: {exc}")
+    for name in host or []:
+        try:
+            check_host(name)
+        except ValueError as exc:
+            fail(f"--host {name!r}: {exc}")
     if (out / "ca.crt").exists():
+        try:
+            load_certificate(out / "ca.crt", "CA certificate")
+        except TLSMaterialError as exc:
+            fail(f"{exc}; move it away to make new material in {out}")
         if host:
             console.print(f"kept the CA and server certificate already in {out} (delete them to make new ones)")
     else:
         if not host:
             fail(f"{out} has no CA yet: name the coordinator's host with --host (DNS name or IP; repeat)")
-        try:
-            generate_dev_certs(out, host, days)
-        except ValueError as exc:
-            fail(str(exc))
+        generate_dev_certs(out, [check_host(h) for h in host], days)
         console.print(f"coordinator: fedtl coordinator --config federation.yaml --certs {out}")
     for name in site or []:
         try:
@@ -266,20 +297,51 @@ def certs(
     console.print(f"[yellow]keep {out / 'ca.key'} private; a site gets ca.crt and only its own key[/]")
 
 
+def check_address(value: str, flag: str, example_port: int) -> str:
+    """A HOST:PORT flag, refused before anything connects: not a URL, a port, in range."""
+    from fedtl.shared.federation_config import split_address
+
+    if "://" in value:
+        host = value.split("://", 1)[1].split("/", 1)[0].rpartition(":")[0] or "HOST"
+        fail(f"{flag} {value!r}: give HOST:PORT, not a URL (e.g. {host}:{example_port})")
+    try:
+        split_address(value)
+    except ValueError as exc:
+        fail(f"{flag} {value!r}: {exc}")
+    return value
+
+
 def _hub(coordinator: str, insecure: bool, root_certificates: Path | None, token: str | None):
+    from fedtl.shared.federation_config import DEFAULT_HUB_PORT
     from fedtl.shared.hub_client import HubClient
 
+    check_address(coordinator, "--coordinator", DEFAULT_HUB_PORT)
     if insecure == (root_certificates is not None):
         fail("pass --root-certificates ca.crt for a TLS coordinator, or --insecure for a plain one")
-    return HubClient(coordinator, root_certificates, token)
+    if root_certificates is not None:
+        check_certificate_file(root_certificates, "--root-certificates")
+    return HubClient(coordinator, root_certificates, token, timeout=HUB_ANSWER_SECONDS,
+                     connect_timeout=HUB_CONNECT_SECONDS)
 
 
-HubAddress = Annotated[str, typer.Option(help="The coordinator's hub address, HOST:PORT (federation.yaml hub.address).")]
+def check_certificate_file(path: Path, flag: str) -> None:
+    """A CA certificate a client trusts: there, and a PEM certificate, before anything connects."""
+    from fedtl.shared.certs import TLSMaterialError, load_certificate
+
+    try:
+        load_certificate(path, flag)
+    except TLSMaterialError as exc:
+        fail(f"{exc} (the coordinator's operator has ca.crt, from `fedtl certs`)")
+
+
+HUB_CONNECT_SECONDS = 10.0
+HUB_ANSWER_SECONDS = 30.0
+HubAddress = Annotated[str, typer.Option(
+    help=f"The coordinator's hub address, HOST:PORT (federation.yaml hub.address). Waits at most "
+         f"{HUB_CONNECT_SECONDS:.0f}s to connect and {HUB_ANSWER_SECONDS:.0f}s for each answer.")]
 HubInsecure = Annotated[bool, typer.Option(help="The coordinator runs without TLS.")]
 HubRoots = Annotated[Path | None, typer.Option(help="CA certificate that signed the coordinator's.")]
 HubToken = Annotated[str | None, typer.Option(envvar="FEDTL_HUB_TOKEN", help="The hub's token (hub.token), if set.")]
-
-
 @app.command()
 def status(
     coordinator: HubAddress,
@@ -322,15 +384,21 @@ def status(
 @app.command()
 def pull(
     coordinator: HubAddress,
-    out: Annotated[Path, typer.Option(help="Folder to write the encoder to (a Hugging Face model folder).")],
+    out: Annotated[Path, typer.Option(help="Folder to write the encoder to (a Hugging Face model folder): a new or "
+                                           "empty folder, or one an earlier pull wrote (it is replaced).")],
     round_: Annotated[int, typer.Option("--round", min=0, help="The round's checkpoint (0: the latest).")] = 0,
     insecure: HubInsecure = False,
     root_certificates: HubRoots = None,
     token: HubToken = None,
 ) -> None:
     """Download the federation's global encoder; transformers.AutoModel.from_pretrained(OUT) loads it."""
-    from fedtl.shared.hub_client import HubError
+    from fedtl.shared.hub_client import PULLED, HubError
+    from fedtl.shared.safe_paths import UnsafePath, check_replaceable
 
+    try:
+        check_replaceable(out, PULLED, "--out")
+    except UnsafePath as exc:
+        fail(str(exc))
     client = _hub(coordinator, insecure, root_certificates, token)
     try:
         with progress() as bars:
@@ -348,8 +416,8 @@ def predict(
     config: Annotated[Path, typer.Option("--config", "-c", help="The site's site.yaml.")],
     input_file: Annotated[Path | None, typer.Option("--input", help="Texts to predict: .csv, .tsv, .jsonl or "
                                                                    ".parquet with the tasks' text columns.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Where to write (.csv, .tsv, .jsonl, .parquet); default: "
-                                                     "CSV on stdout.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        callback=output_file, help="Where to write (.csv, .tsv, .jsonl, .parquet); default: CSV on stdout.")] = None,
     serve: Annotated[int | None, typer.Option(min=1, max=65535, help="Answer gRPC Predict calls on this port "
                                                                      "(protos/fedtl/v1/predict.proto) until Ctrl-C.")] = None,
     host: Annotated[str, typer.Option(help="With --serve: the interface to listen on (plain gRPC; keep it on the "
@@ -357,7 +425,7 @@ def predict(
 ) -> None:
     """Predict every task of a site with the model it serves (site_model.json); keeps the input columns."""
     from fedtl.client.head_store import HeadStoreError
-    from fedtl.client.predict import PredictError, SiteModel, predict_file
+    from fedtl.client.predict import PredictError, SiteModel, check_output, predict_file
     from fedtl.shared.config import load_site_config
     from fedtl.shared.data import DataError
     from fedtl.shared.encoders import EncoderError
@@ -366,6 +434,7 @@ def predict(
     if (input_file is None) == (serve is None):
         fail("pass --input FILE to predict a file, or --serve PORT to answer Predict calls")
     try:
+        check_output(output)
         site = load_site_config(config)
         if serve is not None:
             raise typer.Exit(_serve_predictions(site, f"{host}:{serve}"))
@@ -400,11 +469,19 @@ def _serve_predictions(site, address: str) -> int:
 @app.command("examples")
 def examples_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to copy the example sites and data into.")],
+    force: Annotated[bool, typer.Option(help="Overwrite example files you edited there (default: refuse and "
+                                             "keep them).")] = False,
 ) -> None:
-    """Copy the bundled example sites (configs + data) to a folder you can edit."""
-    from fedtl.shared.examples import copy_examples
+    """Copy the bundled example sites (configs + data) to a folder you can edit.
 
-    paths = copy_examples(out)
+    Copying again over an earlier copy refreshes unchanged files and refuses to touch edited ones.
+    """
+    from fedtl.shared.examples import ExamplesError, copy_examples
+
+    try:
+        paths = copy_examples(out, force=force)
+    except ExamplesError as exc:
+        fail(str(exc))
     for name, path in paths.items():
         console.print(f"[bold]{name}[/]: {path}")
     console.print(f"Try: fedtl train-local --config {paths['clinic']}")

@@ -49,10 +49,11 @@ def quiet_libraries() -> None:
 def run_simulate(config: Path, sites: int, rounds: int | None, task: str, alpha: float, seed: int,
                  cpus_per_site: float, sites_in_memory: int, workdir: Path, json_out: Path | None) -> int:
     from fedtl.server.history import read_rounds
-    from fedtl.server.simulation import SimulationError, SimulationPlan, simulate
+    from fedtl.server.simulation import SimulationError, SimulationPlan, check_plan, simulate
     from fedtl.server.tracking import default_tracking_uri
     from fedtl.shared.federation_config import load_federation_config
     from fedtl.shared.partitions import BUNDLED_TASKS
+    from fedtl.shared.safe_paths import UnsafePath, check_output_file
     from fedtl.shared.yamlconfig import ConfigError
 
     if alpha <= 0 or cpus_per_site <= 0:
@@ -60,14 +61,20 @@ def run_simulate(config: Path, sites: int, rounds: int | None, task: str, alpha:
     if task not in BUNDLED_TASKS:
         fail(f"--task {task!r}: choose one of {', '.join(BUNDLED_TASKS)}")
     try:
+        if json_out is not None:
+            check_output_file(json_out, "--json")
         fed = load_federation_config(config)
-    except ConfigError as exc:
+    except (ConfigError, UnsafePath) as exc:
         fail(str(exc))
     if rounds is not None:
         fed = fed.model_copy(update={"rounds": rounds})
     tracking_uri = (fed.mlflow.tracking_uri or default_tracking_uri(Path.cwd())) if fed.mlflow.enabled else ""
     plan = SimulationPlan(sites=sites, task=task, alpha=alpha, seed=seed, cpus_per_site=cpus_per_site,
                           workers_cached=sites_in_memory)
+    try:
+        check_plan(fed, plan, workdir.resolve())
+    except SimulationError as exc:
+        fail(str(exc))
     console.print(f"simulating {fed.name!r}: {sites} virtual sites ({task}, alpha {alpha:g}), "
                   f"{fed.rounds} rounds, encoder {fed.encoder}, update mode {fed.update_mode}")
     quiet_libraries()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -95,6 +96,25 @@ class SuperNodeSettings:
     key_fingerprint: str | None = None  # of auth_private_key's public key, for messages
 
 
+LOG_KEPT = 8192  # characters of the SuperNode's latest log kept to say why it exited
+_LOG_PREFIX = re.compile(r"^\S*\s*(ERROR|WARNING|CRITICAL|INFO)\s*:?\s*", re.IGNORECASE)
+_TELLING = ("error", "fail", "refused", "denied", "invalid", "not found", "no such", "version", "certificate",
+            "ssl", "tls", "exception")
+
+
+def exit_reason(log_text: str) -> str:
+    """The SuperNode's own last word on why it stopped, as `` (reason)``, or empty when it said none.
+
+    Its log is where Flower writes the cause (certificate missing, key refused, version
+    mismatch); a person watching the site's console should not have to open it to learn that.
+    """
+    for line in reversed(log_text.splitlines()):
+        text = _LOG_PREFIX.sub("", line.strip())
+        if text and any(word in text.lower() for word in _TELLING):
+            return f" ({text[:200]})"
+    return ""
+
+
 class SiteDaemon:
     def __init__(self, config: SiteConfig, supernode: SuperNodeSettings, encoder: str | None = None,
                  stop_event: threading.Event | None = None, warm: WarmStart | None = None):
@@ -112,6 +132,7 @@ class SiteDaemon:
         self._log = LogTail(self.log_path)
         self._failing_since: float | None = None
         self._refused = False  # the SuperLink refused this SuperNode's key (site authentication)
+        self._last_text = ""  # the end of what the SuperNode logged: why it exited, for the console
 
     def start_worker(self) -> SiteWorker:
         worker = SiteWorker(self.config, self.encoder, warm=self.warm)
@@ -134,6 +155,7 @@ class SiteDaemon:
 
     def start_supernode(self) -> None:
         self._log.skip_to_end()
+        self._last_text = ""
         self._failing_since = None
         env = supernode_env(self.superexec_poll, self.fork_server)
         self.supernode = start(self._supernode_cmd(), self.log_path, env=env, die_with_parent=True)
@@ -173,6 +195,8 @@ class SiteDaemon:
         text = self._log.read()
         if REFUSED in text:
             self._refused = True
+        if text.strip():
+            self._last_text = (self._last_text + text)[-LOG_KEPT:]
         return text
 
     def refused_message(self) -> str:
@@ -202,8 +226,9 @@ class SiteDaemon:
                     backoff = REFUSED_BACKOFF
                     log.error("%s in %.0fs", self.refused_message(), backoff)
                 else:
-                    log.warning("site %s: SuperNode exited with code %s; reconnecting in %.0fs (log: %s)",
-                                self.config.name, self.supernode.returncode, backoff, self.log_path)
+                    log.warning("site %s: SuperNode exited with code %s%s; reconnecting in %.0fs (log: %s)",
+                                self.config.name, self.supernode.returncode, exit_reason(self._last_text),
+                                backoff, self.log_path)
                 if self.stop_event.wait(backoff):
                     break
                 backoff = min(backoff * 2, MAX_BACKOFF)

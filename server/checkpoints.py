@@ -27,6 +27,7 @@ from fedtl.shared.lora import LoraSettings, merged, save_adapter_folder
 from fedtl.shared.records import digest
 
 PREFIX = "backbone."
+CHECKPOINT = "fedtl checkpoint"  # the marker of a checkpoint folder (shared/safe_paths.py)
 log = logging.getLogger(__name__)
 
 
@@ -52,7 +53,7 @@ def save_checkpoint(root: Path, round_: int, encoder: TextEncoder, arrays: dict[
     apply_arrays(encoder, merged(lora.base_weights, arrays, lora.settings) if lora is not None else arrays)
     folder = root / "checkpoints"
     final = folder / f"round-{round_:04d}"
-    with atomic_folder(final) as tmp:
+    with atomic_folder(final, CHECKPOINT, legacy=lambda p: (p / "fedtl.json").exists()) as tmp:
         encoder.backbone.save_pretrained(tmp, safe_serialization=True)
         encoder.tokenizer.save_pretrained(tmp)
         if lora is not None:

@@ -23,6 +23,7 @@ import grpc
 from fedtl.server.checkpoints import latest_checkpoint
 from fedtl.server.history import read_rounds
 from fedtl.shared.checksums import file_sha256
+from fedtl.shared.safe_paths import MARKER
 from fedtl.v1 import hub_pb2, hub_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def round_message(record: dict[str, Any]) -> hub_pb2.RoundRecord:
 
 def checkpoint_files(folder: Path) -> list[tuple[str, Path]]:
     """A checkpoint folder's files as (relative posix path, path), sorted: the order they stream in."""
-    return sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
+    return sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*")
+                  if p.is_file() and p.name != MARKER)
 
 
 class HubServicer(hub_pb2_grpc.HubServicer):

@@ -64,7 +64,7 @@ def restore_strategy(strategy: object, state: dict[str, np.ndarray]) -> None:
 def save_resume_point(state_dir: Path, point: ResumePoint) -> Path:
     root = state_dir / "resume"
     final = root / f"round-{point.round:04d}"
-    with atomic_folder(final) as tmp:
+    with atomic_folder(final, "fedtl resume point", legacy=lambda p: (p / "round.json").exists()) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in point.arrays.items()}, str(tmp / "global.safetensors"))
         save_file(point.strategy or {}, str(tmp / "strategy.safetensors"))
         save_file({f"{site}/{name}": np.ascontiguousarray(v) for site, arrays in point.site_models.items()

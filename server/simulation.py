@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedtl.shared.federation_config import FederationConfig
+from fedtl.shared.safe_paths import made_by, mark_folder
 
 
 class SimulationError(RuntimeError):
@@ -58,10 +59,31 @@ def prepare_sites(plan: SimulationPlan, workdir: Path, encoder: str) -> Path:
     return sites_dir
 
 
-def check_plan(fed: FederationConfig, plan: SimulationPlan) -> None:
+SIMULATED = "fedtl simulate"  # the marker of a simulation's workdir (shared/safe_paths.py)
+
+
+def _earlier_workdir(folder: Path) -> bool:
+    """A workdir an earlier fedtl simulate made before workdirs were marked."""
+    return (folder / "coordinator" / "simulation.json").exists()
+
+
+def check_plan(fed: FederationConfig, plan: SimulationPlan, workdir: Path) -> None:
+    """Everything a simulation needs, checked before a file is written."""
+    from fedtl.shared.partitions import BUNDLED_TASKS, most_sites
+    from fedtl.shared.safe_paths import UnsafePath, check_replaceable
+
+    if plan.task not in BUNDLED_TASKS:
+        raise SimulationError(f"--task {plan.task!r}: choose one of {', '.join(BUNDLED_TASKS)}")
     if fed.min_sites > plan.sites:
         raise SimulationError(f"federation.yaml asks for min_sites: {fed.min_sites}, but only {plan.sites} "
                               f"virtual sites run; lower min_sites or raise --sites")
+    if plan.sites > (most := most_sites(plan.task)):
+        raise SimulationError(f"--sites {plan.sites}: the {plan.task} data set gives at most {most} sites enough "
+                              f"rows each; use --sites {most} or fewer")
+    try:  # it clears the coordinator's and the sites' state in it: only in a workdir it made
+        check_replaceable(workdir, SIMULATED, "--workdir", legacy=_earlier_workdir, itself=False)
+    except UnsafePath as exc:
+        raise SimulationError(str(exc)) from None
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -78,8 +100,11 @@ def simulate(fed: FederationConfig, config_path: Path, plan: SimulationPlan, wor
     from fedtl.client.sim_app import simulation_client_app
     from fedtl.server.server_app import run_federation
 
-    check_plan(fed, plan)
     workdir = workdir.resolve()
+    check_plan(fed, plan, workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if made_by(workdir) != SIMULATED:
+        mark_folder(workdir, SIMULATED)
     sites_dir = prepare_sites(plan, workdir, fed.encoder)
     state_dir = workdir / "coordinator"
     # a simulation starts afresh, at the coordinator and at every site (heads, baselines, history)

@@ -10,10 +10,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from fedtl.shared.safe_paths import check_replaceable, mark_folder
 
 
 def write_bytes_atomic(path: Path | str, data: bytes, mode: int = 0o644) -> None:
@@ -58,21 +60,44 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_folder(final: Path) -> Iterator[Path]:
+def atomic_folder(final: Path, made_by: str, legacy: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Fill a folder under a temporary name, then rename it into place (replacing an older one).
 
     Readers see the old folder or the whole new one; a crash leaves only a hidden temp folder.
+    An existing ``final`` is replaced only if fedtl made it (``shared/safe_paths.py``: empty, or
+    marked by ``made_by``, or recognised by ``legacy``); anything else raises UnsafePath before
+    a byte is written. The new folder carries ``made_by``'s marker.
     """
+    check_replaceable(final, made_by, "folder", legacy)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
         yield tmp
+        mark_folder(tmp, made_by)
+        _fsync_tree(tmp)
         if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+            check_replaceable(final, made_by, "folder", legacy)  # it may have appeared meanwhile
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` to disk before it is renamed into place."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(folder)
 
 
 def keep_newest(folder: Path, pattern: str, keep: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from pathlib import Path
 
 from fedtl.shared.atomic import write_bytes_atomic
@@ -22,6 +23,27 @@ def _name(common_name: str):
 
 
 LOOPBACK = ("localhost", "127.0.0.1", "::1")  # the coordinator's own processes reach its SuperLink here
+
+
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def check_host(host: str) -> str:
+    """A host name or IP address for the server certificate; ValueError says what is wrong."""
+    if "://" in host or "/" in host:
+        bare = host.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+        raise ValueError(f"give the host alone, not a URL (e.g. {bare or 'coordinator.example.org'})")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return host.strip("[]")
+    except ValueError:
+        pass
+    if ":" in host:
+        raise ValueError(f"give the host without a port (e.g. {host.rsplit(':', 1)[0]})")
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+        raise ValueError("not a DNS name or IP address (letters, digits and '-' between dots)")
+    return host
 
 
 def generate_dev_certs(out: Path, hosts: list[str], days: int = 365) -> dict[str, Path]:
@@ -71,3 +93,69 @@ def generate_dev_certs(out: Path, hosts: list[str], days: int = 365) -> dict[str
     write_bytes_atomic(paths["cert"], server_cert.public_bytes(pem))
     write_bytes_atomic(paths["key"], server_key.private_bytes(pem, *key_format), mode=0o600)
     return paths
+
+
+class TLSMaterialError(ValueError):
+    """A TLS file that cannot serve: missing, not PEM, the wrong kind, expired, or not matching."""
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise TLSMaterialError(f"{what} {path}: not found") from None
+    except IsADirectoryError:
+        raise TLSMaterialError(f"{what} {path}: is a folder, not a PEM file") from None
+    except OSError as exc:
+        raise TLSMaterialError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+
+
+def load_certificate(path: Path, what: str):
+    """A PEM X.509 certificate, still valid; ``what`` (a flag or file role) is named in errors."""
+    from cryptography import x509
+
+    data = _read(path, what)
+    if b"PRIVATE KEY-----" in data and b"CERTIFICATE-----" not in data:
+        raise TLSMaterialError(f"{what} {path}: holds a private key, not a certificate (was a key copied "
+                               "under the certificate's name?)")
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise TLSMaterialError(f"{what} {path}: not a PEM certificate ('-----BEGIN CERTIFICATE-----')") from None
+    now = dt.datetime.now(dt.UTC)
+    if cert.not_valid_after_utc < now:
+        raise TLSMaterialError(f"{what} {path}: expired on {cert.not_valid_after_utc:%Y-%m-%d}; make new "
+                               "material (`fedtl certs`)")
+    return cert
+
+
+def load_key(path: Path, what: str):
+    """An unencrypted PEM private key."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    data = _read(path, what)
+    try:
+        return load_pem_private_key(data, password=None)
+    except TypeError:
+        raise TLSMaterialError(f"{what} {path}: the key is encrypted; the SuperLink needs an unencrypted key") from None
+    except ValueError:
+        hint = " (it holds a certificate)" if b"CERTIFICATE-----" in data else ""
+        raise TLSMaterialError(f"{what} {path}: not a PEM private key{hint}") from None
+
+
+def check_server_material(ca: Path, cert: Path, key: Path) -> None:
+    """The coordinator's ca.crt, server.pem and server.key parse, match, and chain: checked before start."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
+    ca_cert = load_certificate(ca, "CA certificate")
+    server_cert = load_certificate(cert, "server certificate")
+    server_key = load_key(key, "server key")
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if server_key.public_key().public_bytes(*spki) != server_cert.public_key().public_bytes(*spki):
+        raise TLSMaterialError(f"server key {key} does not belong to server certificate {cert}")
+    try:
+        server_cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise TLSMaterialError(f"server certificate {cert} was not signed by CA certificate {ca}; sites that "
+                               "trust that CA would refuse it") from None

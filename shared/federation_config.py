@@ -74,7 +74,7 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ValueError(f"{address!r} is not HOST:PORT, e.g. 0.0.0.0:9092")
     if not 0 < int(port) < 65536:
-        raise ValueError(f"port {port} is out of range (1-65535)")
+        raise ValueError(f"port {port} is out of range: HOST:PORT needs a port from 1 to 65535")
     return host, int(port)
 
 

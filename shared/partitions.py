@@ -81,12 +81,23 @@ def dirichlet_partition(labels: Sequence[str], sites: int, alpha: float, seed: i
     return parts
 
 
+def bundled_rows(task: str) -> list[dict[str, str]]:
+    """The rows of a bundled task's data file."""
+    spec = BUNDLED_TASKS[task]
+    with (examples_root() / "data" / spec.file).open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def most_sites(task: str) -> int:
+    """How many virtual sites a bundled task can be cut into, each with at least MIN_ROWS rows."""
+    return len(bundled_rows(task)) // MIN_ROWS
+
+
 def write_virtual_sites(dest: Path, task: str, sites: int, alpha: float, encoder: str, seed: int = 0,
                         training: dict | None = None) -> list[Path]:
     """One folder per virtual site under ``dest`` (``site-0000/`` ...): its rows and a site.yaml."""
     spec = BUNDLED_TASKS[task]
-    with (examples_root() / "data" / spec.file).open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = bundled_rows(task)
     labels = [spec.label(r) for r in rows]
     classes = sorted(set(labels))
     paths = []

@@ -132,6 +132,30 @@ def generate_site_key(folder: Path, name: str) -> tuple[Path, Path, bool]:
     return private, public, True
 
 
+def check_key_is_sites(private: Path, site: str) -> str:
+    """Load a site's private key and refuse one that is another site's; returns its fingerprint.
+
+    `fedtl certs` writes ``NAME.pub`` beside ``NAME`` with the site's name as its comment: when
+    that file is there, it must name ``site`` and hold this key's public half. A key used by
+    the wrong site would be refused by the coordinator (or, worse, admitted under another name).
+    """
+    key = load_private_key(private)
+    mine = fingerprint(key.public_key())
+    public = private.with_name(private.name + ".pub")
+    if public.exists():
+        try:
+            listed = parse_public_line(public.read_text(encoding="utf-8", errors="replace"), str(public))
+        except SiteKeyError:
+            return mine
+        if listed.fingerprint != mine:
+            raise SiteKeyError(f"{private}: its public key {public} holds another key ({listed.fingerprint}, "
+                               f"not {mine}); the pair was mixed up")
+        if listed.name != site:
+            raise SiteKeyError(f"{private}: this is site {listed.name!r}'s key (see {public}), but the config "
+                               f"is for site {site!r}; give each site its own key (`fedtl certs --site {site}`)")
+    return mine
+
+
 def _public_line(public_key, name: str) -> bytes:
     from cryptography.hazmat.primitives import serialization
 

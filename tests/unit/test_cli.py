@@ -95,7 +95,7 @@ def test_demo_codec_flag_reaches_federation_yaml(tmp_path):
 @pytest.mark.parametrize(("flags", "says"), [
     (["--hub", "127.0.0.1:9094"], "--hub goes with --warm-start"),
     (["--warm-start", "--encoder", "tiny"], "either --encoder or --warm-start"),
-    (["--warm-start", "--hub", "no-port"], "--hub 'no-port': expected HOST:PORT"),
+    (["--warm-start", "--hub", "no-port"], "--hub 'no-port': 'no-port' is not HOST:PORT"),
 ])
 def test_site_warm_start_flags_are_checked_before_anything_starts(tmp_path, flags, says):
     config = make_site(tmp_path / "site", name="site")
@@ -105,7 +105,7 @@ def test_site_warm_start_flags_are_checked_before_anything_starts(tmp_path, flag
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--sites", "5000"], "use at most 1880 sites"),  # 7,520 lexicon words, 4 rows a site at least
+    (["--sites", "5000"], "at most 1880 sites"),  # 7,520 lexicon words, 4 rows a site at least
     (["--sites", "3"], "min_sites: 5"),
     (["--task", "weather"], "choose one of polarity"),
     (["--alpha", "0"], "--alpha and --cpus-per-site must be greater than 0"),
@@ -115,3 +115,4 @@ def test_simulate_refuses_impossible_plans_before_starting_ray(tmp_path, args, s
     config.write_text("name: sim\nencoder: tiny\nmin_sites: 5\nmlflow: {enabled: false}\n")
     result = runner.invoke(app, ["simulate", "--config", str(config), "--workdir", str(tmp_path / "w"), *args])
     assert result.exit_code != 0 and says in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "w").exists(), "a refused simulation wrote its workdir"
