@@ -395,6 +395,7 @@ def pull(
     from fedtl.shared.hub_client import PULLED, HubError
     from fedtl.shared.safe_paths import UnsafePath, check_replaceable
 
+    out = out.expanduser()  # `--out=~` reaches us unexpanded: it means the home folder, not a folder named ~
     try:
         check_replaceable(out, PULLED, "--out")
     except UnsafePath as exc:

@@ -28,14 +28,21 @@ def resolve_uri(config: Path | None, tracking_uri: str | None) -> str:
 
 
 def run_ui(config: Path | None, tracking_uri: str | None, host: str, port: int) -> int:
+    from fedtl.server.coordinator import port_taken
     from fedtl.server.tracking import artifact_root_for
+    from fedtl.shared.federation_config import has_scheme
 
     uri = resolve_uri(config, tracking_uri)
+    if not has_scheme(uri):
+        fail(f"--tracking-uri {uri!r} has no scheme: use sqlite:///PATH/mlflow.db for a local store, or "
+             "http://HOST:PORT for a tracking server")
     if uri.startswith(("http://", "https://")):
         console.print(f"{uri} is already an MLflow server: open it in your browser.")
         return 0
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         fail(f"no MLflow store at {uri}; run a federation first (fedtl demo) or pass --tracking-uri")
+    if (why := port_taken(host, port)) is not None:
+        fail(f"--port {port}: cannot listen on {host}:{port} ({why}); choose another --port")
     cmd = [tool("mlflow"), "server", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", "1"]
     root = artifact_root_for(uri)
     if root:

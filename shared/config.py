@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from fedtl.shared.yamlconfig import load_model
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds fit in 32 bits
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
@@ -32,9 +33,12 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
 
 def resolve_state_dir(value: Path, info: ValidationInfo) -> Path:
     """A state folder, relative to the config file; it may not exist yet, but must not be a file."""
+    from fedtl.shared.safe_paths import check_folder
+
     path = _resolve(value, info)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file; state_dir must be a folder (it is created if missing)")
+    check_folder(path, "state_dir")  # an UnsafePath is a ValueError: reported at this field's line
     return path
 
 
@@ -118,7 +122,8 @@ class TrainingConfig(BaseModel):
     max_grad_norm: float = Field(default=1.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="cap on encoder-phase steps per call")
     max_length: int = Field(default=128, ge=8, le=4096, description="tokens per input after truncation")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="seed of the split, shuffling and "
+                      "initialisation: a run is reproducible on CPU")
     loss_weighting: Literal["static", "uncertainty"] = Field(
         default="static", description="static: task loss_weight; uncertainty: learned (Kendall et al. 2018)"
     )

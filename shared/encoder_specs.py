@@ -46,7 +46,17 @@ def encoder_folder(spec: str) -> Path | None:
         raise EncoderError(f"encoder {spec!r} is a file; give the Hugging Face model folder that holds it")
     if not (path / "config.json").exists():
         raise EncoderError(f"encoder folder {path} has no config.json; expected a Hugging Face model folder")
+    if not any((path / name).exists() for name in WEIGHT_FILES) and not any(path.glob("*.safetensors")):
+        raise EncoderError(f"encoder folder {path} has no weights ({' or '.join(WEIGHT_FILES[:2])}); copy the "
+                           "whole model folder, or save it with save_pretrained()")
+    if not any((path / name).exists() for name in TOKENIZER_FILES) and not any(path.glob("*.model")):
+        raise EncoderError(f"encoder folder {path} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])}); save the "
+                           "tokenizer into it too (tokenizer.save_pretrained(folder))")
     return path
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")
 
 
 def encoder_layers(spec: str) -> int:

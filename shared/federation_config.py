@@ -9,11 +9,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fedtl.shared.codecs import Codec
-from fedtl.shared.config import Name, _resolve, resolve_encoder_spec, resolve_state_dir
+from fedtl.shared.config import MAX_SEED, Name, _resolve, resolve_encoder_spec, resolve_state_dir
 from fedtl.shared.encoder_specs import encoder_folder, encoder_layers
 from fedtl.shared.lora import LoraSettings, check_targets, encoder_linear_modules
 from fedtl.shared.update_modes import UpdateMode
-from fedtl.shared.yamlconfig import load_model
+from fedtl.shared.yamlconfig import FieldError, load_model
 
 StrategyName = Literal["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "trimmed_mean", "median"]
 
@@ -34,12 +34,33 @@ class StrategyConfig(BaseModel):
     server_learning_rate: float = Field(default=1.0, gt=0, description="fedavgm: server step on the averaged update")
     server_momentum: float = Field(default=0.9, ge=0, lt=1, description="fedavgm: server momentum")
 
+    @model_validator(mode="after")
+    def _options_of_this_strategy(self) -> StrategyConfig:
+        for option in sorted(self.model_fields_set - {"name"}):
+            users = STRATEGY_OPTIONS[option]
+            if self.name not in users:
+                raise FieldError(option, f"{option} is an option of strategy {' / '.join(users)}, not "
+                                         f"{self.name}; remove it, or set strategy.name: {users[0]}")
+        return self
 
+
+STRATEGY_OPTIONS: dict[str, tuple[str, ...]] = {  # each strategy setting, and the strategies that read it
+    "proximal_mu": ("fedprox",),
+    **dict.fromkeys(("eta", "eta_l", "beta_1", "beta_2", "tau"), ("fedadam", "fedyogi")),
+    "trim_beta": ("trimmed_mean",),
+    **dict.fromkeys(("server_learning_rate", "server_momentum"), ("fedavgm",)),
+}
+
+
+MAX_ROUNDS = 9999  # checkpoint and resume folders are named round-NNNN
+MAX_SITES = 100_000
+MAX_SECONDS = 7 * 24 * 3600.0  # a wait longer than a week is a typo
 DEFAULT_HUB_PORT = 9094  # hub.address's port, and where `fedtl site --warm-start` looks by default
 HUB_TOKEN_ENV = "FEDTL_HUB_TOKEN"  # hub.token when federation.yaml has none; what the hub's clients read too
 HUB_TOKEN_MIN_LENGTH = 16
 SECRET_FIELDS = (("hub", "token"),)  # federation.yaml fields that never reach MLflow or a log
 REDACTED = "***"
+_URI_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@",
                            re.IGNORECASE)
 
@@ -67,6 +88,11 @@ def redact_secrets(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def has_scheme(uri: str) -> bool:
+    """Does an MLflow tracking URI name its scheme (``sqlite:///``, ``http://``, ``file:``, ``databricks``)?"""
+    return bool(_URI_SCHEME.match(uri)) or uri == "databricks"
+
+
 def split_address(address: str) -> tuple[str, int]:
     """``HOST:PORT`` (or ``[v6]:PORT``) -> (host, port); ValueError says what is wrong."""
     host, sep, port = address.rpartition(":")
@@ -76,6 +102,12 @@ def split_address(address: str) -> tuple[str, int]:
     if not 0 < int(port) < 65536:
         raise ValueError(f"port {port} is out of range: HOST:PORT needs a port from 1 to 65535")
     return host, int(port)
+
+
+def _same_interface(a: str, b: str) -> bool:
+    """Would listeners on hosts ``a`` and ``b`` collide on one port (same host, or one on all)?"""
+    wildcard = ("0.0.0.0", "::", "")
+    return a.strip("[]") == b.strip("[]") or a.strip("[]") in wildcard or b.strip("[]") in wildcard
 
 
 class PersonalizationConfig(BaseModel):
@@ -93,6 +125,14 @@ class PersonalizationConfig(BaseModel):
                                                               ".inf: serve the global encoder)")
     similarity_temperature: float = Field(default=0.1, gt=0, description="similarity: softmax temperature over "
                                           "update cosine; lower keeps more of a site's own model")
+
+    @model_validator(mode="after")
+    def _options_of_this_method(self) -> PersonalizationConfig:
+        for option, method in (("ditto_lambda", "ditto"), ("similarity_temperature", "similarity")):
+            if option in self.model_fields_set and self.method != method:
+                raise FieldError(option, f"{option} is an option of method {method}, not {self.method}; remove "
+                                         f"it, or set personalization.method: {method}")
+        return self
 
 
 class CodecConfig(BaseModel):
@@ -155,6 +195,13 @@ class PrivacyConfig(BaseModel):
     clip_norm: float = Field(default=1.0, gt=0, description="L2 bound of one site's update per round (all "
                                                             "exchanged tensors together)")
 
+    @model_validator(mode="after")
+    def _settings_need_it_on(self) -> PrivacyConfig:
+        if not self.enabled and (settings := sorted(self.model_fields_set - {"enabled"})):
+            raise FieldError(settings[0], f"privacy.{settings[0]} is set but privacy.enabled is false, so no "
+                                          "update is clipped or noised; set privacy.enabled: true, or remove it")
+        return self
+
 
 class HubConfig(BaseModel):
     """fedtl's own API on the coordinator (``protos/fedtl/v1/hub.proto``): status, rounds, the encoder."""
@@ -201,11 +248,15 @@ class MlflowConfig(BaseModel):
         default=None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db where the coordinator starts")
     experiment: str = Field(default="fedtl", min_length=1)
     registered_model: str | None = Field(default="fedtl-encoder", description="register the final encoder; null: don't")
-    checkpoint_every: int = Field(default=0, ge=0, description="also log checkpoints every k rounds (0: final only)")
+    checkpoint_every: int = Field(default=0, ge=0, le=MAX_ROUNDS,
+                                  description="also log checkpoints every k rounds (0: final only)")
 
     @field_validator("tracking_uri")
     @classmethod
     def _resolve_sqlite(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not has_scheme(value):
+            raise ValueError(f"{value!r} has no scheme: use sqlite:///PATH/mlflow.db for a local store, or "
+                             "http://HOST:PORT for a tracking server")
         prefix = "sqlite:///"
         if value and value.startswith(prefix) and not value[len(prefix):].startswith("/"):
             return prefix + str(_resolve(Path(value[len(prefix):]), info).resolve())
@@ -220,24 +271,27 @@ class FederationConfig(BaseModel):
     name: Name = "fedtl"
     encoder: str = Field(default="minilm", description="minilm | tiny | path to a Hugging Face model folder")
     update_mode: str = Field(default="full", description="full | last:N | bias | lora (see lora:)")
-    rounds: int = Field(default=3, ge=1)
-    min_sites: int = Field(default=2, ge=1, description="sites needed to start and to aggregate a round")
+    rounds: int = Field(default=3, ge=1, le=MAX_ROUNDS, description="federated rounds to run")
+    min_sites: int = Field(default=2, ge=1, le=MAX_SITES, description="sites needed to start and to aggregate a round")
     min_available_sites: int | None = Field(
-        default=None, ge=1, description="sites that must be connected before a round starts (default: min_sites)")
+        default=None, ge=1, le=MAX_SITES,
+        description="sites that must be connected before a round starts (default: min_sites; not fewer)")
     fraction: float = Field(default=1.0, gt=0, le=1, description="share of connected sites sampled per round")
-    round_timeout: float = Field(default=900.0, gt=0, description="seconds to wait for a round's replies")
+    round_timeout: float = Field(default=900.0, gt=0, le=MAX_SECONDS, description="seconds to wait for a round's replies")
     sites_in_flight: int | None = Field(
-        default=None, ge=1, description="at most this many sites working on a round at once, the rest "
+        default=None, ge=1, le=MAX_SITES, description="at most this many sites working on a round at once, the rest "
         "waiting for a free slot (default: all). For many sites on one host: Flower hands a task whose "
         "ClientApp has not started within 30 s to a new ClientApp, and an overloaded host spirals")
-    wait_for_sites: float = Field(default=600.0, gt=0, description="seconds to wait for min_sites at start")
-    evaluate_every: int = Field(default=0, ge=0, description="separate evaluate exchange every k rounds (0: only at the end)")
-    final_evaluate: bool = True
-    checkpoint_every: int = Field(default=1, ge=1)
+    wait_for_sites: float = Field(default=600.0, gt=0, le=MAX_SECONDS, description="seconds to wait for min_sites at start")
+    evaluate_every: int = Field(default=0, ge=0, le=MAX_ROUNDS,
+                                description="separate evaluate exchange every k rounds (0: only at the end)")
+    final_evaluate: bool = Field(default=True, description="evaluate the final global encoder at every site")
+    checkpoint_every: int = Field(default=1, ge=1, le=MAX_ROUNDS, description="write a checkpoint every k rounds")
     max_update_norm: float | None = Field(default=None, gt=0, description="reject updates with a larger L2 norm")
-    encoder_epochs: int | None = Field(default=None, ge=0, description="override the sites' encoder epochs per round")
-    max_steps: int | None = Field(default=None, ge=1, description="cap on a site's encoder steps per round")
-    seed: int = 0
+    encoder_epochs: int | None = Field(default=None, ge=0, le=1000, description="override the sites' encoder epochs per round")
+    max_steps: int | None = Field(default=None, ge=1, le=10**7, description="cap on a site's encoder steps per round")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="seed of the coordinator's sampling and "
+                      "initialisation")
     state_dir: Path = Field(default=Path("coordinator"), description="checkpoints and round history")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
@@ -278,6 +332,34 @@ class FederationConfig(BaseModel):
         if self.lora.aggregation == "product" and self.strategy.name != "fedavg":
             raise ValueError("lora.aggregation product replaces the strategy's average of the adapters; "
                              f"it works with strategy fedavg, not {self.strategy.name}")
+        return self
+
+    @model_validator(mode="after")
+    def _lora_block_needs_lora(self) -> FederationConfig:
+        if "lora" in self.model_fields_set and self.mode.kind != "lora":
+            raise FieldError("lora", f"a lora: block configures update_mode lora, but update_mode is "
+                                     f"{self.update_mode}; remove the block, or set update_mode: lora")
+        return self
+
+    @model_validator(mode="after")
+    def _enough_available_sites(self) -> FederationConfig:
+        if self.min_available_sites is not None and self.min_available_sites < self.min_sites:
+            raise FieldError("min_available_sites", f"{self.min_available_sites} is below min_sites "
+                                                    f"({self.min_sites}): a round needs min_sites connected; "
+                                                    f"raise it to {self.min_sites} or remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _ports_distinct(self) -> FederationConfig:
+        s = self.superlink
+        listeners = [("superlink.fleet_address", *split_address(s.fleet_address)),
+                     ("superlink.control_port", s.control_host, s.control_port)]
+        if self.hub.enabled:
+            listeners.append(("hub.address", *split_address(self.hub.address)))
+        for i, (field, host, port) in enumerate(listeners):
+            for other, other_host, other_port in listeners[:i]:
+                if port == other_port and _same_interface(host, other_host):
+                    raise FieldError(field, f"port {port} is also {other}'s; each listener needs its own port")
         return self
 
     @model_validator(mode="after")

@@ -19,12 +19,60 @@ class ConfigError(ValueError):
     """A configuration file is missing, unreadable or invalid. The message is for people."""
 
 
+class FieldError(ValueError):
+    """A config error that belongs to a field other than the one being validated.
+
+    A check across fields (``proximal_mu`` set with strategy ``fedavg``) runs in a model
+    validator, which pydantic reports at the model itself (line 1, "(top level)"). Raising
+    this instead names the field at fault, relative to the model, so the message points at
+    its line.
+    """
+
+    def __init__(self, field: str | tuple[Any, ...], message: str):
+        super().__init__(message)
+        self.loc = tuple(field.split(".")) if isinstance(field, str) else tuple(field)
+
+
+MAX_FILE_BYTES = 1 << 20  # a config is a page of settings; a megabyte is not one
+MAX_VALUES = 20_000  # values after expanding YAML aliases (an alias bomb expands to billions)
+MAX_DEPTH = 32  # nesting levels
+
+
+def _check_size(path: Path, node: yaml.Node) -> None:
+    """Refuse a document that expands too far (aliases) or nests too deep, before walking it.
+
+    Sizes are counted once per node (aliases share nodes), so the check is linear in the file.
+    """
+    memo: dict[int, tuple[int, int]] = {}  # node -> (values, levels) below and including it
+
+    def measure(n: yaml.Node, level: int) -> tuple[int, int]:
+        if level + 1 > MAX_DEPTH:
+            raise ConfigError(f"{path}, line {n.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep")
+        if id(n) in memo:
+            size, height = memo[id(n)]
+            if level + height > MAX_DEPTH:
+                raise ConfigError(f"{path}, line {n.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep")
+            return size, height
+        memo[id(n)] = (1, 1)  # an alias to its own ancestor (a cycle) counts once
+        children = ([v for pair in n.value for v in pair] if isinstance(n, yaml.MappingNode)
+                    else list(n.value) if isinstance(n, yaml.SequenceNode) else [])
+        below = [measure(child, level + 1) for child in children]
+        size, height = 1 + sum(b[0] for b in below), 1 + max((b[1] for b in below), default=0)
+        if size > MAX_VALUES:
+            raise ConfigError(f"{path}, line {n.start_mark.line + 1}: more than {MAX_VALUES:,} values once its "
+                              "aliases (*name) are expanded; a fedtl config needs far fewer")
+        memo[id(n)] = (size, height)
+        return size, height
+
+    measure(node, 0)
+
+
 def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             _line_index(value, path + (key.value,), out)
-            out.setdefault(path + (key.value,), key.start_mark.line + 1)
+            out[path + (key.value,)] = key.start_mark.line + 1  # the key's line: a block value starts below it
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _line_index(item, path + (i,), out)
@@ -66,9 +114,15 @@ def read_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: {len(text):,} characters; a config file is at most {MAX_FILE_BYTES:,}")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_size(path, node)
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
@@ -96,6 +150,9 @@ def format_validation_error(path: Path, exc: ValidationError, lines: dict[tuple[
     parts = [f"{path}: {exc.error_count()} problem(s)"]
     for err in exc.errors():
         loc = tuple(err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldError):
+            loc += cause.loc
         field = ".".join(str(p) for p in loc) or "(top level)"
         line = _nearest_line(lines, loc)
         where = f"line {line}, " if line else ""

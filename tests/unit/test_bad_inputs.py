@@ -13,25 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from fedtl.cli.main import app
+from tests.cli_runner import invoke, refused
 from tests.conftest import make_site, synthetic_rows, write_csv
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, list(args))
-    output = result.output + (str(result.exception) if result.exception and result.exit_code != 1 else "")
-    return result.exit_code, output
-
-
-def refused(code: int, output: str, *needles: str) -> None:
-    assert code != 0, output
-    assert "Traceback" not in output, output
-    for needle in needles:
-        assert needle in output, f"{needle!r} not in:\n{output}"
 
 
 # ---------------------------------------------------------------- site data (fedtl train-local)
