@@ -434,6 +434,8 @@ def predict(
 
     if (input_file is None) == (serve is None):
         fail("pass --input FILE to predict a file, or --serve PORT to answer Predict calls")
+    if input_file is not None and output is not None and output.resolve() == input_file.resolve():
+        fail(f"--output {output} is the --input file: it would be replaced by the predictions; write another file")
     try:
         check_output(output)
         site = load_site_config(config)

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from fedtl.shared.yamlconfig import load_model
+from fedtl.shared.yamlconfig import FieldError, load_model
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds fit in 32 bits
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -93,11 +93,16 @@ class TaskConfig(BaseModel):
     def _labels_fit_type(self) -> TaskConfig:
         if self.labels is not None:
             if self.type == TaskType.regression:
-                raise ValueError("'labels' applies to classification and multilabel tasks, not regression")
+                raise FieldError("labels", "'labels' applies to classification and multilabel tasks, not regression")
             if len(set(self.labels)) != len(self.labels):
-                raise ValueError("'labels' lists a label twice")
+                raise FieldError("labels", "'labels' lists a label twice")
             if self.type == TaskType.classification and len(self.labels) < 2:
-                raise ValueError("a classification task needs at least 2 labels")
+                raise FieldError("labels", "a classification task needs at least 2 labels")
+        if "label_separator" in self.model_fields_set and self.type != TaskType.multilabel:
+            raise FieldError("label_separator", f"label_separator applies to multilabel tasks, not {self.type.value}")
+        if self.validation_data and "validation_split" in self.model_fields_set:
+            raise FieldError("validation_split", "validation_data gives the validation rows, so validation_split "
+                                                 "would be ignored; remove one of them")
         return self
 
 

@@ -328,10 +328,13 @@ class FederationConfig(BaseModel):
     def _lora_fits(self) -> FederationConfig:
         if self.mode.kind != "lora":
             return self
-        check_targets(encoder_linear_modules(self.encoder), self.lora.targets)
+        try:
+            check_targets(encoder_linear_modules(self.encoder), self.lora.targets)
+        except ValueError as exc:
+            raise FieldError("lora.targets", str(exc)) from None
         if self.lora.aggregation == "product" and self.strategy.name != "fedavg":
-            raise ValueError("lora.aggregation product replaces the strategy's average of the adapters; "
-                             f"it works with strategy fedavg, not {self.strategy.name}")
+            raise FieldError("lora.aggregation", "lora.aggregation product replaces the strategy's average of the "
+                                                 f"adapters; it works with strategy fedavg, not {self.strategy.name}")
         return self
 
     @model_validator(mode="after")
@@ -365,7 +368,7 @@ class FederationConfig(BaseModel):
     @model_validator(mode="after")
     def _downlink_is_one_model(self) -> FederationConfig:
         if Codec.parse(self.codec.down).lossy and self.personalization.method == "similarity":
-            raise ValueError(f"codec.down {self.codec.down} sends every site the same encoder as changes since the "
+            raise FieldError("codec.down", f"codec.down {self.codec.down} sends every site the same encoder as changes since the "
                              "last round, but personalization similarity sends each site its own model; "
                              "use codec.down: none with similarity")
         return self

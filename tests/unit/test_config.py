@@ -85,3 +85,24 @@ def test_bundled_example_sites_are_valid():
         cfg = load_site_config(examples_root() / "sites" / f"{name}.yaml")
         for task in cfg.tasks:
             assert all(p.exists() for p in task.data), task.data
+
+
+def test_the_readmes_config_examples_load_as_written(tmp_path):
+    """People copy the README's federation.yaml and site.yaml: they must pass the checks they describe."""
+    import re
+
+    from fedtl.shared.config import load_site_config
+    from fedtl.shared.federation_config import load_federation_config
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
+    loaded = 0
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"block{i}.yaml"
+        path.write_text(block)
+        if re.search(r"^tasks:", block, re.MULTILINE):
+            load_site_config(path)
+        else:
+            load_federation_config(path)
+        loaded += 1
+    assert loaded >= 3

@@ -182,6 +182,28 @@ def test_settings_that_cannot_apply_name_their_own_line_and_field(users_folder, 
             "federation.yaml", f"line {line}", f"field '{field}'", why)
 
 
+SITE_CANNOT_APPLY = [
+    ("target_column: label}", "target_column: label, label_separator: ';'}", "tasks.0.label_separator", "multilabel"),
+    ("target_column: label}", "target_column: label, validation_data: data.csv, validation_split: 0.3}",
+     "tasks.0.validation_split", "validation_data"),
+    ("target_column: label}", "target_column: label, labels: [good]}", "tasks.0.labels", "at least 2 labels"),
+]
+
+
+@pytest.mark.parametrize("old, new, field, why", SITE_CANNOT_APPLY, ids=[c[2] for c in SITE_CANNOT_APPLY])
+def test_site_settings_that_cannot_apply_name_their_field(users_folder, old, new, field, why):
+    config = make_site(users_folder / "site")
+    config.write_text(config.read_text().replace(old, new))
+    refused(*attempt(users_folder, "train-local", "--config", str(config), "--quiet"),
+            "site.yaml", "line 14", f"field '{field}'", why)
+
+
+def test_lora_targets_the_encoder_lacks(users_folder):
+    config = federation(users_folder, "update_mode: lora\nlora:\n  rank: 4\n  targets: [qkv_proj]\n")
+    refused(*attempt(users_folder, "coordinator", "--config", str(config), "--insecure"),
+            "line 8", "field 'lora.targets'", "qkv_proj")
+
+
 def test_a_typo_is_reported_on_its_own_line(users_folder):
     config = federation(users_folder, "strategyy:\n  name: fedprox\n")
     refused(*attempt(users_folder, "coordinator", "--config", str(config), "--insecure"),
@@ -292,6 +314,13 @@ def test_predict_output_a_folder(users_folder):
     config = make_site(users_folder / "site")
     refused(*attempt(users_folder, "predict", "--config", str(config), "--input", "notes.txt", "--output", "thesis"),
             "--output", "is a folder")
+
+
+def test_predict_output_over_its_input(users_folder):
+    config = make_site(users_folder / "site")
+    data = str(users_folder / "site" / "data.csv")
+    refused(*attempt(users_folder, "predict", "--config", str(config), "--input", data, "--output", data),
+            "--output", "is the --input file")
 
 
 def test_certs_out_an_existing_file(users_folder):
