@@ -28,16 +28,18 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from holdout import HeldOutSite, hold_out, score_model, sklearn_probe
 from lexicon_tasks import lexicon_task_sites
 from readme_block import write_block
 from split_sites import split_site
 
 from fedtl.client.local_training import load_site_data, prepare_tasks
+from fedtl.client.predict import SiteModel
 from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
 from fedtl.client.trainer import LocalTrainer, PreparedTask
 from fedtl.client.worker import SiteWorker
@@ -48,6 +50,7 @@ from fedtl.shared.config import SiteConfig, load_site_config
 from fedtl.shared.encoders import load_encoder
 from fedtl.shared.examples import copy_examples
 from fedtl.shared.federation_config import FederationConfig
+from fedtl.shared.heads import PRIMARY_METRIC
 from fedtl.shared.protocol import Section, primary_metrics, report_value
 from fedtl.shared.update_modes import UpdateMode, exchanged_names
 
@@ -80,25 +83,49 @@ def trainable(encoder, update: str) -> set[str]:
 
 
 def fit(encoder, tasks: list[PreparedTask], cfg: SiteConfig, update: str, steps: int) -> dict[str, Any]:
-    """Probe, then ``steps`` encoder steps (no keep-best): what a site reaches training alone."""
+    """Probe, then ``steps`` encoder steps (no keep-best): what a site reaches training alone.
+
+    ``steps`` 0: the probe alone (heads on the frozen pretrained encoder)."""
     names = trainable(encoder, update)
-    training = cfg.training.model_copy(update={"max_steps": steps, "encoder_epochs": 10**6, "keep_best": False})
+    training = cfg.training.model_copy(update={"max_steps": max(steps, 1), "encoder_epochs": 10**6 if steps else 0,
+                                               "keep_best": False})
     trainer = LocalTrainer(encoder, tasks, training, torch.device("cpu"), encoder_trainable=names.__contains__,
                            frozen_layers=frozen_prefix_layers(encoder, names), prefix_cache=PrefixCache(2**31))
     started = time.perf_counter()
     result = trainer.fit()
-    return {"metrics": result.metrics, "seconds": time.perf_counter() - started}
+    return {"metrics": result.metrics, "seconds": time.perf_counter() - started, "trainer": trainer}
 
 
-def local_only(cfg: SiteConfig, encoder_spec: str, update: str, steps: int) -> dict[str, dict[str, float]]:
+def heads_of(tasks: list[PreparedTask], names: dict[str, str] | None = None) -> dict[str, tuple]:
+    """Trained heads by task name (``names``: trainer's task name -> the site's)."""
+    return {(names or {}).get(t.name, t.name): (t.spec, t.head) for t in tasks}
+
+
+def local_only(cfg: SiteConfig, encoder_spec: str, update: str, steps: int,
+               tests: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """The site alone: the probe, and local fine-tuning, on validation (as the site sees them) and
+    on its test rows (scored after training); ``chosen`` is the one the site would keep by validation."""
+    out: dict[str, dict[str, Any]] = {}
+    probe_encoder = load_encoder(encoder_spec)
+    tasks = prepare_tasks(load_site_data(cfg), probe_encoder, None, cfg.training.max_length, cfg.training.seed)
+    probe = fit(probe_encoder, tasks, cfg, update, 0)
+    probe_test = score_model(probe_encoder, heads_of(tasks), cfg, tests)
     encoder = load_encoder(encoder_spec)
     tasks = prepare_tasks(load_site_data(cfg), encoder, None, cfg.training.max_length, cfg.training.seed)
-    out = fit(encoder, tasks, cfg, update, steps)
-    return {t.name: {"probe": out["metrics"]["probe"][t.name][t.spec.primary_metric],
-                     "finetuned": out["metrics"]["finetuned"][t.name][t.spec.primary_metric]} for t in tasks}
+    tuned = fit(encoder, tasks, cfg, update, steps)
+    tuned_test = score_model(encoder, heads_of(tasks), cfg, tests)
+    for t in tasks:
+        metric = t.spec.primary_metric
+        val_probe, val_ft = probe["metrics"]["probe"][t.name][metric], tuned["metrics"]["finetuned"][t.name][metric]
+        test_probe, test_ft = probe_test[t.name][metric], tuned_test[t.name][metric]
+        out[t.name] = {"probe": val_probe, "finetuned": val_ft, "kept": "finetuned" if val_ft > val_probe else "probe",
+                       "test": {"probe": test_probe, "finetuned": test_ft,
+                                "chosen": test_ft if val_ft > val_probe else test_probe}}
+    return out
 
 
-def centralized(cfgs: list[SiteConfig], encoder_spec: str, update: str, steps: int) -> dict[str, dict[str, float]]:
+def centralized(cfgs: list[SiteConfig], encoder_spec: str, update: str, steps: int,
+                tests: dict[str, dict[str, Path]]) -> dict[str, dict[str, Any]]:
     """One model for every site's tasks: shared encoder, a head per task, each step a batch of every site."""
     encoder = load_encoder(encoder_spec)
     tasks, owner = [], {}
@@ -111,11 +138,23 @@ def centralized(cfgs: list[SiteConfig], encoder_spec: str, update: str, steps: i
             tasks.append(renamed)
             owner[name] = (cfg.name, task.name)
     out = fit(encoder, tasks, cfgs[0], update, steps)
-    results: dict[str, dict[str, float]] = {}
-    for t in tasks:
-        site, task = owner[t.name]
-        results.setdefault(site, {})[task] = out["metrics"]["finetuned"][t.name][t.spec.primary_metric]
+    results: dict[str, dict[str, Any]] = {}
+    for cfg in cfgs:
+        mine = [t for t in tasks if owner[t.name][0] == cfg.name]
+        test = score_model(encoder, heads_of(mine, {t.name: owner[t.name][1] for t in mine}), cfg, tests[cfg.name])
+        for t in mine:
+            task = owner[t.name][1]
+            results.setdefault(cfg.name, {})[task] = {"val": out["metrics"]["finetuned"][t.name][t.spec.primary_metric],
+                                                      "test": test[task][t.spec.primary_metric]}
     return results
+
+
+def served_on_test(cfg: SiteConfig, tests: dict[str, Path]) -> dict[str, float]:
+    """The model the site serves after the federation (site_model.json, as `fedtl predict` loads it)
+    on its test rows: its primary metric per task."""
+    model = SiteModel.load(cfg)
+    scores = score_model(model.encoder, {t.config.name: (t.spec, t.head) for t in model.tasks}, cfg, tests)
+    return {t.config.name: scores[t.config.name][t.spec.primary_metric] for t in model.tasks}
 
 
 class Collector:
@@ -157,6 +196,61 @@ def federated(cfgs: list[SiteConfig], encoder_spec: str, update: str, rounds: in
     return collector
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What every arm of one seed is run with."""
+
+    encoder: str
+    update: str
+    rounds: int
+    steps: int  # encoder steps per site and round
+    lr_schedule_span: str = "federation"
+
+
+def run_seed(held: list[HeldOutSite], seed: int, plan: RunPlan, methods: dict[str, dict[str, Any]],
+             work: Path) -> dict[str, Any]:
+    """Every arm on one seed's sites. Validation numbers come from the arms' own reports; test
+    numbers (``run["test"]``) are scored after each arm has finished, from its held-out rows."""
+    paths = [h.config for h in held]
+    run: dict[str, Any] = {"seed": seed, "federated": {}, "seconds": {},
+                           "test": {"sklearn": {}, "federated": {}}}
+    cfgs = site_configs(paths, seed, work / "local")
+    tests = {cfg.name: h.tests for cfg, h in zip(cfgs, held)}
+    run["primary"] = {cfg.name: {d.task.name: PRIMARY_METRIC[d.task.type] for d in load_site_data(cfg)}
+                      for cfg in cfgs}
+    steps = plan.rounds * plan.steps
+    t0 = time.perf_counter()
+    local = {cfg.name: local_only(cfg, plan.encoder, plan.update, steps, tests[cfg.name]) for cfg in cfgs}
+    run["seconds"]["local"] = time.perf_counter() - t0
+    run["local"] = {s: {t: {k: v for k, v in m.items() if k != "test"} for t, m in tasks.items()}
+                    for s, tasks in local.items()}
+    run["test"]["local"] = {s: {t: m["test"] for t, m in tasks.items()} for s, tasks in local.items()}
+    t0 = time.perf_counter()
+    central = centralized(cfgs, plan.encoder, plan.update, steps, tests)
+    run["seconds"]["central"] = time.perf_counter() - t0
+    run["central"] = {s: {t: m["val"] for t, m in tasks.items()} for s, tasks in central.items()}
+    run["test"]["central"] = {s: {t: m["test"] for t, m in tasks.items()} for s, tasks in central.items()}
+    t0 = time.perf_counter()
+    frozen = load_encoder(plan.encoder)
+    for cfg in cfgs:
+        scores = sklearn_probe(frozen, cfg, tests[cfg.name])
+        run["test"]["sklearn"][cfg.name] = {t: scores[t][run["primary"][cfg.name][t]] for t in scores}
+    run["seconds"]["sklearn"] = time.perf_counter() - t0
+    print(f"seed {seed}: local-only, centralized and scikit-learn in {sum(run['seconds'].values()):.0f}s", flush=True)
+    for name, settings in methods.items():
+        t0 = time.perf_counter()
+        root = work / name
+        sites = site_configs(paths, seed, root / "sites", plan.lr_schedule_span)
+        collector = federated(sites, plan.encoder, plan.update, plan.rounds, plan.steps, settings, root)
+        run["seconds"][name] = time.perf_counter() - t0
+        run["federated"][name] = {"rounds": collector.rounds, "settings": settings}
+        run["test"]["federated"][name] = {cfg.name: served_on_test(cfg, tests[cfg.name]) for cfg in sites}
+        last = run["test"]["federated"][name]
+        print(f"seed {seed}: {name} in {run['seconds'][name]:.0f}s; served, on test: "
+              + ", ".join(f"{s}/{t} {v:.3f}" for s, tasks in last.items() for t, v in tasks.items()), flush=True)
+    return run
+
+
 # ---------------------------------------------------------------- the report
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -193,6 +287,79 @@ def summarize(results: list[dict[str, Any]], methods: list[str]) -> dict[str, An
             "min_recovered": min((r[f"{m}_recovered"] for r in rows if r[f"{m}_recovered"] is not None), default=None),
         }
     return {"rows": rows, "targets": targets}
+
+
+POOLING_PAYS = 0.02  # centralized beats the best local model by this on test: the issue-28 scenarios' bar
+TOLERANCE = 0.005  # a served model this close below the best local one counts as matching it
+
+
+def summarize_test(results: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+    """The test split's verdict: per site/task and arm, mean and sd over seeds; each method's served
+    model against the best a site has alone (max of scikit-learn's probe and fedtl's local-only)."""
+    rows = []
+    first = results[0]
+    for site, tasks in first["test"]["local"].items():
+        for task in tasks:
+            arms = {"sklearn": [r["test"]["sklearn"][site][task] for r in results],
+                    "probe": [r["test"]["local"][site][task]["probe"] for r in results],
+                    "local_ft": [r["test"]["local"][site][task]["finetuned"] for r in results],
+                    "local": [r["test"]["local"][site][task]["chosen"] for r in results],
+                    "central": [r["test"]["central"][site][task] for r in results]}
+            for m in methods:
+                arms[m] = [r["test"]["federated"][m][site][task] for r in results]
+            best_alone = [max(a, b) for a, b in zip(arms["sklearn"], arms["local"])]
+            row: dict[str, Any] = {"site": site, "task": task, "metric": first["primary"][site][task],
+                                   "best_alone": mean_sd(best_alone), **{a: mean_sd(v) for a, v in arms.items()}}
+            central_gain = row["central"][0] - row["best_alone"][0]
+            row["pooling_pays"] = central_gain >= POOLING_PAYS
+            for m in methods:
+                row[f"{m}_gain"] = mean_sd([f - b for f, b in zip(arms[m], best_alone)])
+                row[f"{m}_recovered"] = row[f"{m}_gain"][0] / central_gain if row["pooling_pays"] else None
+            rows.append(row)
+    targets = {}
+    for m in methods:
+        paying = [r[f"{m}_gain"][0] for r in rows if r["pooling_pays"]]
+        targets[m] = {
+            "every_site_at_least_best_alone": all(r[f"{m}_gain"][0] >= -TOLERANCE for r in rows),
+            "mean_gain": statistics.fmean(r[f"{m}_gain"][0] for r in rows),
+            "mean_gain_where_pooling_pays": statistics.fmean(paying) if paying else None,
+            "min_recovered": min((r[f"{m}_recovered"] for r in rows if r[f"{m}_recovered"] is not None), default=None),
+        }
+    seconds = {arm: mean_sd([r["seconds"][arm] for r in results]) for arm in first["seconds"]}
+    return {"rows": rows, "targets": targets, "seconds": seconds}
+
+
+def test_markdown(summary: dict[str, Any], methods: list[str]) -> str:
+    def cell(pair):
+        return f"{pair[0]:.3f} ± {pair[1]:.3f}"
+
+    lines = ["**Test split** (rows held out before anything ran, read only to score finished models): "
+             "scikit-learn's `LogisticRegression()` / `RidgeCV()` on frozen embeddings of all the site's "
+             "other rows; fedtl's probe and local fine-tuning; `local`, the one of those two the site keeps "
+             "by validation; centralized multi-task; each method's served model.", ""]
+    head = ["site", "task", "metric", "sklearn", "probe", "local FT", "local", "central"] + methods
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary["rows"]:
+        lines.append("| " + " | ".join([r["site"], r["task"], r["metric"]] + [cell(r[a]) for a in head[3:]]) + " |")
+    lines += ["", f"Served model minus the best a site has alone (max of sklearn and local), on test; in brackets "
+              f"the share of the centralized gain, where centralized beats that by at least {POOLING_PAYS}.", ""]
+    head = ["site", "task"] + methods
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary["rows"]:
+        cells = [f"{r[f'{m}_gain'][0]:+.3f} ± {r[f'{m}_gain'][1]:.3f}"
+                 + (f" [{r[f'{m}_recovered']:.0%}]" if r[f"{m}_recovered"] is not None else "") for m in methods]
+        lines.append("| " + " | ".join([r["site"], r["task"]] + cells) + " |")
+    lines += ["", f"| method | every site >= best alone - {TOLERANCE} | mean gain | mean gain where pooling pays | "
+              "min share of centralized gain | wall seconds |", "|---|---|---|---|---|---|"]
+    for m in methods:
+        t = summary["targets"][m]
+        paying = "-" if t["mean_gain_where_pooling_pays"] is None else f"{t['mean_gain_where_pooling_pays']:+.3f}"
+        rec = "-" if t["min_recovered"] is None else f"{t['min_recovered']:.0%}"
+        lines.append(f"| {m} | {'yes' if t['every_site_at_least_best_alone'] else 'no'} | {t['mean_gain']:+.3f} | "
+                     f"{paying} | {rec} | {cell(summary['seconds'][m])} |")
+    alone = ", ".join(f"{arm} {cell(summary['seconds'][arm])}" for arm in ("local", "central", "sklearn"))
+    lines += ["", f"Wall seconds of the other arms (all sites): {alone}."]
+    return "\n".join(lines) + "\n"
 
 
 def markdown(summary: dict[str, Any], methods: list[str], meta: dict[str, Any]) -> str:
@@ -296,6 +463,8 @@ def main() -> None:
                         help="write the table into this file between the learning markers")
     parser.add_argument("--lr-schedule-span", choices=["federation", "round"], default="federation",
                         help="the sites' lr schedule: one over all rounds, or a fresh one each round")
+    parser.add_argument("--test-share", type=float, default=0.3, help="share of every site's rows held out as its "
+                        "test split (redrawn by each seed; read only to score the finished models)")
     parser.add_argument("--resume", action="store_true", help="keep the seeds finished in a cut-off run (partial.json)")
     parser.add_argument("--report-only", action="store_true", help="rebuild table, plot and README from results.json")
     args = parser.parse_args()
@@ -320,11 +489,11 @@ def main() -> None:
         paths = split_site(copy_examples(work / "bundled")[name], int(parts), work / "split")
     else:
         paths = args.site or list(copy_examples(work / "sites").values())
-    steps = args.rounds * args.steps
     # a finished seed is kept only by a run of the same configuration
     plan = {"encoder": args.encoder, "update": args.update, "rounds": args.rounds, "steps": args.steps,
             "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
-            "lexicon_tasks": args.lexicon_tasks, "train_rows": args.train_rows, "sites": [str(p) for p in args.site or []]}
+            "lexicon_tasks": args.lexicon_tasks, "train_rows": args.train_rows, "sites": [str(p) for p in args.site or []],
+            "test_share": args.test_share}
     partial = args.out / "partial.json"
     saved = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
     done = {r["seed"]: r for r in saved.get("runs", [])} if saved.get("plan") == plan else {}
@@ -334,29 +503,9 @@ def main() -> None:
             print(f"seed {seed}: kept from {partial}", flush=True)
             results.append(done[seed])
             continue
-        run: dict[str, Any] = {"seed": seed, "federated": {}}
-        cfgs = site_configs(paths, seed, work / f"seed{seed}" / "local")
-        run["primary"] = {}
-        for cfg in cfgs:
-            data = load_site_data(cfg)
-            from fedtl.shared.heads import PRIMARY_METRIC
-
-            run["primary"][cfg.name] = {d.task.name: PRIMARY_METRIC[d.task.type] for d in data}
-        t0 = time.perf_counter()
-        run["local"] = {cfg.name: local_only(cfg, args.encoder, args.update, steps) for cfg in cfgs}
-        run["central"] = centralized(cfgs, args.encoder, args.update, steps)
-        print(f"seed {seed}: local-only and centralized in {time.perf_counter() - t0:.0f}s", flush=True)
-        for name, settings in methods.items():
-            t0 = time.perf_counter()
-            root = work / f"seed{seed}" / name
-            sites = site_configs(paths, seed, root / "sites", args.lr_schedule_span)
-            collector = federated(sites, args.encoder, args.update, args.rounds,
-                                  args.steps, settings, root)
-            run["federated"][name] = {"rounds": collector.rounds, "settings": settings}
-            last = collector.rounds[-1]["sites"]
-            print(f"seed {seed}: {name} in {time.perf_counter() - t0:.0f}s: "
-                  + ", ".join(f"{s}/{t} {v:.3f}" for s, tasks in last.items() for t, v in tasks.items()), flush=True)
-        results.append(run)
+        held = hold_out(paths, work / f"seed{seed}" / "held-out", seed, args.test_share)
+        results.append(run_seed(held, seed, RunPlan(args.encoder, args.update, args.rounds, args.steps,
+                                                    args.lr_schedule_span), methods, work / f"seed{seed}"))
         shutil.rmtree(work / f"seed{seed}", ignore_errors=True)
         args.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(partial, json.dumps({"plan": plan, "runs": results}, default=float))
@@ -364,7 +513,7 @@ def main() -> None:
 
     meta = {"seeds": args.seeds, "encoder": args.encoder, "update": args.update, "rounds": args.rounds,
             "steps": args.steps, "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
-            "lexicon_tasks": args.lexicon_tasks, "train_rows": args.train_rows,
+            "lexicon_tasks": args.lexicon_tasks, "train_rows": args.train_rows, "test_share": args.test_share,
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     report(results, meta, args.out, args.readme)
 
@@ -374,10 +523,15 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path, readm
     markers named after ``out`` (``<!-- learning:start -->`` for results/learning); the verdict last."""
     methods = list(meta["methods"])
     summary = summarize(results, methods)
+    tested = all("test" in r for r in results)
+    test_summary = summarize_test(results, methods) if tested else None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": results, "summary": summary}, indent=1,
-                                                 default=float))
+    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": results, "summary": summary,
+                                                  "test_summary": test_summary}, indent=1, default=float))
     table = markdown(summary, methods, meta)
+    if test_summary is not None:
+        table = table.replace("\n\n", "\n\nValidation split (what the sites see while they choose):\n\n", 1)
+        table += "\n" + test_markdown(test_summary, methods)
     (out / "learning.md").write_text(table)
     plot(results, methods, out / "learning.png")
     if readme is not None:
@@ -387,8 +541,14 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path, readm
     best = max(methods, key=lambda m: (summary["targets"][m]["every_site_at_least_best_local"],
                                        summary["targets"][m]["mean_gain"]))
     t = summary["targets"][best]
-    print(f"best method: {best}: every site >= its best local: {t['every_site_at_least_best_local']}, "
-          f"mean gain {t['mean_gain']:+.3f} (target >= +0.020)")
+    print(f"best method on validation: {best}: every site >= its best local: {t['every_site_at_least_best_local']}, "
+          f"mean gain {t['mean_gain']:+.3f}")
+    if test_summary is not None:
+        best = max(methods, key=lambda m: (test_summary["targets"][m]["every_site_at_least_best_alone"],
+                                           test_summary["targets"][m]["mean_gain"]))
+        t = test_summary["targets"][best]
+        print(f"best method on test: {best}: every site >= best alone - {TOLERANCE}: "
+              f"{t['every_site_at_least_best_alone']}, mean gain {t['mean_gain']:+.3f}")
     if not math.isfinite(t["mean_gain"]):
         raise SystemExit(1)
 

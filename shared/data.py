@@ -359,6 +359,17 @@ def load_task_data(task: TaskConfig, seed: int = 0,
     return data
 
 
+def load_held_out(task: TaskConfig, files: list[Path], labels: list[str] | None) -> Examples:
+    """Rows no training or selection step saw (a test split), encoded for a trained head.
+
+    ``labels`` are the trained head's own (its ``HeadSpec.labels``), so class ``i`` means
+    the same here as in the head; a label the head does not know is a DataError naming the
+    file, row and column.
+    """
+    raw = _read_task_files(task, files)
+    return Examples(raw.texts, _encode(task, raw, labels, "test"), raw.origin)
+
+
 def _split_key(task: TaskConfig) -> tuple:
     return tuple(str(p) for p in task.data), task.validation_split, task.max_examples
 
