@@ -318,6 +318,31 @@ def decode_reply(msg: Message, codec: Codec, shapes: dict[str, tuple[int, ...]])
     return None
 
 
+def non_finite(arrays: dict[str, np.ndarray]) -> str | None:
+    """The first tensor holding NaN or inf, or None."""
+    return next((name for name, a in arrays.items() if not np.isfinite(a).all()), None)
+
+
+def judge_reply(msg: Message, up: Codec, shapes: dict[str, tuple[int, ...]], global_arrays: dict[str, np.ndarray],
+                fed: FederationConfig, named: dict[str, int]) -> Verdict:
+    """One training reply's verdict: decoded, checked, its example count capped, its name unique."""
+    if up.lossy and (reason := decode_reply(msg, up, shapes)) is not None:
+        return Verdict(msg.metadata.src_node_id, safe_site_name(msg), "rejected", reason)
+    verdict = check_update(msg, global_arrays, fed.max_update_norm, fed.max_site_examples)
+    if verdict.ok and verdict.site in named and named[verdict.site] != verdict.node_id:
+        return Verdict(verdict.node_id, verdict.site, "rejected",
+                       f"site name {verdict.site!r} already answered this round from node {named[verdict.site]}")
+    if verdict.note:
+        log.warning("site %s: %s", verdict.site, verdict.note)
+    return verdict
+
+
+def safe_site_name(msg: Message) -> str:
+    """The name a reply claims, for messages about it: printable, short, or its node id."""
+    name = site_name(msg)
+    return name if name.isprintable() and len(name) <= 64 else f"node-{msg.metadata.src_node_id}"
+
+
 def train_exchange(grid: Grid, rnd: int, ex: Exchange, global_arrays: dict[str, np.ndarray],
                    aggregator: RoundAggregator, fed: FederationConfig, wire: WireLog,
                    downlink: Downlink | None = None) -> Judgement:
@@ -325,18 +350,22 @@ def train_exchange(grid: Grid, rnd: int, ex: Exchange, global_arrays: dict[str, 
     failed, rejected = [], []
     up = Codec.parse(fed.codec.up)
     shapes = {n: a.shape for n, a in global_arrays.items()}
+    named: dict[str, int] = {}  # site name -> the node whose update this round carries it
     for msg in ex.collect(grid, rnd, fed.round_timeout, wire, fed.sites_in_flight):
         if downlink is not None:
             downlink.answered(msg.metadata.src_node_id, not msg.has_error())
-        if up.lossy and (reason := decode_reply(msg, up, shapes)) is not None:
-            rejected.append({"site": site_name(msg), "reason": reason})
-            continue
-        verdict = check_update(msg, global_arrays, fed.max_update_norm)
-        if verdict.ok:
-            aggregator.add(msg, verdict, ex.bases.get(verdict.node_id, global_arrays))
-        elif verdict.kind == "failed":
+        try:  # a reply is untrusted input: whatever it holds, it can only be rejected, never end the run
+            verdict = judge_reply(msg, up, shapes, global_arrays, fed, named)
+            if verdict.ok:
+                aggregator.add(msg, verdict, ex.bases.get(verdict.node_id, global_arrays))
+                named[verdict.site] = verdict.node_id
+        except Exception as exc:  # noqa: BLE001 - any exception type a crafted reply can raise
+            log.exception("round %d: the reply of node %s could not be judged", rnd, msg.metadata.src_node_id)
+            verdict = Verdict(msg.metadata.src_node_id, safe_site_name(msg), "rejected",
+                              f"malformed reply ({type(exc).__name__}: {str(exc)[:200]})")
+        if verdict.kind == "failed":
             failed.append({"site": verdict.site, "reason": verdict.reason})
-        else:
+        elif not verdict.ok:
             rejected.append({"site": verdict.site, "reason": verdict.reason})
     failed += [{"site": f"node-{n}", "reason": f"no reply within round_timeout ({fed.round_timeout:.0f}s)"}
                for n in sorted(ex.sampled - ex.answered)]
@@ -508,6 +537,11 @@ class FederationRun:
             if product and new_arrays is not None:  # the mean of B @ A, not mean(B) @ mean(A)
                 weights = {v.site: int(m.content[METRICS][SiteMetric.NUM_EXAMPLES]) for m, v in verdicts.accepted}
                 new_arrays = {**new_arrays, **product_mean(aggregator.models, weights)}
+            if new_arrays is not None and (bad := non_finite(new_arrays)) is not None:
+                log.error("round %d: the aggregate's tensor %s holds NaN or inf; the global encoder is unchanged "
+                          "(it is never saved or sent)", rnd, bad)
+                verdicts.rejected.append({"site": "(aggregate)", "reason": f"aggregate tensor {bad} holds NaN or inf"})
+                new_arrays, agg_metrics = None, {}
         else:
             log.warning("round %d: only %d of the %d sites needed answered with a valid update; "
                         "the global encoder is unchanged", rnd, len(verdicts.accepted), fed.min_sites)

@@ -26,6 +26,7 @@ class Verdict:
     reason: str = ""
     norm: float = 0.0
     delta: dict[str, np.ndarray] | None = None
+    note: str = ""  # an accepted update that was changed on the way in (its example count capped)
 
     @property
     def ok(self) -> bool:
@@ -39,7 +40,11 @@ def site_name(msg: Message) -> str:
         return f"node-{msg.metadata.src_node_id}"
 
 
-def check_update(msg: Message, expected: Mapping[str, np.ndarray], max_norm: float | None) -> Verdict:
+def check_update(msg: Message, expected: Mapping[str, np.ndarray], max_norm: float | None,
+                 max_examples: int | None = None) -> Verdict:
+    """The verdict on one site's reply. ``max_examples`` caps the self-reported example count that
+    weights the site in aggregation (the reply is changed to say the cap), so no site can claim
+    all the weight."""
     node = msg.metadata.src_node_id
     if msg.has_error():
         return Verdict(node, f"node-{node}", "failed", f"site failed: {msg.error.reason}")
@@ -48,8 +53,12 @@ def check_update(msg: Message, expected: Mapping[str, np.ndarray], max_norm: flo
     if ARRAYS not in content.array_records or METRICS not in content.metric_records:
         return Verdict(node, site, "rejected", "reply lacks the encoder update or its metrics")
     n = content[METRICS].get(SiteMetric.NUM_EXAMPLES)
-    if not isinstance(n, int) or n <= 0:
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
         return Verdict(node, site, "rejected", f"{SiteMetric.NUM_EXAMPLES} must be a positive integer, got {n!r}")
+    note = ""
+    if max_examples is not None and n > max_examples:
+        content[METRICS][SiteMetric.NUM_EXAMPLES] = max_examples
+        note = f"{SiteMetric.NUM_EXAMPLES} {n} capped at max_site_examples {max_examples}"
     try:
         delta = from_record(content[ARRAYS])
     except ValueError as err:
@@ -71,4 +80,4 @@ def check_update(msg: Message, expected: Mapping[str, np.ndarray], max_norm: flo
     norm = l2_norm(delta)
     if max_norm is not None and norm > max_norm:
         return Verdict(node, site, "rejected", f"update norm {norm:.3g} exceeds max_update_norm {max_norm:.3g}", norm)
-    return Verdict(node, site, "accepted", "", norm, delta)
+    return Verdict(node, site, "accepted", "", norm, delta, note)

@@ -40,7 +40,7 @@ def _layout(record) -> dict[str, tuple[tuple[int, ...], str]]:
     try:
         return record_layout(record)
     except ValueError:
-        return {name: (tuple(arr.shape), str(arr.dtype)) for name, arr in record.items()}
+        return {name: (tuple(arr.shape), str(arr.dtype)[:40]) for name, arr in record.items()}
 
 
 class WireLog:
@@ -57,7 +57,10 @@ class WireLog:
         if msg.has_error():
             entry["error"] = msg.error.reason
         else:
-            entry.update(describe(msg))
+            try:
+                entry.update(describe(msg))
+            except Exception as exc:  # noqa: BLE001 - a crafted reply is logged as such, never raised
+                entry["undescribable"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         line = json.dumps(entry, sort_keys=True, default=str)
         with self._lock, self.path.open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")

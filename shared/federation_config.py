@@ -288,6 +288,9 @@ class FederationConfig(BaseModel):
     final_evaluate: bool = Field(default=True, description="evaluate the final global encoder at every site")
     checkpoint_every: int = Field(default=1, ge=1, le=MAX_ROUNDS, description="write a checkpoint every k rounds")
     max_update_norm: float | None = Field(default=None, gt=0, description="reject updates with a larger L2 norm")
+    max_site_examples: int = Field(
+        default=1_000_000, ge=1, le=10**12, description="cap on the example count a site reports, which weights "
+        "its update in aggregation: no site can claim all the weight by reporting 2^62")
     encoder_epochs: int | None = Field(default=None, ge=0, le=1000, description="override the sites' encoder epochs per round")
     max_steps: int | None = Field(default=None, ge=1, le=10**7, description="cap on a site's encoder steps per round")
     seed: int = Field(default=0, ge=0, le=MAX_SEED, description="seed of the coordinator's sampling and "

@@ -20,6 +20,43 @@ from flwr.app import Array, ArrayRecord
 PACKED = "fedtl.packed"
 MANIFEST = "fedtl.manifest"
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats: what a packed tensor may be
+MAX_MANIFEST_BYTES = 4 << 20  # a manifest lists names, dtypes and shapes: a few KB for an encoder
+
+
+NUMPY_STYPE = "numpy.ndarray"  # Flower's serialisation type of an Array built from a numpy array
+MAX_ARRAY_BYTES = 8 << 30  # no tensor or packed encoder fedtl sends is larger
+
+
+def array_numpy(array: Array) -> np.ndarray:
+    """An Array that a peer sent, as numpy, trusting nothing in it.
+
+    Flower's ``Array.numpy()`` hands the bytes to ``np.load``, which allocates whatever the
+    ``.npy`` header declares (128 bytes can claim 2^50 elements) and raises TypeError for
+    another serialisation type. Here the header is read first: a non-numeric dtype, a size that
+    is not the payload's, or another stype is a ValueError, and nothing is allocated for it.
+    """
+    from io import BytesIO
+
+    from numpy.lib import format as npy
+
+    if array.stype != NUMPY_STYPE:
+        raise ValueError(f"array of serialisation type {str(array.stype)[:40]!r}, not {NUMPY_STYPE}")
+    data = bytes(array.data)
+    stream = BytesIO(data)
+    try:
+        version = npy.read_magic(stream)
+        header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran, dtype = header(stream, max_header_size=1024)
+    except Exception as err:  # any header npy cannot read, however it fails
+        raise ValueError(f"array bytes are not a .npy array ({type(err).__name__})") from None
+    if dtype.kind not in NUMERIC_KINDS or dtype.hasobject or any(not isinstance(n, int) or n < 0 for n in shape):
+        raise ValueError(f"array of {dtype} {shape}: only numeric arrays are accepted")
+    size = math.prod(shape) * dtype.itemsize
+    payload = len(data) - stream.tell()
+    if size != payload or size > MAX_ARRAY_BYTES:
+        raise ValueError(f"array header declares {shape} of {dtype} ({size} bytes) but carries {payload}")
+    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=stream.tell())
+    return (flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)).copy()
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -44,10 +81,13 @@ def record_layout(record: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]
     Raises ValueError when a packed record's manifest is malformed."""
     if MANIFEST not in record:
         return {name: (tuple(array.shape), str(array.dtype)) for name, array in record.items()}
+    raw = array_numpy(record[MANIFEST]).tobytes()
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"malformed tensor manifest: {len(raw)} bytes")
     try:
-        manifest = json.loads(record[MANIFEST].numpy().tobytes())
+        manifest = json.loads(raw)
         layout = {str(name): (tuple(int(n) for n in shape), np.dtype(dtype)) for name, dtype, shape in manifest}
-    except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
+    except (ValueError, TypeError, RecursionError) as err:  # JSONDecodeError is a ValueError
         raise ValueError(f"malformed tensor manifest: {err}") from err
     for name, (shape, dtype) in layout.items():
         if dtype.kind not in NUMERIC_KINDS or any(n < 0 for n in shape):
@@ -61,11 +101,11 @@ def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     """Named tensors from a packed record (or from one Array per tensor, as fedtl sent before).
     Raises ValueError when the manifest and the packed bytes disagree."""
     if MANIFEST not in record:
-        return {name: array.numpy() for name, array in record.items()}
+        return {name: array_numpy(array) for name, array in record.items()}
     if PACKED not in record or len(record) != 2:
         raise ValueError(f"a packed record holds exactly {MANIFEST!r} and {PACKED!r}, got {sorted(record)}")
     layout = record_layout(record)
-    blob = record[PACKED].numpy()
+    blob = array_numpy(record[PACKED])
     if blob.dtype != np.uint8 or blob.ndim != 1:
         raise ValueError(f"packed tensor bytes must be 1-d uint8, got {blob.dtype} {blob.shape}")
     out, offset = {}, 0

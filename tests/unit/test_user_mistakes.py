@@ -483,3 +483,23 @@ def test_a_supernodes_exit_reason_is_read_from_its_log():
            "INFO :      shutting down\n")
     assert exit_reason(log) == " (Failed to read the root certificates: No such file or directory: 'ca.crt')"
     assert exit_reason("INFO : Starting\n") == ""
+
+
+def test_demo_takes_its_own_workdir_and_one_an_earlier_demo_left(tmp_path):
+    from fedtl.cli.demo import DEMO, _earlier_workdir
+    from fedtl.shared.safe_paths import UnsafePath, check_replaceable, mark_folder
+
+    def ok(folder: Path) -> bool:
+        try:
+            check_replaceable(folder, DEMO, "--workdir", legacy=_earlier_workdir, itself=False)
+            return True
+        except UnsafePath:
+            return False
+
+    marked, earlier, foreign = tmp_path / "marked", tmp_path / "earlier", tmp_path / "foreign"
+    for folder in (marked, earlier, foreign):
+        (folder / "coordinator").mkdir(parents=True)
+    mark_folder(marked, DEMO)
+    (earlier / "federation.yaml").write_text(f"state_dir: {(earlier / 'coordinator').resolve()}\n")
+    (foreign / "federation.yaml").write_text("state_dir: coordinator\n")  # a user's own federation
+    assert ok(marked) and ok(earlier) and not ok(foreign) and ok(tmp_path / "new")

@@ -1,0 +1,153 @@
+"""A hostile site's reply can only be rejected: it never ends the run, and it cannot take the model.
+
+The round loop in-process on the fake Grid: two honest sites and one rogue whose reply is
+crafted (an Array of another serialisation type, a .npy header declaring 2^50 elements, an
+absurd example count, values that overflow the aggregate, another site's name). Every round
+is aggregated from the honest sites, the rogue's reply is rejected with its reason, and the
+global encoder stays finite. Records are also fuzzed: any bytes in, a verdict out.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedtl.server.resume import load_resume_point
+from fedtl.shared.protocol import ARRAYS, METRICS, REPORT, ReportKey, SiteMetric
+from fedtl.shared.records import MANIFEST, PACKED, array_numpy, from_record, to_record
+from tests.fakes import HonestSite
+from tests.unit.test_round_contract import run
+
+
+def rogue(change, examples: int = 10, name: str = "rogue"):
+    """A node that answers like an honest site, then passes its reply through ``change``; the honest
+    site (with the deltas it drew) is the node's ``site``."""
+    site = HonestSite(name, examples=examples, seed=9)
+
+    def answer(msg: Message):
+        content = site(msg)
+        change(content)
+        return content
+
+    answer.site = site  # type: ignore[attr-defined]
+    return answer
+
+
+def npy_bytes(header_shape: tuple[int, ...], descr: str = "<f4", payload: bytes = b"\0" * 16) -> bytes:
+    """A .npy file whose header declares ``header_shape`` of ``descr`` over ``payload``."""
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": descr, "fortran_order": False, "shape": header_shape})
+    return out.getvalue() + payload
+
+
+def packed_with_blob(content, blob: Array) -> None:
+    record = content[ARRAYS]
+    content[ARRAYS] = ArrayRecord({MANIFEST: record[MANIFEST], PACKED: blob})
+
+
+CRAFTED = {
+    "an Array of another serialisation type": (
+        lambda c: packed_with_blob(c, Array(dtype="float32", shape=(4,), stype="torch.Tensor", data=b"\0" * 16)),
+        "serialisation type"),
+    "a .npy header declaring 2^50 elements": (
+        lambda c: packed_with_blob(c, Array(dtype="uint8", shape=(16,), stype="numpy.ndarray",
+                                            data=npy_bytes((1 << 50,)))),
+        "header declares"),
+    "an object array": (
+        lambda c: packed_with_blob(c, Array(dtype="O", shape=(2,), stype="numpy.ndarray",
+                                            data=npy_bytes((2,), descr="|O"))),
+        "only numeric arrays"),
+    "a manifest that is not JSON": (
+        lambda c: c.__setitem__(ARRAYS, ArrayRecord({MANIFEST: Array(np.frombuffer(b"{nope", np.uint8)),
+                                                      PACKED: c[ARRAYS][PACKED]})),
+        "manifest"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CRAFTED))
+def test_a_crafted_reply_is_rejected_and_the_round_goes_on(tmp_path, kind):
+    change, why = CRAFTED[kind]
+    recorder, _ = run(tmp_path, {1: HonestSite("a", seed=1), 2: HonestSite("b", seed=2), 3: rogue(change)},
+                      min_sites=2)
+    [record] = recorder.rounds()
+    assert record["aggregated"] and sorted(record["sites"]) == ["a", "b"]
+    [entry] = record["rejected"]
+    assert why in entry["reason"], entry
+    point = load_resume_point(tmp_path / "coordinator")
+    assert all(np.isfinite(a).all() for a in point.arrays.values())
+
+
+def test_an_absurd_example_count_is_capped(tmp_path):
+    def claim_everything(content):
+        content[METRICS][SiteMetric.NUM_EXAMPLES] = 1 << 62
+
+    a, b = HonestSite("a", examples=10, seed=1), HonestSite("b", examples=10, seed=2)
+    greedy = rogue(claim_everything, name="greedy")
+    recorder, grid = run(tmp_path, {1: a, 2: b, 3: greedy}, min_sites=2, max_site_examples=10)
+    [record] = recorder.rounds()
+    assert record["accepted"] == 3 and not record["rejected"]
+    sent = from_record(grid.sent[0].content["arrays"])
+    point = load_resume_point(tmp_path / "coordinator")
+    for name, before in sent.items():  # every site weighs 10: the plain mean
+        expected = before + (a.deltas[0][name] + b.deltas[0][name] + greedy.site.deltas[0][name]) / 3
+        np.testing.assert_allclose(point.arrays[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_an_aggregate_that_overflows_is_never_kept(tmp_path):
+    def huge(content):
+        delta = from_record(content[ARRAYS])
+        content[ARRAYS] = to_record({n: np.full_like(v, 3e38) for n, v in delta.items()})
+
+    recorder, grid = run(tmp_path, {1: HonestSite("a", seed=1), 2: HonestSite("b", seed=2), 3: rogue(huge)},
+                         min_sites=2)
+    [record] = recorder.rounds()
+    assert not record["aggregated"], "a sum past float32's range must not become the global encoder"
+    assert any("NaN or inf" in r["reason"] for r in record["rejected"]), record["rejected"]
+    sent = from_record(grid.sent[0].content["arrays"])
+    point = load_resume_point(tmp_path / "coordinator")
+    for name, before in sent.items():
+        np.testing.assert_array_equal(point.arrays[name], before)
+
+
+def test_a_second_reply_under_a_name_already_heard_this_round_is_rejected(tmp_path):
+    def impersonate(content):
+        content[REPORT][ReportKey.SITE] = "a"
+
+    recorder, _ = run(tmp_path, {1: HonestSite("a", seed=1), 2: HonestSite("b", seed=2), 3: rogue(impersonate)},
+                      min_sites=2)
+    [record] = recorder.rounds()
+    assert sorted(record["sites"]) == ["a", "b"] and record["accepted"] == 2
+    [entry] = record["rejected"]
+    assert "already answered this round from node 1" in entry["reason"]
+
+
+# ---------------------------------------------------------------- fuzzing: any bytes in, a verdict out
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=400), stype=st.sampled_from(["numpy.ndarray", "torch.Tensor", ""]))
+def test_any_array_bytes_give_an_array_or_a_value_error(data, stype):
+    array = Array(dtype="uint8", shape=(len(data),), stype=stype, data=data)
+    try:
+        out = array_numpy(array)
+    except ValueError:
+        return
+    assert isinstance(out, np.ndarray) and out.dtype.kind in "biuf"
+
+
+@settings(max_examples=200, deadline=None)
+@given(manifest=st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                             lambda inner: st.lists(inner, max_size=4), max_leaves=12),
+       blob=st.binary(max_size=64))
+def test_any_manifest_gives_tensors_or_a_value_error(manifest, blob):
+    record = ArrayRecord({MANIFEST: Array(np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)),
+                          PACKED: Array(np.frombuffer(blob, dtype=np.uint8))})
+    try:
+        out = from_record(record)
+    except ValueError:
+        return
+    assert all(isinstance(v, np.ndarray) for v in out.values())
