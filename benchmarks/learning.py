@@ -333,14 +333,18 @@ def test_markdown(summary: dict[str, Any], methods: list[str]) -> str:
     def cell(pair):
         return f"{pair[0]:.3f} ± {pair[1]:.3f}"
 
+    def secs(pair):
+        return f"{pair[0]:.0f} ± {pair[1]:.0f} s"
+
     lines = ["**Test split** (rows held out before anything ran, read only to score finished models): "
              "scikit-learn's `LogisticRegression()` / `RidgeCV()` on frozen embeddings of all the site's "
              "other rows; fedtl's probe and local fine-tuning; `local`, the one of those two the site keeps "
              "by validation; centralized multi-task; each method's served model.", ""]
+    arms = ["sklearn", "probe", "local_ft", "local", "central"] + methods
     head = ["site", "task", "metric", "sklearn", "probe", "local FT", "local", "central"] + methods
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
-        lines.append("| " + " | ".join([r["site"], r["task"], r["metric"]] + [cell(r[a]) for a in head[3:]]) + " |")
+        lines.append("| " + " | ".join([r["site"], r["task"], r["metric"]] + [cell(r[a]) for a in arms]) + " |")
     lines += ["", f"Served model minus the best a site has alone (max of sklearn and local), on test; in brackets "
               f"the share of the centralized gain, where centralized beats that by at least {POOLING_PAYS}.", ""]
     head = ["site", "task"] + methods
@@ -356,8 +360,8 @@ def test_markdown(summary: dict[str, Any], methods: list[str]) -> str:
         paying = "-" if t["mean_gain_where_pooling_pays"] is None else f"{t['mean_gain_where_pooling_pays']:+.3f}"
         rec = "-" if t["min_recovered"] is None else f"{t['min_recovered']:.0%}"
         lines.append(f"| {m} | {'yes' if t['every_site_at_least_best_alone'] else 'no'} | {t['mean_gain']:+.3f} | "
-                     f"{paying} | {rec} | {cell(summary['seconds'][m])} |")
-    alone = ", ".join(f"{arm} {cell(summary['seconds'][arm])}" for arm in ("local", "central", "sklearn"))
+                     f"{paying} | {rec} | {secs(summary['seconds'][m])} |")
+    alone = ", ".join(f"{arm} {secs(summary['seconds'][arm])}" for arm in ("local", "central", "sklearn"))
     lines += ["", f"Wall seconds of the other arms (all sites): {alone}."]
     return "\n".join(lines) + "\n"
 
@@ -375,7 +379,10 @@ def markdown(summary: dict[str, Any], methods: list[str], meta: dict[str, Any]) 
              f"{meta['rounds']} rounds x {meta['steps']} encoder steps per site (local and centralized: "
              f"{meta['rounds'] * meta['steps']} steps), sites' lr schedule spanning "
              f"{'all rounds' if meta.get('lr_schedule_span', 'round') == 'federation' else 'one round'}, "
-             f"{meta['machine']}.", ""]
+             f"{meta['machine']}."
+             + (f" Before anything ran, {meta['test_share']:.0%} of each site's rows were held out as its test "
+                "split; training and validation share the rest in each site's configured ratio."
+                if meta.get("test_share") else ""), ""]
     head = ["site", "task", "metric", "probe", "local FT", "central"] + methods
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:

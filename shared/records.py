@@ -41,7 +41,7 @@ def array_numpy(array: Array) -> np.ndarray:
 
     if array.stype != NUMPY_STYPE:
         raise ValueError(f"array of serialisation type {str(array.stype)[:40]!r}, not {NUMPY_STYPE}")
-    data = bytes(array.data)
+    data = array.data if isinstance(array.data, bytes) else bytes(array.data)
     stream = BytesIO(data)
     try:
         version = npy.read_magic(stream)
