@@ -46,13 +46,16 @@ def _reachable(address: str) -> str:
 def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path | None = None) -> int:
     from fedtl.server.coordinator import Coordinator, CoordinatorError
     from fedtl.server.history import read_rounds
+    from fedtl.server.run_folders import check_state_dir
     from fedtl.shared.federation_config import load_federation_config
     from fedtl.shared.processes import become_subreaper
+    from fedtl.shared.safe_paths import UnsafePath
     from fedtl.shared.yamlconfig import ConfigError
 
     try:
         fed = load_federation_config(config)
-    except ConfigError as exc:
+        check_state_dir(fed.state_dir.resolve())
+    except (ConfigError, UnsafePath) as exc:
         fail(str(exc))
     coord = Coordinator(fed, config, tls=tls, resume=resume)
     info: dict = {}

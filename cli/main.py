@@ -342,6 +342,8 @@ HubAddress = Annotated[str, typer.Option(
 HubInsecure = Annotated[bool, typer.Option(help="The coordinator runs without TLS.")]
 HubRoots = Annotated[Path | None, typer.Option(help="CA certificate that signed the coordinator's.")]
 HubToken = Annotated[str | None, typer.Option(envvar="FEDTL_HUB_TOKEN", help="The hub's token (hub.token), if set.")]
+
+
 @app.command()
 def status(
     coordinator: HubAddress,
@@ -405,8 +407,10 @@ def pull(
         with progress() as bars:
             task = bars.add_task("pulling the encoder", total=None)
             pulled = client.pull(out, round_, lambda done, total: bars.update(task, completed=done, total=total))
-    except HubError as exc:
+    except (HubError, UnsafePath) as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"--out {out}: cannot write the encoder there ({exc.strerror or exc})")
     finally:
         client.close()
     console.print(f"encoder of round {pulled} in {out}")

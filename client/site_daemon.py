@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -52,8 +53,14 @@ def socket_path(state_dir: Path, name: str = "worker.sock") -> Path:
     if len(str(path)) <= UNIX_PATH_MAX:
         return path
     tag = hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    folder = Path(tempfile.gettempdir()) / f"fedtl-{tag}"
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    folder = base / f"fedtl-{os.getuid()}-{tag}"
     folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        # another user made it first (or it is a link): whoever owns it could reach the worker
+        folder = Path(tempfile.mkdtemp(prefix=f"fedtl-{tag}-", dir=base))
+        log.warning("socket folder %s is not this user's private folder; using %s", base / f"fedtl-{tag}", folder)
     return folder / name
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedtl.server.run_folders import set_aside_previous_run
 from fedtl.shared.atomic import atomic_folder, keep_newest, write_json_atomic
 from fedtl.shared.encoders import TextEncoder
 from fedtl.shared.lora import LoraSettings, merged, save_adapter_folder
@@ -53,7 +53,7 @@ def save_checkpoint(root: Path, round_: int, encoder: TextEncoder, arrays: dict[
     apply_arrays(encoder, merged(lora.base_weights, arrays, lora.settings) if lora is not None else arrays)
     folder = root / "checkpoints"
     final = folder / f"round-{round_:04d}"
-    with atomic_folder(final, CHECKPOINT, legacy=lambda p: (p / "fedtl.json").exists()) as tmp:
+    with atomic_folder(final, CHECKPOINT, legacy=_earlier_checkpoint) as tmp:
         encoder.backbone.save_pretrained(tmp, safe_serialization=True)
         encoder.tokenizer.save_pretrained(tmp)
         if lora is not None:
@@ -62,24 +62,22 @@ def save_checkpoint(root: Path, round_: int, encoder: TextEncoder, arrays: dict[
                                                     "digest": digest(arrays)}, indent=2))
     write_json_atomic(folder / "latest.json", {"round": round_, "path": final.name, "digest": digest(arrays),
                                                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    keep_newest(folder, "round-*", keep)
+    keep_newest(folder, "round-*", keep, CHECKPOINT, legacy=_earlier_checkpoint)
     return final
+
+
+def _earlier_checkpoint(folder: Path) -> bool:
+    """A checkpoint folder an earlier fedtl wrote before folders were marked."""
+    return (folder / "fedtl.json").exists()
 
 
 def save_start_checkpoint(root: Path, encoder: TextEncoder, arrays: dict[str, np.ndarray],
                           lora: LoraCheckpoint | None = None) -> Path:
     """Write round 0, the encoder a fresh run starts from, so sites can pull it before round 1.
 
-    A fresh run's checkpoints must not mix with an earlier run's in the same state_dir: those
-    move to ``checkpoints.previous/`` (one generation kept; ``--resume`` would have continued them).
+    The earlier run's checkpoints and resume points are set aside first (``set_aside_previous_run``).
     """
-    folder = root / "checkpoints"
-    if folder.exists() and any(folder.iterdir()):
-        previous = root / "checkpoints.previous"
-        if previous.exists():
-            shutil.rmtree(previous)
-        folder.rename(previous)
-        log.info("fresh run: the earlier run's checkpoints moved to %s", previous)
+    set_aside_previous_run(root)
     return save_checkpoint(root, 0, encoder, arrays, lora=lora)
 
 

@@ -13,6 +13,7 @@ Hugging Face checkpoints (``checkpoints/``) are for people and MLflow; this is f
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 from fedtl.shared.atomic import atomic_folder, keep_newest, write_json_atomic
 
+log = logging.getLogger(__name__)
 KEEP = 2
 # Strategy attributes that hold state across rounds, in Flower 1.39's Message API strategies.
 DICT_STATE = ("m_t", "v_t")          # FedOpt family: {tensor name: array}
@@ -61,35 +63,63 @@ def restore_strategy(strategy: object, state: dict[str, np.ndarray]) -> None:
             setattr(strategy, attr, values)
 
 
+RESUME_POINT = "fedtl resume point"  # the marker of a resume point's folder (shared/safe_paths.py)
+
+
+def _earlier_point(folder: Path) -> bool:
+    """A resume point an earlier fedtl wrote before folders were marked."""
+    return (folder / "round.json").exists()
+
+
 def save_resume_point(state_dir: Path, point: ResumePoint) -> Path:
     root = state_dir / "resume"
     final = root / f"round-{point.round:04d}"
-    with atomic_folder(final, "fedtl resume point", legacy=lambda p: (p / "round.json").exists()) as tmp:
+    with atomic_folder(final, RESUME_POINT, legacy=_earlier_point) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in point.arrays.items()}, str(tmp / "global.safetensors"))
         save_file(point.strategy or {}, str(tmp / "strategy.safetensors"))
         save_file({f"{site}/{name}": np.ascontiguousarray(v) for site, arrays in point.site_models.items()
                    for name, v in arrays.items()}, str(tmp / "site_models.safetensors"))
         (tmp / "round.json").write_text(json.dumps(point.record, sort_keys=True, default=float))
     write_json_atomic(root / "latest.json", {"round": point.round, "path": final.name})
-    keep_newest(root, "round-*", KEEP)
+    keep_newest(root, "round-*", KEEP, RESUME_POINT, legacy=_earlier_point)
     return final
 
 
 def load_resume_point(state_dir: Path) -> ResumePoint | None:
-    pointer = state_dir / "resume" / "latest.json"
-    if not pointer.exists():
-        return None
-    info = json.loads(pointer.read_text())
-    folder = state_dir / "resume" / info["path"]
+    """The newest resume point that reads whole; an unreadable newest one (a disk that lost its
+    last write) falls back to the one before, with a warning. None when there is none."""
+    root = state_dir / "resume"
+    pointer = root / "latest.json"
+    candidates: list[Path] = []
+    try:
+        candidates.append(root / json.loads(pointer.read_text())["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        if not root.is_dir():
+            return None
+    older = sorted((p for p in root.glob("round-*") if p not in candidates),
+                   key=lambda p: int("".join(ch for ch in p.name if ch.isdigit()) or -1), reverse=True)
+    for folder in candidates + older:
+        try:
+            point = _read_point(folder)
+        except Exception as exc:  # noqa: BLE001 - a truncated file fails in many ways
+            log.warning("resume point %s cannot be read (%s: %s); trying the one before", folder,
+                        type(exc).__name__, exc)
+            continue
+        return point
+    return None
+
+
+def _read_point(folder: Path) -> ResumePoint:
+    record = json.loads((folder / "round.json").read_text())
     site_models: dict[str, dict[str, np.ndarray]] = {}
     if (folder / "site_models.safetensors").exists():
         for key, value in load_file(str(folder / "site_models.safetensors")).items():
             site, name = key.split("/", 1)
             site_models.setdefault(site, {})[name] = value
     return ResumePoint(
-        round=int(info["round"]),
+        round=int(record.get("round", int("".join(ch for ch in folder.name if ch.isdigit())))),
         arrays=load_file(str(folder / "global.safetensors")),
         strategy=load_file(str(folder / "strategy.safetensors")),
-        record=json.loads((folder / "round.json").read_text()),
+        record=record,
         site_models=site_models,
     )

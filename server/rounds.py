@@ -50,7 +50,7 @@ from fedtl.server.validation import Verdict, check_update, site_name
 from fedtl.server.wire_log import WireLog
 from fedtl.shared.codecs import Codec, CodecError, decode
 from fedtl.shared.encoders import TextEncoder, encoder_folder, load_encoder
-from fedtl.shared.federation_config import FederationConfig
+from fedtl.shared.federation_config import FederationConfig, redact_secrets
 from fedtl.shared.lora import add_adapters, target_weight
 from fedtl.shared.privacy import epsilon_spent
 from fedtl.shared.privacy import noise_multiplier as calibrate_noise
@@ -474,7 +474,7 @@ class FederationRun:
         if Codec.parse(fed.codec.down).lossy:  # sites hold the pretrained tensors, not a resumed encoder
             self._downlink = Downlink(Codec.parse(fed.codec.down), global_arrays, sites_hold_start=point is None)
         self._emit("start", {
-            "run_id": self.run_id, "config": fed.model_dump(mode="json"), "start_round": done + 1,
+            "run_id": self.run_id, "config": redact_secrets(fed.model_dump(mode="json")), "start_round": done + 1,
             "strategy_settings": strategy_settings(fed), "tensors": len(global_arrays),
             "encoder_parameters": int(sum(a.size for a in global_arrays.values())),
             "initial_digest": digest(global_arrays),

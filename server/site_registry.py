@@ -35,6 +35,7 @@ class SiteRegistry:
         self.control = control
         self.path = Path(allowed_sites)
         self._seen: bytes | None = None  # the file's content when last applied
+        self._pending: bytes | None = None  # a new content read once, applied if the next read agrees
         self._bad: str | None = None
         self.sites: dict[str, AllowedSite] = {}  # fingerprint -> site, as registered
 
@@ -48,16 +49,22 @@ class SiteRegistry:
 
     def retry(self) -> None:
         """Apply the file again on the next ``sync`` (the last one did not reach the SuperLink)."""
-        self._seen = None
+        self._seen, self._pending = None, self._seen
 
     def _changed(self) -> bool:
+        """A new content that read the same twice in a row: an editor's half-written save (a
+        truncated or empty file) is never applied, since applying it would revoke sites for good."""
         try:
             content = self.path.read_bytes()  # a few lines: reading beats trusting mtime's resolution
         except OSError:
             content = b""
         if content == self._seen:
+            self._pending = None
             return False
-        self._seen = content
+        if content != self._pending:
+            self._pending = content  # seen once: apply it if the next look finds it unchanged
+            return False
+        self._seen, self._pending = content, None
         return True
 
     def sync(self, force: bool = False) -> None:

@@ -100,7 +100,16 @@ def _fsync_tree(folder: Path) -> None:
     _fsync_dir(folder)
 
 
-def keep_newest(folder: Path, pattern: str, keep: int) -> None:
-    """Delete all but the ``keep`` last (by name) entries of ``folder`` matching ``pattern``."""
-    for old in sorted(folder.glob(pattern))[:-keep]:
+def keep_newest(folder: Path, pattern: str, keep: int, made_by: str,
+                legacy: Callable[[Path], bool] | None = None) -> None:
+    """Delete all but the ``keep`` newest entries of ``folder`` matching ``pattern`` (names like
+    ``round-0007``, newest = highest number) that ``made_by`` made; nothing else is touched."""
+    from fedtl.shared.safe_paths import made_by as marker_of
+
+    def number(path: Path) -> tuple[int, str]:
+        digits = "".join(ch for ch in path.name if ch.isdigit())
+        return (int(digits) if digits else -1, path.name)
+
+    ours = [p for p in folder.glob(pattern) if marker_of(p) == made_by or (legacy is not None and legacy(p))]
+    for old in sorted(ours, key=number)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

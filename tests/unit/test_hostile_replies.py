@@ -151,3 +151,86 @@ def test_any_manifest_gives_tensors_or_a_value_error(manifest, blob):
     except ValueError:
         return
     assert all(isinstance(v, np.ndarray) for v in out.values())
+
+
+# ---------------------------------------------------------------- state and secrets
+def test_the_start_record_never_holds_the_hub_token(tmp_path):
+    token = "s3cret-token-0123456789"
+    recorder, _ = run(tmp_path, {1: HonestSite("a", seed=1)}, hub={"token": token})
+    start = next(info for kind, info in recorder.events if kind == "start")
+    assert token not in json.dumps(start) and start["config"]["hub"]["token"] == "***"
+
+
+def test_resume_falls_back_to_the_point_before_an_unreadable_newest(tmp_path):
+    from fedtl.server.resume import load_resume_point
+
+    run(tmp_path, {1: HonestSite("a", seed=1)}, rounds=2)
+    state = tmp_path / "coordinator"
+    assert load_resume_point(state).round == 2
+    (state / "resume" / "round-0002" / "global.safetensors").write_bytes(b"\0" * 10)  # a lost last write
+    assert load_resume_point(state).round == 1
+
+
+class FakeControl:
+    """Flower's Control API as the registry sees it: registered keys, and what it was asked."""
+
+    def __init__(self):
+        self.registered: dict[int, tuple[bytes, str]] = {}
+        self.unregistered: list[int] = []
+
+    def nodes(self):
+        from fedtl.server.control import RegisteredNode
+
+        return [RegisteredNode(i, pem, name, "registered") for i, (pem, name) in self.registered.items()]
+
+    def register_node(self, pem: bytes, name: str) -> int:
+        self.registered[len(self.registered) + len(self.unregistered) + 1] = (pem, name)
+        return len(self.registered)
+
+    def unregister_node(self, node_id: int) -> None:
+        self.unregistered.append(node_id)
+        del self.registered[node_id]
+
+
+def test_an_allowed_sites_edit_is_applied_only_once_it_reads_the_same_twice(tmp_path):
+    from fedtl.server.site_registry import SiteRegistry
+    from fedtl.shared.site_keys import allow_site, generate_site_key
+
+    allowed = tmp_path / "allowed_sites.txt"
+    for name in ("clinic", "pharmacy"):
+        allow_site(allowed, generate_site_key(tmp_path / "sites", name)[1])
+    full = allowed.read_bytes()
+    control = FakeControl()
+    registry = SiteRegistry(control, allowed)
+    registry.sync(force=True)
+    assert sorted(name for _, name in control.registered.values()) == ["clinic", "pharmacy"]
+
+    allowed.write_bytes(b"")  # an editor's save caught half-way: read once, not applied
+    registry.sync()
+    allowed.write_bytes(full)
+    registry.sync()
+    assert not control.unregistered
+
+    kept = b"".join(line for line in full.splitlines(keepends=True) if not line.rstrip().endswith(b" pharmacy"))
+    allowed.write_bytes(kept)  # pharmacy revoked for real: applied on the second look
+    registry.sync()
+    assert not control.unregistered
+    registry.sync()
+    assert [name for _, name in control.registered.values()] == ["clinic"] and len(control.unregistered) == 1
+
+
+def test_a_socket_folder_another_user_could_reach_is_not_used(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from fedtl.client.site_daemon import socket_path
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    state = tmp_path / ("deep" * 30)  # too long for a socket address: the socket goes to a runtime folder
+    tag = hashlib.sha256(str((state / "worker.sock").resolve()).encode()).hexdigest()[:12]
+    planted = tmp_path / f"fedtl-{os.getuid()}-{tag}"
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)  # made first, open to everyone
+    path = socket_path(state)
+    assert path.parent != planted and path.parent.stat().st_mode & 0o077 == 0
+    assert socket_path(tmp_path / ("other" * 30)).parent.stat().st_mode & 0o777 == 0o700

@@ -503,3 +503,30 @@ def test_demo_takes_its_own_workdir_and_one_an_earlier_demo_left(tmp_path):
     (earlier / "federation.yaml").write_text(f"state_dir: {(earlier / 'coordinator').resolve()}\n")
     (foreign / "federation.yaml").write_text("state_dir: coordinator\n")  # a user's own federation
     assert ok(marked) and ok(earlier) and not ok(foreign) and ok(tmp_path / "new")
+
+
+def test_a_coordinator_never_moves_or_deletes_checkpoints_it_did_not_write(users_folder):
+    (users_folder / "coordinator" / "checkpoints" / "round-1").mkdir(parents=True)
+    (users_folder / "coordinator" / "checkpoints" / "round-1" / "my-model.pt").write_bytes(b"weights")
+    config = federation(users_folder)
+    refused(*attempt(users_folder, "coordinator", "--config", str(config), "--insecure"),
+            "state_dir", "checkpoints", "fedtl did not write")
+
+
+def test_a_fresh_run_sets_the_earlier_runs_points_aside_and_keeps_its_own(tmp_path):
+    """A reused state_dir: the new run's round-0001 must not be pruned as the oldest among the
+    earlier run's round-0005..7, and --resume must find it."""
+    from fedtl.server.resume import load_resume_point
+    from tests.fakes import HonestSite
+    from tests.unit.test_round_contract import run
+
+    run(tmp_path, {1: HonestSite("a", seed=1)}, rounds=3)
+    earlier = sorted(p.name for p in (tmp_path / "coordinator" / "resume").glob("round-*"))
+    assert earlier == ["round-0002", "round-0003"]
+    for name in earlier:  # the earlier run got further: its points are numbered higher than the new run's
+        (tmp_path / "coordinator" / "resume" / name).rename(tmp_path / "coordinator" / "resume" / name.replace("000", "001"))
+    run(tmp_path, {1: HonestSite("a", seed=2)}, rounds=1)
+    state = tmp_path / "coordinator"
+    assert sorted(p.name for p in (state / "resume").glob("round-*")) == ["round-0001"]
+    assert sorted(p.name for p in (state / "resume.previous").glob("round-*")) == ["round-0012", "round-0013"]
+    assert load_resume_point(state).round == 1
