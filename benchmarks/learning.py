@@ -24,6 +24,7 @@ import argparse
 import copy
 import json
 import math
+import random
 import shutil
 import statistics
 import tempfile
@@ -32,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from holdout import HeldOutSite, hold_out, score_model, sklearn_probe
 from lexicon_tasks import lexicon_task_sites
@@ -207,11 +209,19 @@ class RunPlan:
     lr_schedule_span: str = "federation"
 
 
+def reseed(seed: int) -> None:
+    """Every global generator an arm may draw from, so a seed's run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def run_seed(held: list[HeldOutSite], seed: int, plan: RunPlan, methods: dict[str, dict[str, Any]],
              work: Path) -> dict[str, Any]:
     """Every arm on one seed's sites. Validation numbers come from the arms' own reports; test
     numbers (``run["test"]``) are scored after each arm has finished, from its held-out rows."""
     paths = [h.config for h in held]
+    reseed(seed)
     run: dict[str, Any] = {"seed": seed, "federated": {}, "seconds": {},
                            "test": {"sklearn": {}, "federated": {}}}
     cfgs = site_configs(paths, seed, work / "local")
@@ -240,6 +250,7 @@ def run_seed(held: list[HeldOutSite], seed: int, plan: RunPlan, methods: dict[st
     for name, settings in methods.items():
         t0 = time.perf_counter()
         root = work / name
+        reseed(seed)  # Flower samples the sites with Python's random: the same order, the same sums
         sites = site_configs(paths, seed, root / "sites", plan.lr_schedule_span)
         collector = federated(sites, plan.encoder, plan.update, plan.rounds, plan.steps, settings, root)
         run["seconds"][name] = time.perf_counter() - t0
