@@ -93,6 +93,9 @@ def check_replaceable(path: Path, made: str, what: str, legacy: Callable[[Path],
     to do instead.
     """
     check_folder(path, what)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UnsafePath(f"{what} {path}: cannot write in {existing} (permission denied)")
     if not path.exists():
         return
     if itself and (why := protected_reason(path)) is not None:
