@@ -384,8 +384,12 @@ def markdown(summary: dict[str, Any], methods: list[str], meta: dict[str, Any]) 
     split = meta.get("split")
     sites = f"the bundled site {split.split(':')[0]}'s rows split across {split.split(':')[1]} sites, " if split else ""
     if meta.get("lexicon_tasks"):
-        sites = ("three related tasks on disjoint words of the bundled lexicon "
-                 f"({meta.get('train_rows', 600)} training, 300 validation each), ")
+        rows = f"{meta.get('train_rows', 600)} training, 300 validation each"
+        if meta.get("test_share"):
+            train = meta.get("train_rows", 600)
+            rows = (f"{train + 300} words each: {meta['test_share']:.0%} held out for test, the rest split "
+                    f"training:validation {train // math.gcd(train, 300)}:{300 // math.gcd(train, 300)}")
+        sites = f"three related tasks on disjoint words of the bundled lexicon ({rows}), "
     lines = [f"{sites}Seeds {meta['seeds']}, encoder `{meta['encoder']}`, update mode `{meta['update']}`, "
              f"{meta['rounds']} rounds x {meta['steps']} encoder steps per site (local and centralized: "
              f"{meta['rounds'] * meta['steps']} steps), sites' lr schedule spanning "
