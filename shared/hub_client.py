@@ -47,9 +47,9 @@ class HubClient:
         try:
             grpc.channel_ready_future(self.channel).result(timeout=self.connect_timeout)
         except grpc.FutureTimeoutError:
-            raise HubError(f"hub at {self.address}: no answer within {self.connect_timeout:g}s; is the coordinator "
-                           "running, and is this its hub address (hub.address, port 9094 by default)? A TLS hub "
-                           "needs --root-certificates", grpc.StatusCode.UNAVAILABLE) from None
+            raise HubError(f"hub at {self.address}: UNAVAILABLE: no answer within {self.connect_timeout:g}s; is the "
+                           "coordinator running, and is this its hub address (hub.address, port 9094 by default)? "
+                           "A TLS hub needs --root-certificates", grpc.StatusCode.UNAVAILABLE) from None
         self._connected = True
 
     def close(self) -> None:

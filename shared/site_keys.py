@@ -132,6 +132,12 @@ def generate_site_key(folder: Path, name: str) -> tuple[Path, Path, bool]:
     return private, public, True
 
 
+def same_site_name(name: str) -> str:
+    """A site's name as both spellings compare: case and the separators '-', '_' and '.' aside
+    (`fedtl certs --site site-a` and a site.yaml named site_a are one site)."""
+    return re.sub(r"[-_.]", "-", name.lower())
+
+
 def check_key_is_sites(private: Path, site: str) -> str:
     """Load a site's private key and refuse one that is another site's; returns its fingerprint.
 
@@ -150,7 +156,7 @@ def check_key_is_sites(private: Path, site: str) -> str:
         if listed.fingerprint != mine:
             raise SiteKeyError(f"{private}: its public key {public} holds another key ({listed.fingerprint}, "
                                f"not {mine}); the pair was mixed up")
-        if listed.name != site:
+        if same_site_name(listed.name) != same_site_name(site):
             raise SiteKeyError(f"{private}: this is site {listed.name!r}'s key (see {public}), but the config "
                                f"is for site {site!r}; give each site its own key (`fedtl certs --site {site}`)")
     return mine

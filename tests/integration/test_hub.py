@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from fedtl.cli.main import app
 from fedtl.shared.hub_client import HubClient, HubError
+from fedtl.shared.safe_paths import MARKER, made_by
 from fedtl.v1 import hub_pb2
 from tests.integration.harness import Federation
 from tests.waiting import wait_until
@@ -84,9 +85,11 @@ def test_hub_reports_status_rounds_and_serves_the_encoder(tmp_path):
         result = CliRunner().invoke(app, ["pull", "--coordinator", hub_address, "--out", str(tmp_path / "pulled"),
                                           "--root-certificates", str(certs / "ca.crt"), "--token", TOKEN])
         assert result.exit_code == 0, result.output
-        files = sorted(p.relative_to(checkpoint) for p in checkpoint.rglob("*") if p.is_file())
-        assert files and files == sorted(p.relative_to(tmp_path / "pulled")
-                                         for p in (tmp_path / "pulled").rglob("*") if p.is_file())
+        # the model's files, without the marker each folder carries of the command that made it
+        files = sorted(p.relative_to(checkpoint) for p in checkpoint.rglob("*") if p.is_file() and p.name != MARKER)
+        assert files and files == sorted(p.relative_to(tmp_path / "pulled") for p in (tmp_path / "pulled").rglob("*")
+                                         if p.is_file() and p.name != MARKER)
+        assert made_by(tmp_path / "pulled") == "fedtl pull"
         for rel in files:
             assert sha256(tmp_path / "pulled" / rel) == sha256(checkpoint / rel), rel
         from transformers import AutoModel

@@ -530,3 +530,15 @@ def test_a_fresh_run_sets_the_earlier_runs_points_aside_and_keeps_its_own(tmp_pa
     assert sorted(p.name for p in (state / "resume").glob("round-*")) == ["round-0001"]
     assert sorted(p.name for p in (state / "resume.previous").glob("round-*")) == ["round-0012", "round-0013"]
     assert load_resume_point(state).round == 1
+
+
+def test_a_sites_own_key_under_another_spelling_of_its_name_is_its_own(tmp_path, certs):
+    from fedtl.shared.site_keys import SiteKeyError, check_key_is_sites
+
+    key = certs / "sites" / "clinic"
+    assert check_key_is_sites(key, "Clinic") == check_key_is_sites(key, "clinic")
+    (tmp_path / "site-a").write_bytes(key.read_bytes())
+    (tmp_path / "site-a.pub").write_text((certs / "sites" / "clinic.pub").read_text().replace(" clinic", " site-a"))
+    check_key_is_sites(tmp_path / "site-a", "site_a")  # `fedtl certs --site site-a` for a site.yaml named site_a
+    with pytest.raises(SiteKeyError, match="site 'site-a'"):
+        check_key_is_sites(tmp_path / "site-a", "site_b")
