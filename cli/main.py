@@ -187,7 +187,8 @@ def demo(
     site: Annotated[list[Path] | None, typer.Option(
         "--site", help="A site.yaml; repeat for more sites. Default: the bundled examples.")] = None,
     federation: Annotated[Path | None, typer.Option(help="A federation.yaml for the other settings.")] = None,
-    workdir: Annotated[Path, typer.Option(help="Where the demo keeps sites, state and logs.")] = Path("fedtl-demo"),
+    workdir: Annotated[Path, typer.Option(help="Where the demo keeps sites, state and logs: a new or empty folder, "
+                                               "or one an earlier demo made.")] = Path("fedtl-demo"),
     json_out: Annotated[Path | None, typer.Option(
         "--json", callback=output_file, help="Write the summary as JSON here ('-': stdout).")] = None,
 ) -> None:
@@ -213,8 +214,9 @@ def simulate(
         help="Ray CPUs per site in training: cores / this run at once.")] = 1.0,
     sites_in_memory: Annotated[int, typer.Option(
         min=1, help="Site workers each Ray actor keeps loaded; others reload from their state folder.")] = 16,
-    workdir: Annotated[Path, typer.Option(help="Where the sites' data and state and the coordinator's state go.")] = Path(
-        "fedtl-simulation"),
+    workdir: Annotated[Path, typer.Option(
+        help="Where the sites' data and state and the coordinator's state go: a new or empty folder, or one an "
+             "earlier simulation made (its state is cleared).")] = Path("fedtl-simulation"),
     json_out: Annotated[Path | None, typer.Option(
         "--json", callback=output_file, help="Write the round history as JSON here ('-': stdout).")] = None,
 ) -> None:
