@@ -143,15 +143,13 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
     from fedtl.shared.encoder_specs import EncoderError
     from fedtl.shared.examples import copy_examples, edited_copies
     from fedtl.shared.federation_config import load_federation_config
-    from fedtl.shared.safe_paths import UnsafePath, check_output_file, check_replaceable, made_by, mark_folder
+    from fedtl.shared.safe_paths import UnsafePath, check_replaceable, made_by, mark_folder
     from fedtl.shared.yamlconfig import ConfigError, read_mapping
 
     started = time.monotonic()
     workdir = workdir.resolve()
     try:  # everything cheap is checked before a file is written or a process started
         check_replaceable(workdir, DEMO, "--workdir", legacy=_earlier_workdir, itself=False)
-        if json_out is not None:
-            check_output_file(json_out, "--json")
         base = dict(read_mapping(federation)[0]) if federation else {}
         if federation:
             load_federation_config(federation)  # the user's file on its own: errors name its lines

@@ -266,9 +266,10 @@ def certs(
             check_site_name(name)
         except SiteKeyError as exc:
             fail(f"--site {name!r}: {exc}")
+    hosts = []
     for name in host or []:
         try:
-            check_host(name)
+            hosts.append(check_host(name))
         except ValueError as exc:
             fail(f"--host {name!r}: {exc}")
     if (out / "ca.crt").exists():
@@ -281,7 +282,7 @@ def certs(
     else:
         if not host:
             fail(f"{out} has no CA yet: name the coordinator's host with --host (DNS name or IP; repeat)")
-        generate_dev_certs(out, [check_host(h) for h in host], days)
+        generate_dev_certs(out, hosts, days)
         console.print(f"coordinator: fedtl coordinator --config federation.yaml --certs {out}")
     for name in site or []:
         try:

@@ -54,13 +54,14 @@ def socket_path(state_dir: Path, name: str = "worker.sock") -> Path:
         return path
     tag = hashlib.sha256(str(path).encode()).hexdigest()[:12]
     base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    folder = base / f"fedtl-{os.getuid()}-{tag}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    info = folder.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        # another user made it first (or it is a link): whoever owns it could reach the worker
-        folder = Path(tempfile.mkdtemp(prefix=f"fedtl-{tag}-", dir=base))
-        log.warning("socket folder %s is not this user's private folder; using %s", base / f"fedtl-{tag}", folder)
+    preferred = base / f"fedtl-{os.getuid()}-{tag}"
+    preferred.mkdir(mode=0o700, exist_ok=True)
+    info = preferred.lstat()
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077:
+        return preferred / name
+    # another user made it first (or it is a link): whoever owns it could reach the worker
+    folder = Path(tempfile.mkdtemp(prefix=f"fedtl-{tag}-", dir=base))
+    log.warning("socket folder %s is not this user's private folder; using %s", preferred, folder)
     return folder / name
 
 

@@ -23,7 +23,7 @@ import grpc
 from fedtl.server.checkpoints import latest_checkpoint
 from fedtl.server.history import read_rounds
 from fedtl.shared.checksums import file_sha256
-from fedtl.shared.federation_config import redact_secrets
+from fedtl.shared.federation_config import redact_url
 from fedtl.shared.safe_paths import MARKER
 from fedtl.v1 import hub_pb2, hub_pb2_grpc
 
@@ -109,7 +109,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
             federation=self.federation, state=self._state(rounds), current_round=rounds[-1]["round"] if rounds else 0,
             rounds_total=self.rounds_total, connected_sites=connected,
             sampled_sites=rounds[-1].get("sampled", 0) if rounds else 0, mlflow_run_id=run_id,
-            mlflow_tracking_uri=redact_secrets({"uri": self.tracking_uri})["uri"],
+            mlflow_tracking_uri=redact_url(self.tracking_uri),
             details=self.run.details or self.run.flower_status,
             update_mode=self.update_mode, encoder=self.encoder)
         if rounds:

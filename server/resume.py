@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from fedtl.shared.atomic import atomic_folder, keep_newest, write_json_atomic
+from fedtl.shared.atomic import atomic_folder, folder_number, keep_newest, write_json_atomic
 
 log = logging.getLogger(__name__)
 KEEP = 2
@@ -96,8 +96,7 @@ def load_resume_point(state_dir: Path) -> ResumePoint | None:
     except (OSError, ValueError, KeyError, TypeError):
         if not root.is_dir():
             return None
-    older = sorted((p for p in root.glob("round-*") if p not in candidates),
-                   key=lambda p: int("".join(ch for ch in p.name if ch.isdigit()) or -1), reverse=True)
+    older = sorted((p for p in root.glob("round-*") if p not in candidates), key=folder_number, reverse=True)
     for folder in candidates + older:
         try:
             point = _read_point(folder)
@@ -117,7 +116,7 @@ def _read_point(folder: Path) -> ResumePoint:
             site, name = key.split("/", 1)
             site_models.setdefault(site, {})[name] = value
     return ResumePoint(
-        round=int(record.get("round", int("".join(ch for ch in folder.name if ch.isdigit())))),
+        round=folder_number(folder),
         arrays=load_file(str(folder / "global.safetensors")),
         strategy=load_file(str(folder / "strategy.safetensors")),
         record=record,

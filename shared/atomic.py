@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedtl.shared.safe_paths import check_replaceable, mark_folder
+from fedtl.shared.safe_paths import made_by as marker_of
 
 
 def write_bytes_atomic(path: Path | str, data: bytes, mode: int = 0o644) -> None:
@@ -100,16 +101,17 @@ def _fsync_tree(folder: Path) -> None:
     _fsync_dir(folder)
 
 
+def folder_number(path: Path) -> int:
+    """The number in a folder's name (``round-0007`` -> 7; -1 without one): numeric order, where
+    names past round-9999 would sort wrong."""
+    digits = "".join(ch for ch in path.name if ch.isdigit())
+    return int(digits) if digits else -1
+
+
 def keep_newest(folder: Path, pattern: str, keep: int, made_by: str,
                 legacy: Callable[[Path], bool] | None = None) -> None:
     """Delete all but the ``keep`` newest entries of ``folder`` matching ``pattern`` (names like
     ``round-0007``, newest = highest number) that ``made_by`` made; nothing else is touched."""
-    from fedtl.shared.safe_paths import made_by as marker_of
-
-    def number(path: Path) -> tuple[int, str]:
-        digits = "".join(ch for ch in path.name if ch.isdigit())
-        return (int(digits) if digits else -1, path.name)
-
     ours = [p for p in folder.glob(pattern) if marker_of(p) == made_by or (legacy is not None and legacy(p))]
-    for old in sorted(ours, key=number)[:-keep]:
+    for old in sorted(ours, key=lambda p: (folder_number(p), p.name))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

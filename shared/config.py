@@ -36,8 +36,6 @@ def resolve_state_dir(value: Path, info: ValidationInfo) -> Path:
     from fedtl.shared.safe_paths import check_folder
 
     path = _resolve(value, info)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is a file; state_dir must be a folder (it is created if missing)")
     check_folder(path, "state_dir")  # an UnsafePath is a ValueError: reported at this field's line
     return path
 

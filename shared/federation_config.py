@@ -65,6 +65,11 @@ _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+)
                            re.IGNORECASE)
 
 
+def redact_url(text: str) -> str:
+    """``scheme://user:password@host`` with the password read ``***``."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+
+
 def redact_secrets(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of a federation.yaml mapping fit to publish (MLflow params, the logged config file):
     secret fields and the password in any ``scheme://user:password@host`` URL read ``***``."""
@@ -75,7 +80,7 @@ def redact_secrets(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, list):
             return [scrub(v) for v in value]
         if isinstance(value, str):
-            return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", value)
+            return redact_url(value)
         return value
 
     out = scrub(config)
@@ -371,9 +376,9 @@ class FederationConfig(BaseModel):
     @model_validator(mode="after")
     def _downlink_is_one_model(self) -> FederationConfig:
         if Codec.parse(self.codec.down).lossy and self.personalization.method == "similarity":
-            raise FieldError("codec.down", f"codec.down {self.codec.down} sends every site the same encoder as changes since the "
-                             "last round, but personalization similarity sends each site its own model; "
-                             "use codec.down: none with similarity")
+            raise FieldError("codec.down", f"codec.down {self.codec.down} sends every site the same encoder as "
+                                           "changes since the last round, but personalization similarity sends "
+                                           "each site its own model; use codec.down: none with similarity")
         return self
 
     @property

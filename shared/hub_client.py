@@ -24,6 +24,15 @@ class HubError(RuntimeError):
         self.code = code
 
 
+HINTS = {  # what to do, by what gRPC (or the connect wait) said
+    grpc.StatusCode.UNAVAILABLE: "is the coordinator running, and is this its hub address (hub.address, port 9094 "
+                                 "by default)? TLS needs --root-certificates",
+    grpc.StatusCode.UNAUTHENTICATED: "pass the hub's token with --token (federation.yaml hub.token)",
+    grpc.StatusCode.UNIMPLEMENTED: "this port answers gRPC but is not fedtl's hub: the hub listens on "
+                                   "hub.address (port 9094 by default), not on the Fleet API (9092)",
+}
+
+
 class HubClient:
     """Calls the hub with bounded waits: ``connect_timeout`` to reach it, ``timeout`` for each
     answer (and, while pulling, for each next chunk), so no command hangs on a silent host."""
@@ -47,9 +56,8 @@ class HubClient:
         try:
             grpc.channel_ready_future(self.channel).result(timeout=self.connect_timeout)
         except grpc.FutureTimeoutError:
-            raise HubError(f"hub at {self.address}: UNAVAILABLE: no answer within {self.connect_timeout:g}s; is the "
-                           "coordinator running, and is this its hub address (hub.address, port 9094 by default)? "
-                           "A TLS hub needs --root-certificates", grpc.StatusCode.UNAVAILABLE) from None
+            raise HubError(f"hub at {self.address}: UNAVAILABLE: no answer within {self.connect_timeout:g}s; "
+                           f"{HINTS[grpc.StatusCode.UNAVAILABLE]}", grpc.StatusCode.UNAVAILABLE) from None
         self._connected = True
 
     def close(self) -> None:
@@ -57,13 +65,7 @@ class HubClient:
 
     def _error(self, exc: grpc.RpcError) -> HubError:
         code, detail = exc.code(), exc.details()
-        hint = {
-            grpc.StatusCode.UNAVAILABLE: "is the coordinator running, and is this its hub address (hub.address)? "
-                                         "TLS needs --root-certificates",
-            grpc.StatusCode.UNAUTHENTICATED: "pass the hub's token with --token (federation.yaml hub.token)",
-            grpc.StatusCode.UNIMPLEMENTED: "this port answers gRPC but is not fedtl's hub: the hub listens on "
-                                           "hub.address (port 9094 by default), not on the Fleet API (9092)",
-        }.get(code, "")
+        hint = HINTS.get(code, "")
         return HubError(f"hub at {self.address}: {code.name}: {detail}" + (f"; {hint}" if hint else ""), code)
 
     def status(self) -> hub_pb2.Status:
@@ -129,33 +131,28 @@ class HubClient:
 
     def _each_within_timeout(self, call) -> Iterator[hub_pb2.EncoderChunk]:
         """The stream's chunks; a chunk that takes longer than ``timeout`` cancels the call."""
-        timer: threading.Timer | None = None
         stalled = threading.Event()
 
         def give_up() -> None:
             stalled.set()
             call.cancel()
 
-        try:
-            while True:
-                timer = threading.Timer(self.timeout, give_up)
-                timer.daemon = True
-                timer.start()
-                try:
-                    chunk = next(call)
-                except StopIteration:
-                    return
-                except grpc.RpcError:
-                    if stalled.is_set():
-                        raise HubError(f"hub at {self.address}: no data for {self.timeout:g}s while pulling; "
-                                       "pull again", grpc.StatusCode.DEADLINE_EXCEEDED) from None
-                    raise
-                finally:
-                    timer.cancel()
-                yield chunk
-        finally:
-            if timer is not None:
+        while True:
+            timer = threading.Timer(self.timeout, give_up)
+            timer.daemon = True
+            timer.start()
+            try:
+                chunk = next(call)
+            except StopIteration:
+                return
+            except grpc.RpcError:
+                if stalled.is_set():
+                    raise HubError(f"hub at {self.address}: no data for {self.timeout:g}s while pulling; "
+                                   "pull again", grpc.StatusCode.DEADLINE_EXCEEDED) from None
+                raise
+            finally:
                 timer.cancel()
+            yield chunk
 
 
 MAX_FILE_BYTES = 64 << 30  # no encoder file is larger; a hub that says so is wrong or hostile

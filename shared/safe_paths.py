@@ -93,9 +93,7 @@ def check_replaceable(path: Path, made: str, what: str, legacy: Callable[[Path],
     to do instead.
     """
     check_folder(path, what)
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UnsafePath(f"{what} {path}: cannot write in {existing} (permission denied)")
+    _check_writable(path, (path, *path.parents), what)
     if not path.exists():
         return
     if itself and (why := protected_reason(path)) is not None:
@@ -127,6 +125,11 @@ def check_output_file(path: Path, what: str) -> None:
         raise UnsafePath(f"{what} {path}: is a folder; give a file name (e.g. {path / 'summary.json'})")
     if (blocker := _under_a_file(path)) is not None:
         raise UnsafePath(f"{what} {path}: {blocker} is a file, so {path.name!r} cannot be written under it")
-    parent = next((p for p in path.parents if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UnsafePath(f"{what} {path}: cannot write in {parent} (permission denied)")
+    _check_writable(path, path.parents, what)
+
+
+def _check_writable(path: Path, candidates, what: str) -> None:
+    """The first of ``candidates`` that exists (where ``path`` would be made) must be writable."""
+    existing = next((p for p in candidates if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UnsafePath(f"{what} {path}: cannot write in {existing} (permission denied)")
