@@ -20,12 +20,10 @@ import numpy as np
 import torch
 import yaml
 
-from fedtl.client.trainer import pad_batch
+from fedtl.client.batching import embed_texts
 from fedtl.shared.config import SiteConfig, TaskConfig, TaskType, load_site_config
 from fedtl.shared.data import load_held_out
 from fedtl.shared.heads import HeadSpec, TaskHead
-
-BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -109,10 +107,7 @@ def hold_out(paths: list[Path], dest: Path, seed: int, share: float = 0.3) -> li
 def embed(encoder, texts: list[str], max_length: int) -> torch.Tensor:
     """Pooled features of ``texts`` from ``encoder`` as it is now (all layers run, nothing cached)."""
     encoder.eval()
-    ids = encoder.tokenize(texts, max_length)
-    out = [encoder(*pad_batch(ids[i:i + BATCH], encoder.pad_token_id, torch.device("cpu")))
-           for i in range(0, len(ids), BATCH)]
-    return torch.cat(out).float() if out else torch.zeros((0, encoder.hidden_size))
+    return embed_texts(encoder, texts, max_length)
 
 
 @torch.no_grad()

@@ -38,8 +38,9 @@ import torch
 import yaml
 from readme_block import write_block
 
+from fedtl.client.batching import EMBED_BATCH, pad_batch
 from fedtl.client.local_training import prepare_tasks
-from fedtl.client.trainer import EMBED_BATCH, LocalTrainer, pad_batch, resolve_device, resolve_precision
+from fedtl.client.trainer import LocalTrainer, resolve_device, resolve_precision
 from fedtl.server.history import read_rounds
 from fedtl.shared.config import load_site_config
 from fedtl.shared.data import load_site_tasks

@@ -20,15 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedtl.client.batching import embed_texts
 from fedtl.client.head_store import HeadStore
-from fedtl.client.trainer import pad_batch
 from fedtl.shared.config import SiteConfig, TaskConfig
 from fedtl.shared.data import DataError, read_rows, text_of_row
 from fedtl.shared.encoders import TextEncoder, load_encoder
 from fedtl.shared.heads import HeadSpec, TaskHead, TaskType
 from fedtl.shared.lora import LoraSettings, add_adapters
 
-BATCH = 64
 OUTPUTS = (".csv", ".tsv", ".jsonl", ".parquet")
 
 
@@ -83,11 +82,7 @@ class SiteModel:
 
     @torch.no_grad()
     def _features(self, texts: list[str]) -> torch.Tensor:
-        ids = self.encoder.tokenize(texts, self.site.training.max_length)
-        device = torch.device("cpu")
-        out = [self.encoder(*pad_batch(ids[start:start + BATCH], self.encoder.pad_token_id, device))
-               for start in range(0, len(ids), BATCH)]
-        return torch.cat(out) if out else torch.zeros((0, self.encoder.hidden_size))
+        return embed_texts(self.encoder, texts, self.site.training.max_length)
 
     @torch.no_grad()
     def predict(self, texts_by_task: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:

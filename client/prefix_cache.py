@@ -19,6 +19,7 @@ import logging
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from fedtl.client.batching import pad_batch
 from fedtl.shared.encoders import TextEncoder
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,6 @@ class PrefixCache:
     @torch.no_grad()
     def _build(encoder: TextEncoder, frozen_layers: int, seqs: list[list[int]],
                device: torch.device) -> list[torch.Tensor]:
-        from fedtl.client.trainer import pad_batch
-
         out: list[torch.Tensor | None] = [None] * len(seqs)
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths pad less
         for start in range(0, len(order), BUILD_BATCH):

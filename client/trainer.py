@@ -22,14 +22,13 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from fedtl.client.batching import EMBED_BATCH, pad_batch
 from fedtl.client.loss_weighting import LossWeighting
 from fedtl.client.prefix_cache import PrefixCache
 from fedtl.shared.config import TrainingConfig
 from fedtl.shared.data import TaskData
 from fedtl.shared.encoders import TextEncoder
 from fedtl.shared.heads import HeadSpec, TaskHead
-
-EMBED_BATCH = 64
 
 
 @dataclass
@@ -92,16 +91,6 @@ def resolve_precision(device: torch.device, precision: str) -> torch.dtype | Non
     if precision == "fp16" and device.type != "cuda":
         raise RuntimeError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
 
 def mean_primary(metrics: dict[str, dict[str, float]], tasks: list[PreparedTask]) -> float:
