@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedtl.client.worker import SiteWorker
-from fedtl.server.inprocess import InProcessGrid
+from fedtl.harness.grid import worker_grid
 from fedtl.server.rounds import FederationRun
 from fedtl.shared.config import load_site_config
 from fedtl.shared.examples import copy_examples
@@ -68,7 +68,7 @@ def run_arm(sites: list[str], encoder: str, update: str, rounds: int, steps: int
             "final_evaluate": False, "round_timeout": 3600, "mlflow": {"enabled": False}})
         workers = {i + 1: SiteWorker(cfg, encoder) for i, cfg in enumerate(cfgs)}
         collector = SecondsCollector()
-        FederationRun(fed, fed.state_dir, run_id=1, observers=[collector]).run(InProcessGrid(workers))
+        FederationRun(fed, fed.state_dir, run_id=1, observers=[collector]).run(worker_grid(workers))
         return collector
 
 

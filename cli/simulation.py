@@ -48,8 +48,8 @@ def quiet_libraries() -> None:
 
 def run_simulate(config: Path, sites: int, rounds: int | None, task: str, alpha: float, seed: int,
                  cpus_per_site: float, sites_in_memory: int, workdir: Path, json_out: Path | None) -> int:
+    from fedtl.harness.simulation import SimulationError, SimulationPlan, check_plan, simulate
     from fedtl.server.history import read_rounds
-    from fedtl.server.simulation import SimulationError, SimulationPlan, check_plan, simulate
     from fedtl.server.tracking import default_tracking_uri
     from fedtl.shared.federation_config import load_federation_config
     from fedtl.shared.yamlconfig import ConfigError

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from fedtl.client.worker import SiteWorker
+from fedtl.harness.grid import worker_grid
 from fedtl.server.downlink import Downlink
-from fedtl.server.inprocess import InProcessGrid
 from fedtl.server.rounds import FederationRun
 from fedtl.shared.config import load_site_config
 from fedtl.shared.federation_config import FederationConfig
@@ -35,9 +35,9 @@ def federation(tmp_path, codec: dict, rounds: int = 3, sites: int = 2, grid_wrap
         "max_steps": 2, "round_timeout": 60, "final_evaluate": False, "state_dir": tmp_path / "coordinator",
         "mlflow": {"enabled": False}, "codec": codec, **settings})
     recorder = Recorder()
-    grid = InProcessGrid(workers)
+    grid = worker_grid(workers)
     run = FederationRun(fed, fed.state_dir, run_id=1, observers=[recorder])
-    run.run(grid_wrap(grid) if grid_wrap else grid)
+    run.run(grid_wrap(grid, workers) if grid_wrap else grid)
     return run, workers, recorder.rounds()
 
 
@@ -91,8 +91,8 @@ def test_a_site_out_of_step_refuses_a_change_and_gets_the_whole_encoder_next(tmp
         """Site 1 loses what it holds before round 3, as a restarted worker would (before round 2 it
         would still hold the right base: round 1 sends no change to the pretrained encoder)."""
 
-        def __init__(self, grid):
-            self.grid, self.pushes = grid, 0
+        def __init__(self, grid, workers):
+            self.grid, self.workers, self.pushes = grid, workers, 0
 
         def __getattr__(self, name):
             return getattr(self.grid, name)
@@ -100,7 +100,7 @@ def test_a_site_out_of_step_refuses_a_change_and_gets_the_whole_encoder_next(tmp
         def push_messages(self, messages):
             self.pushes += 1
             if self.pushes == 3:
-                worker = self.grid.workers[1]
+                worker = self.workers[1]
                 worker.codecs.reset()
                 worker._pristine = False
             return self.grid.push_messages(messages)
@@ -115,7 +115,7 @@ def test_a_site_out_of_step_refuses_a_change_and_gets_the_whole_encoder_next(tmp
 
 def test_an_update_that_does_not_decode_is_rejected(tmp_path):
     class Garbling:
-        def __init__(self, grid):
+        def __init__(self, grid, workers):
             self.grid = grid
 
         def __getattr__(self, name):

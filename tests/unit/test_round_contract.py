@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedtl.harness.grid import LocalGrid
 from fedtl.server.history import HistoryWriter, read_rounds
 from fedtl.server.resume import load_resume_point
 from fedtl.server.rounds import FederationRun
 from fedtl.shared.federation_config import FederationConfig
 from fedtl.shared.records import digest, from_record
-from tests.fakes import FakeGrid, HonestSite, corrupting, failing, silent, unreachable
+from tests.fakes import HonestSite, corrupting, failing, silent, unreachable
 
 
 class Recorder:
@@ -43,7 +44,7 @@ def config(tmp_path, **settings) -> FederationConfig:
 def run(tmp_path, nodes, latency=None, resume=False, **settings):
     fed = config(tmp_path, **settings)
     recorder = Recorder()
-    grid = FakeGrid(nodes, latency or {}, timeout=fed.round_timeout)
+    grid = LocalGrid(nodes, latency or {}, timeout=fed.round_timeout)
     FederationRun(fed, fed.state_dir, run_id=1, resume=resume, observers=[recorder]).run(grid)
     return recorder, grid
 

@@ -109,7 +109,7 @@ def test_simulate_never_clears_a_coordinators_state(users_folder):
 
 
 def test_simulate_takes_a_workdir_it_made(tmp_path):
-    from fedtl.server.simulation import SIMULATED, SimulationPlan, check_plan
+    from fedtl.harness.simulation import SIMULATED, SimulationPlan, check_plan
     from fedtl.shared.federation_config import load_federation_config
     from fedtl.shared.safe_paths import mark_folder
 
