@@ -49,7 +49,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from fedtl.client.worker import SiteWorker, serve
+    from fedtl.client.worker import SiteWorker
+    from fedtl.client.worker_api import serve
     from fedtl.shared.config import load_site_config
     from fedtl.shared.examples import copy_examples
 

@@ -20,12 +20,9 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto  # noqa: E402
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # noqa: E402
 
+from fedtl.client.worker_api import GRPC_OPTIONS  # noqa: E402
 from fedtl.v1 import site_pb2, site_pb2_grpc  # noqa: E402
 
-GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", 2**31 - 1),
-    ("grpc.max_receive_message_length", 2**31 - 1),
-]
 DEFAULT_TIMEOUT = 3600.0
 
 app = ClientApp()

@@ -71,7 +71,7 @@ def simulation_client_app(sites_dir: Path, cache: int = 16, threads: int = 1) ->
         import torch
 
         from fedtl.client.sim_app import release_freed_memory, worker_for  # imported here: this process's module, not a copy
-        from fedtl.client.worker import Timing
+        from fedtl.client.worker_api import Timing
 
         received_at = time.time()
         if torch.get_num_threads() != threads:

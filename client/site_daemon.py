@@ -22,7 +22,8 @@ from pathlib import Path
 from fedtl.client.fork_server import ForkServer
 from fedtl.client.fork_server import enabled as fork_server_enabled
 from fedtl.client.warm_start import WarmStart
-from fedtl.client.worker import SiteWorker, serve
+from fedtl.client.worker import SiteWorker
+from fedtl.client.worker_api import serve
 from fedtl.shared.config import SiteConfig
 from fedtl.shared.processes import (
     LogTail,

@@ -18,17 +18,13 @@ import logging
 import os
 import threading
 import time
-from concurrent import futures
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from safetensors.numpy import save as save_arrays
 
 from fedtl.client.ditto import Ditto
@@ -39,6 +35,7 @@ from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
 from fedtl.client.trainer import LocalTrainer, PreparedTask, mean_primary, resolve_device, resolve_precision
 from fedtl.client.warm_start import WarmStart
 from fedtl.client.wire_codecs import SiteCodecs
+from fedtl.client.worker_api import Timing
 from fedtl.shared import faults
 from fedtl.shared.atomic import write_bytes_atomic, write_json_atomic
 from fedtl.shared.config import SiteConfig
@@ -58,23 +55,9 @@ from fedtl.shared.protocol import (
 )
 from fedtl.shared.records import digest, from_record, l2_norm, to_record
 from fedtl.shared.update_modes import UpdateMode, exchanged_names
-from fedtl.v1 import site_pb2, site_pb2_grpc
+from fedtl.v1 import site_pb2
 
 log = logging.getLogger(__name__)
-
-GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", 2**31 - 1),
-    ("grpc.max_receive_message_length", 2**31 - 1),
-]
-
-
-@dataclass
-class Timing:
-    """When the shim's process started and when its handler got the message (unix time)."""
-
-    process_started_at: float = 0.0
-    received_at: float = 0.0
-
 
 class SiteWorker:
     """Holds one site's encoder, tokenised tasks and heads; handles train/evaluate messages."""
@@ -405,39 +388,3 @@ class SiteWorker:
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-
-
-# ---------------------------------------------------------------- gRPC service
-class _Servicer(site_pb2_grpc.SiteWorkerServicer):
-    def __init__(self, worker: SiteWorker):
-        self.worker = worker
-
-    def Handle(self, request: site_pb2.HandleRequest, context: grpc.ServicerContext) -> site_pb2.HandleReply:
-        content = recorddict_from_proto(ProtoRecordDict.FromString(request.content))
-        try:
-            reply = self.worker.handle(request.message_type, content,
-                                       Timing(request.process_started_at, request.received_at))
-        except Exception as exc:  # the round goes on without this site; the reason reaches the coordinator
-            log.exception("site %s failed to handle a %s message", self.worker.config.name, request.message_type)
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        return site_pb2.HandleReply(content=recorddict_to_proto(reply).SerializeToString())
-
-    def Status(self, request: site_pb2.StatusRequest, context: grpc.ServicerContext) -> site_pb2.StatusReply:
-        return self.worker.status()
-
-
-def serve(worker: SiteWorker, socket_path: Path) -> grpc.Server:
-    """Serve the worker on a unix socket only its owner may use (mode 0600)."""
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
-    if socket_path.exists():
-        socket_path.unlink()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
-    site_pb2_grpc.add_SiteWorkerServicer_to_server(_Servicer(worker), server)
-    old_umask = os.umask(0o177)  # the socket is created 0600, with no window where others may connect
-    try:
-        server.add_insecure_port(f"unix://{socket_path}")
-        server.start()
-    finally:
-        os.umask(old_umask)
-    os.chmod(socket_path, 0o600)
-    return server

@@ -29,7 +29,7 @@ UNREACHABLE = Error(code=-1, reason="unreachable")  # the SuperLink answers for 
 
 def worker_node(worker) -> Node:
     """A site worker (client/worker.py's ``SiteWorker``) as a node: it handles each message warm."""
-    from fedtl.client.worker import Timing
+    from fedtl.client.worker_api import Timing
 
     return lambda msg: worker.handle(msg.metadata.message_type, msg.content, Timing())
 

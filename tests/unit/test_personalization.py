@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from fedtl.client.worker import SiteWorker, Timing
+from fedtl.client.worker import SiteWorker
+from fedtl.client.worker_api import Timing
 from fedtl.server.similarity import cosine_matrix, mix, mixing_weights
 from fedtl.shared.config import load_site_config
 from fedtl.shared.protocol import ARRAYS, CONFIG, REPORT, RoundConfig, Section, task_key

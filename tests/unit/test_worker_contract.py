@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from fedtl.client.worker import SiteWorker, Timing
+from fedtl.client.worker import SiteWorker
+from fedtl.client.worker_api import Timing
 from fedtl.shared.config import load_site_config
 from fedtl.shared.protocol import ARRAYS, CONFIG, METRICS, REPORT, ReportKey, RoundConfig, Section, SiteMetric, task_key
 from fedtl.shared.records import from_record, to_record
