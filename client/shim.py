@@ -21,6 +21,7 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto  # noqa
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # noqa: E402
 
 from fedtl.client.worker_api import GRPC_OPTIONS  # noqa: E402
+from fedtl.shared.protocol import NodeConfigKey  # noqa: E402
 from fedtl.v1 import site_pb2, site_pb2_grpc  # noqa: E402
 
 DEFAULT_TIMEOUT = 3600.0
@@ -30,10 +31,10 @@ app = ClientApp()
 
 def forward(msg: Message, context: Context) -> Message:
     received_at = time.time()
-    socket = str(context.node_config.get("socket", ""))
+    socket = str(context.node_config.get(NodeConfigKey.SOCKET, ""))
     if not socket:
         raise RuntimeError("this SuperNode has no 'socket' in its node-config; start sites with `fedtl site`")
-    timeout = float(context.node_config.get("timeout", DEFAULT_TIMEOUT))
+    timeout = float(context.node_config.get(NodeConfigKey.TIMEOUT, DEFAULT_TIMEOUT))
     request = site_pb2.HandleRequest(
         message_type=msg.metadata.message_type,
         run_id=msg.metadata.run_id,

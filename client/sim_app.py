@@ -19,6 +19,8 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedtl.shared.protocol import NodeConfigKey
+
 
 class WorkerCache:
     """At most ``size`` site workers of this process, the least recently used let go first."""
@@ -76,7 +78,7 @@ def simulation_client_app(sites_dir: Path, cache: int = 16, threads: int = 1) ->
         received_at = time.time()
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)  # an actor per core: no oversubscription
-        site = int(context.node_config["partition-id"])
+        site = int(context.node_config[NodeConfigKey.PARTITION_ID])
         worker = worker_for(sites_dir / f"site-{site:04d}" / "site.yaml", cache)
         content = worker.handle(msg.metadata.message_type, msg.content, Timing(received_at, received_at))
         release_freed_memory()

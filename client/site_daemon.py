@@ -38,6 +38,7 @@ from fedtl.shared.processes import (
     stop_orphans,
     tool,
 )
+from fedtl.shared.protocol import NodeConfigKey
 
 log = logging.getLogger(__name__)
 UNIX_PATH_MAX = 100
@@ -153,7 +154,7 @@ class SiteDaemon:
         s = self.settings
         program = self.fork_server.command("flower-supernode") if self.fork_server else tool("flower-supernode")
         cmd = [program, "--superlink", s.coordinator, "--port", str(s.port or free_port()),
-               "--node-config", f"socket='{self.socket}' site='{self.config.name}'"]
+               "--node-config", f"{NodeConfigKey.SOCKET}='{self.socket}' {NodeConfigKey.SITE}='{self.config.name}'"]
         if s.insecure:
             cmd.append("--insecure")
         if s.root_certificates is not None:

@@ -26,6 +26,7 @@ from fedtl.server.site_registry import RefusalWatch, SiteRegistry
 from fedtl.shared import faults
 from fedtl.shared.federation_config import HUB_TOKEN_ENV, HUB_TOKEN_MIN_LENGTH, FederationConfig, split_address
 from fedtl.shared.processes import child_env, start, stop_many, tool, wait_for_port
+from fedtl.shared.protocol import RunConfigKey
 from fedtl.shared.site_keys import SiteKeyError
 
 log = logging.getLogger(__name__)
@@ -209,8 +210,8 @@ class Coordinator:
         app = self.flwr_home / "app"  # the app folder holds only pyproject.toml (components are installed)
         app.mkdir(parents=True, exist_ok=True)
         shutil.copy2(app_dir() / "pyproject.toml", app / "pyproject.toml")
-        run_config = {"config-path": str(self.config_path), "state-dir": str(self.state_dir),
-                      "resume": 1 if self.resume else 0, "tracking-uri": self.tracking_uri}
+        run_config = {RunConfigKey.CONFIG_PATH: str(self.config_path), RunConfigKey.STATE_DIR: str(self.state_dir),
+                      RunConfigKey.RESUME: 1 if self.resume else 0, RunConfigKey.TRACKING_URI: self.tracking_uri}
         try:
             self.run_id = self.control().start_run(app, run_config)
         except ControlError as exc:

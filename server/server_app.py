@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedtl.server.history import HistoryWriter
 from fedtl.server.rounds import FederationRun
 from fedtl.shared.federation_config import FederationConfig, load_federation_config
+from fedtl.shared.protocol import RunConfigKey
 
 app = ServerApp()
 
@@ -31,14 +32,14 @@ def _log_to_file(state_dir: Path) -> logging.Handler:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    config_path = str(context.run_config.get("config-path", ""))
+    config_path = str(context.run_config.get(RunConfigKey.CONFIG_PATH, ""))
     if not config_path:
         raise RuntimeError("run config 'config-path' is empty; start federations with `fedtl coordinator`")
     fed = load_federation_config(config_path)
-    state_dir = Path(str(context.run_config.get("state-dir") or fed.state_dir))
+    state_dir = Path(str(context.run_config.get(RunConfigKey.STATE_DIR) or fed.state_dir))
     run_federation(grid, fed, Path(config_path), state_dir, context.run_id,
-                   tracking_uri=str(context.run_config.get("tracking-uri", "")),
-                   resume=bool(context.run_config.get("resume", 0)))
+                   tracking_uri=str(context.run_config.get(RunConfigKey.TRACKING_URI, "")),
+                   resume=bool(context.run_config.get(RunConfigKey.RESUME, 0)))
 
 
 def run_federation(grid: Grid, fed: FederationConfig, config_path: Path, state_dir: Path, run_id: int,

@@ -93,6 +93,26 @@ class RoundConfig:
         return cls(**{name: casts[name](value) for name, value in values.items()})
 
 
+# ---------------------------------------------------------------- process configs (not on the wire)
+class RunConfigKey:
+    """Keys of the run config `fedtl coordinator` submits and the ServerApp reads
+    (declared, with defaults, in server/flower_app/pyproject.toml)."""
+
+    CONFIG_PATH = "config-path"    # absolute path of federation.yaml
+    STATE_DIR = "state-dir"        # where the ServerApp writes history, checkpoints and resume points
+    RESUME = "resume"              # 1: continue from the latest resume point
+    TRACKING_URI = "tracking-uri"  # MLflow tracking URI as the coordinator resolved it ("": off)
+
+
+class NodeConfigKey:
+    """Keys of a SuperNode's node config (``--node-config``), read by the ClientApps it starts."""
+
+    SOCKET = "socket"              # the site worker's unix socket (set by `fedtl site`)
+    SITE = "site"                  # the site's name: set by `fedtl site` for Flower's logs and operators
+    TIMEOUT = "timeout"            # seconds the shim waits for the worker (optional; default one hour)
+    PARTITION_ID = "partition-id"  # which virtual site a simulated node is (set by Flower's simulation)
+
+
 # ---------------------------------------------------------------- site -> coordinator: metrics
 class SiteMetric:
     """Keys of a reply's MetricRecord (numbers only, the same at every site)."""

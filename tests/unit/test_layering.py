@@ -39,3 +39,14 @@ def test_the_rule_sees_an_import_inside_a_function(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from fedtl.client.worker import SiteWorker\n    return SiteWorker\n")
     assert imports(module) == [(2, "fedtl.client.worker")]
+
+
+def test_the_run_config_keys_are_the_ones_the_flower_app_declares():
+    """Flower refuses a run config key the app does not declare: both spell the same keys."""
+    import tomllib
+
+    from fedtl.shared.protocol import RunConfigKey
+
+    declared = tomllib.loads((ROOT / "server" / "flower_app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    named = {v for k, v in vars(RunConfigKey).items() if k.isupper()}
+    assert set(declared) == named
