@@ -100,6 +100,13 @@ def fit(encoder, tasks: list[PreparedTask], cfg: SiteConfig, update: str, steps:
     return {"metrics": result.metrics, "seconds": time.perf_counter() - started, "trainer": trainer}
 
 
+def serve(trainer: LocalTrainer, cfg: SiteConfig) -> None:
+    """The heads as the site would serve them: refit on every non-test row it has, once its
+    validation scores are taken (``training.serve_all_rows``, as the site worker does)."""
+    if cfg.training.serve_all_rows:
+        trainer.fit_heads_on_all_rows()
+
+
 def heads_of(tasks: list[PreparedTask], names: dict[str, str] | None = None) -> dict[str, tuple]:
     """Trained heads by task name (``names``: trainer's task name -> the site's)."""
     return {(names or {}).get(t.name, t.name): (t.spec, t.head) for t in tasks}
@@ -113,10 +120,12 @@ def local_only(cfg: SiteConfig, encoder_spec: str, update: str, steps: int,
     probe_encoder = load_encoder(encoder_spec)
     tasks = prepare_tasks(load_site_data(cfg), probe_encoder, None, cfg.training.max_length, cfg.training.seed)
     probe = fit(probe_encoder, tasks, cfg, update, 0)
+    serve(probe["trainer"], cfg)
     probe_test = score_model(probe_encoder, heads_of(tasks), cfg, tests)
     encoder = load_encoder(encoder_spec)
     tasks = prepare_tasks(load_site_data(cfg), encoder, None, cfg.training.max_length, cfg.training.seed)
     tuned = fit(encoder, tasks, cfg, update, steps)
+    serve(tuned["trainer"], cfg)
     tuned_test = score_model(encoder, heads_of(tasks), cfg, tests)
     for t in tasks:
         metric = t.spec.primary_metric
@@ -142,6 +151,7 @@ def centralized(cfgs: list[SiteConfig], encoder_spec: str, update: str, steps: i
             tasks.append(renamed)
             owner[name] = (cfg.name, task.name)
     out = fit(encoder, tasks, cfgs[0], update, steps)
+    serve(out["trainer"], cfgs[0])
     results: dict[str, dict[str, Any]] = {}
     for cfg in cfgs:
         mine = [t for t in tasks if owner[t.name][0] == cfg.name]

@@ -10,9 +10,9 @@ by people: a definition for each, and 48,000 example sentences of use. Each scen
 - ``definitions``: three sites, three different tasks on lexicographers' definitions: the
   supersense of a noun (8 classes), the supersense of a verb (8 classes), and how deep a noun
   sits under ``entity`` in the hypernym tree (regression). Related but different label spaces.
-- ``usage``: three sites on example sentences ("he died in a purge by Stalin"): the verb's
-  supersense (8 classes), the verb's sentence frames (multi-label: "Somebody ----s something",
-  "Something ----s", ...), and the depth of the noun the sentence uses (regression).
+- ``usage``: three sites on example sentences after the word they show ("purge: he died in a
+  purge by Stalin"): the verb's supersense (8 classes), the verb's sentence frames (multi-label:
+  "Somebody ----s something", "Something ----s", ...), and the noun's depth (regression).
 - ``nouns``: four small sites with the same label space: three classify noun definitions into
   8 supersenses with skewed label mixes (Dirichlet 0.5), the fourth tags polysemous nouns (the
   word alone) with every supersense among its senses (multi-label). The shape where pooling
@@ -160,8 +160,14 @@ def verb_definitions(synsets) -> Rows:
     return _supersense(synsets, "v", VERB_CLASSES, lambda s: [s.definition])
 
 
+def usage(s: Synset) -> list[str]:
+    """The synset's first example sentence, after the word it shows in use ("purge: he died in a
+    purge by Stalin"): a sentence alone does not say which of its words is meant."""
+    return [f"{s.words[0]}: {s.examples[0]}"] if s.examples else []
+
+
 def verb_examples(synsets) -> Rows:
-    return _supersense(synsets, "v", VERB_CLASSES, lambda s: s.examples[:1])
+    return _supersense(synsets, "v", VERB_CLASSES, usage)
 
 
 def noun_depth(synsets, text: Callable[[Synset], list[str]]) -> Rows:
@@ -174,7 +180,7 @@ def verb_frames(synsets) -> Rows:
     for s in synsets.values():
         labels = [FRAMES[f] for f in sorted(s.frames) if f in FRAMES]
         if s.pos == "v" and labels and s.examples:
-            rows.append((s.examples[0], "|".join(labels)))
+            rows.append((usage(s)[0], "|".join(labels)))
     return rows
 
 
@@ -207,7 +213,7 @@ def scenario_sites(name: str) -> list[SiteSpec]:
     if name == "usage":
         return [SiteSpec("wn_verb_use", "verb_supersense", "classification", verb_examples, VERB_CLASSES),
                 SiteSpec("wn_frames", "frames", "multilabel", verb_frames, list(FRAMES.values())),
-                SiteSpec("wn_noun_use", "depth", "regression", lambda s: noun_depth(s, lambda x: x.examples[:1]))]
+                SiteSpec("wn_noun_use", "depth", "regression", lambda s: noun_depth(s, usage))]
     if name == "nouns":
         return [SiteSpec(f"wn_nouns_{k}", "noun_supersense", "classification", noun_definitions, NOUN_CLASSES, 0.5)
                 for k in (1, 2, 3)] + [SiteSpec("wn_senses", "senses", "multilabel", noun_senses, NOUN_CLASSES)]

@@ -223,11 +223,16 @@ class SiteWorker:
             return (0, 1)
         return (min(config.server_round, config.num_rounds) - 1, config.num_rounds)
 
-    def _probe(self, training, frozen_layers: int = 0) -> tuple[dict[str, dict[str, float]], list[PreparedTask]]:
-        """Heads fitted on frozen features of the current encoder, on copies of the heads."""
+    def _probe(self, training, frozen_layers: int = 0,
+               serve: bool = False) -> tuple[dict[str, dict[str, float]], list[PreparedTask]]:
+        """Heads fitted on frozen features of the current encoder, on copies of the heads; ``serve``:
+        then refit on every row for serving (the metrics stay the training-only fit's)."""
         copies = [replace(t, head=copy.deepcopy(t.head)) for t in self.tasks]
         cfg = training.model_copy(update={"encoder_epochs": 0})
-        result = self._trainer(copies, cfg, frozen_layers).fit()
+        trainer = self._trainer(copies, cfg, frozen_layers)
+        result = trainer.fit()
+        if serve and training.serve_all_rows:
+            trainer.fit_heads_on_all_rows()
         return result.metrics["probe"], copies
 
     def _frozen_layers(self, mode: UpdateMode) -> int:
@@ -241,7 +246,7 @@ class SiteWorker:
         """
         if self.baseline is None:
             t0 = time.perf_counter()
-            self.baseline, heads = self._probe(training, frozen_layers)
+            self.baseline, heads = self._probe(training, frozen_layers, serve=True)
             store = HeadStore(self.root / "baseline")
             for task in heads:
                 store.save(task.spec, task.head.state_dict(), {"metrics": self.baseline[task.name],
@@ -290,6 +295,10 @@ class SiteWorker:
             lam = config.ditto_lambda if config.ditto_lambda is not None else 0.0
             served = personal = self.ditto.round(self.tasks, training, names, global_arrays, lam)
         site_model, site_metrics = self._choose_site_model(served.final, round_, personal is not None)
+        if site_model == "federated" and personal is None and training.serve_all_rows:
+            seconds_extra = {"serve_fit": trainer.fit_heads_on_all_rows()}
+        else:
+            seconds_extra = {}
 
         for task in self.tasks:
             self.store.save(task.spec, task.head.state_dict(),
@@ -298,7 +307,8 @@ class SiteWorker:
         # total: the trainer's work; handled: the whole round at the site, message in to reply out
         # (decoding, state writes and the baseline included), what benchmarks/site_vs_bare.py compares
         done = time.time()
-        seconds = dict(result.seconds, total=done - start, baseline=baseline_seconds, handled=done - handled_at)
+        seconds = dict(result.seconds, **seconds_extra, total=done - start, baseline=baseline_seconds,
+                       handled=done - handled_at)
         if personal is not None:
             seconds["personal"] = sum(personal.seconds.values())
         startup = handled_at - timing.process_started_at if timing.process_started_at else float("nan")

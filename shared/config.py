@@ -139,6 +139,9 @@ class TrainingConfig(BaseModel):
                                          "otherwise) or head_epochs of AdamW")
     refit_heads: bool = Field(
         default=True, description="after encoder training, refit the heads on the trained encoder's features")
+    serve_all_rows: bool = Field(
+        default=True, description="once validation has chosen the model the site serves, refit its heads "
+        "(converged fits) on training plus validation rows; reported validation scores stay the training-only fit's")
     prefix_cache_mb: int = Field(
         default=2048, ge=0, description="memory for cached frozen-prefix outputs under last:N (0: off)"
     )

@@ -105,3 +105,33 @@ def test_a_site_holding_only_one_of_its_labels_still_trains(tmp_path, tiny_encod
     result = LocalTrainer(encoder, [task], cfg.training, torch.device("cpu")).fit()
     assert task.head.linear.weight.shape[0] == 3
     assert result.final["label"]["accuracy"] == 1.0  # it predicts the one class it has seen
+
+
+@pytest.mark.parametrize("encoder_epochs", [0, 1])
+def test_heads_for_serving_are_refit_on_training_and_validation_rows_of_the_kept_model(
+        site_factory, tiny_encoder_factory, encoder_epochs):
+    cfg, encoder, tasks = build(site_factory, tiny_encoder_factory, types=("classification", "regression"),
+                                encoder_epochs=encoder_epochs)
+    trainer = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu"))
+    result = trainer.fit()
+    trained = {t.name: t.head.linear.weight.clone() for t in tasks}
+    trainer.fit_heads_on_all_rows()
+    train, val = trainer.features("train"), trainer.features("val")  # the kept encoder, as it is now
+    for task in tasks:
+        x = torch.cat([train[task.name], val[task.name]])
+        y = torch.cat([torch.as_tensor(task.data.train.targets), torch.as_tensor(task.data.val.targets)])
+        weight, bias = task.spec.fit_converged(x, y, cfg.training.seed)
+        assert torch.allclose(task.head.linear.weight, weight, atol=1e-5)
+        assert torch.allclose(task.head.linear.bias, bias, atol=1e-5)
+        assert not torch.allclose(task.head.linear.weight, trained[task.name])  # the validation rows counted
+    assert result.final == result.metrics["finetuned" if result.kept == "finetuned" else "probe"]  # scores untouched
+
+
+def test_heads_trained_by_sgd_are_served_as_trained(site_factory, tiny_encoder_factory):
+    cfg, encoder, tasks = build(site_factory, tiny_encoder_factory, encoder_epochs=0)
+    cfg.training.head_fit = "sgd"
+    trainer = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu"))
+    trainer.fit()
+    before = {t.name: t.head.linear.weight.clone() for t in tasks}
+    assert trainer.fit_heads_on_all_rows() == 0.0
+    assert all(torch.equal(t.head.linear.weight, before[t.name]) for t in tasks)
