@@ -58,18 +58,20 @@ class TaskConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Name
-    type: TaskType
+    name: Name = Field(description="the task's name: its head's file name and its metrics' key")
+    type: TaskType = Field(description="classification (one label), multilabel (a set of labels) or regression")
     data: list[Path] = Field(min_length=1, description="CSV, JSONL or Parquet files with the examples")
     text_columns: list[str] = Field(min_length=1, description="joined with a space into the input text")
-    target_column: str
+    target_column: str = Field(description="the column (CSV/Parquet) or key (JSONL) holding the target")
     labels: list[str] | None = Field(
         default=None, description="the label set (classification/multilabel); default: labels seen in training"
     )
     label_separator: str = Field(default="|", min_length=1, description="multilabel: separator inside a cell")
-    validation_split: float = Field(default=0.2, gt=0.0, lt=1.0)
+    validation_split: float = Field(default=0.2, gt=0.0, lt=1.0, description="share of the rows held out for "
+        "validation (a seeded, deterministic split; not with validation_data)")
     validation_data: list[Path] | None = Field(default=None, description="explicit validation files")
-    loss_weight: float = Field(default=1.0, gt=0.0)
+    loss_weight: float = Field(default=1.0, gt=0.0, description="weight of this task's loss in the site's sum over "
+        "tasks (loss_weighting: static)")
     max_examples: int | None = Field(default=None, gt=1, description="deterministic subsample of the data")
 
     @field_validator("data", "validation_data", mode="before")
@@ -111,18 +113,19 @@ class TrainingConfig(BaseModel):
 
     head_epochs: int = Field(default=30, ge=0, description="epochs over cached frozen-encoder features")
     encoder_epochs: int = Field(default=1, ge=0, description="epochs training encoder and heads together")
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="examples per encoder-phase step, per task group")
     head_lr: float = Field(default=3e-3, gt=0, description="head learning rate in the head phase")
-    encoder_lr: float = Field(default=3e-5, gt=0)
+    encoder_lr: float = Field(default=3e-5, gt=0, description="peak learning rate of the encoder (AdamW)")
     finetune_head_lr: float = Field(default=3e-4, gt=0, description="head learning rate in the encoder phase")
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay, encoder and heads")
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="share of the schedule's steps spent warming the "
+        "learning rate up from 0")
     lr_schedule: Literal["linear", "constant"] = Field(
         default="linear", description="after warm-up: linear decay to 0, or constant")
     lr_schedule_span: Literal["federation", "round"] = Field(
         default="federation", description="federation: one warm-up and decay over all rounds, each round "
         "continuing where the last one stopped (as one long local run would); round: a fresh one every round")
-    max_grad_norm: float = Field(default=1.0, gt=0)
+    max_grad_norm: float = Field(default=1.0, gt=0, description="gradients are clipped to this L2 norm every step")
     max_steps: int | None = Field(default=None, ge=1, description="cap on encoder-phase steps per call")
     max_length: int = Field(default=128, ge=8, le=4096, description="tokens per input after truncation")
     seed: int = Field(default=0, ge=0, le=MAX_SEED, description="seed of the split, shuffling and "
@@ -183,14 +186,18 @@ class SiteConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Name
+    name: Name = Field(description="the site's name in the federation: its reports, metrics and key")
     state_dir: Path = Field(description="heads, caches and history; relative to this file")
     encoder: str = Field(default="minilm", description="minilm | tiny | path to a Hugging Face model folder")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    privacy: SitePrivacyConfig = Field(default_factory=SitePrivacyConfig)
-    tasks: list[TaskConfig] = Field(min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="where the site trains: auto takes the "
+        "GPU when there is one")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(default="auto", description="mixed precision on a GPU: "
+        "auto is bf16 where supported, else fp16; fp32 on the CPU")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="how the site trains its heads and "
+        "the encoder each round")
+    privacy: SitePrivacyConfig = Field(default_factory=SitePrivacyConfig, description="the differential privacy this "
+        "site demands before its update leaves")
+    tasks: list[TaskConfig] = Field(min_length=1, description="the site's tasks: each gets a private head; all share the encoder")
 
     @field_validator("state_dir")
     @classmethod

@@ -23,12 +23,13 @@ class StrategyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: StrategyName = "fedavg"
+    name: StrategyName = Field(default="fedavg", description="how the sites' encoder updates are aggregated (Flower's "
+        "strategies)")
     proximal_mu: float = Field(default=0.01, ge=0, description="fedprox: weight of the proximal term at sites")
     eta: float = Field(default=0.01, gt=0, description="fedadam/fedyogi: server learning rate")
     eta_l: float = Field(default=0.01, gt=0, description="fedadam/fedyogi: client learning rate (informational)")
-    beta_1: float = Field(default=0.9, ge=0, lt=1)
-    beta_2: float = Field(default=0.99, ge=0, lt=1)
+    beta_1: float = Field(default=0.9, ge=0, lt=1, description="fedadam/fedyogi: the server optimizer's first-moment decay")
+    beta_2: float = Field(default=0.99, ge=0, lt=1, description="fedadam/fedyogi: the server optimizer's second-moment decay")
     tau: float = Field(default=1e-9, gt=0, description="fedadam/fedyogi: adaptivity")
     trim_beta: float = Field(default=0.2, gt=0, lt=0.5, description="trimmed_mean: fraction cut at each end")
     server_learning_rate: float = Field(default=1.0, gt=0, description="fedavgm: server step on the averaged update")
@@ -213,7 +214,7 @@ class HubConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = Field(default=True, description="serve the hub beside the SuperLink")
     address: str = Field(default=f"0.0.0.0:{DEFAULT_HUB_PORT}", description="HOST:PORT the hub listens on")
     token: str | None = Field(default=None, min_length=HUB_TOKEN_MIN_LENGTH,
                               description="calls must carry 'authorization: Bearer <token>' "
@@ -234,7 +235,7 @@ class SuperLinkConfig(BaseModel):
 
     fleet_address: str = Field(default="0.0.0.0:9092", description="sites connect here (gRPC), HOST:PORT")
     control_host: str = Field(default="127.0.0.1", description="Flower's Control/Runtime HTTP API host")
-    control_port: int = Field(default=9093, ge=1, le=65535)
+    control_port: int = Field(default=9093, ge=1, le=65535, description="Flower's Control API port (runs are submitted there)")
 
     @field_validator("fleet_address")
     @classmethod
@@ -248,10 +249,10 @@ class MlflowConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = Field(default=True, description="log every round to MLflow")
     tracking_uri: str | None = Field(
         default=None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db where the coordinator starts")
-    experiment: str = Field(default="fedtl", min_length=1)
+    experiment: str = Field(default="fedtl", min_length=1, description="the MLflow experiment the federation's runs go to")
     registered_model: str | None = Field(default="fedtl-encoder", description="register the final encoder; null: don't")
     checkpoint_every: int = Field(default=0, ge=0, le=MAX_ROUNDS,
                                   description="also log checkpoints every k rounds (0: final only)")
@@ -273,7 +274,7 @@ class FederationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Name = "fedtl"
+    name: Name = Field(default="fedtl", description="the federation's name: its MLflow run, checkpoints and registered model")
     encoder: str = Field(default="minilm", description="minilm | tiny | path to a Hugging Face model folder")
     update_mode: str = Field(default="full", description="full | last:N | bias | lora (see lora:)")
     rounds: int = Field(default=3, ge=1, le=MAX_ROUNDS, description="federated rounds to run")
@@ -301,14 +302,17 @@ class FederationConfig(BaseModel):
     seed: int = Field(default=0, ge=0, le=MAX_SEED, description="seed of the coordinator's sampling and "
                       "initialisation")
     state_dir: Path = Field(default=Path("coordinator"), description="checkpoints and round history")
-    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
-    personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
-    codec: CodecConfig = Field(default_factory=CodecConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
-    hub: HubConfig = Field(default_factory=HubConfig)
-    superlink: SuperLinkConfig = Field(default_factory=SuperLinkConfig)
-    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="aggregation of the encoder updates")
+    personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig, description="one global "
+        "encoder, or a model per site (ditto, similarity)")
+    codec: CodecConfig = Field(default_factory=CodecConfig, description="how encoder tensors are coded on the wire, each way")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters (update_mode: lora)")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="differential privacy of the sites' "
+        "updates: clip, noise, budget")
+    hub: HubConfig = Field(default_factory=HubConfig, description="the coordinator's public API: status, rounds, encoder pulls")
+    superlink: SuperLinkConfig = Field(default_factory=SuperLinkConfig, description="where Flower's SuperLink listens")
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="where rounds are logged (a local SQLite "
+        "store by default)")
 
     @field_validator("encoder")
     @classmethod

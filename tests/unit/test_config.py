@@ -106,3 +106,20 @@ def test_the_readmes_config_examples_load_as_written(tmp_path):
             load_federation_config(path)
         loaded += 1
     assert loaded >= 3
+
+
+def test_every_setting_of_site_yaml_and_federation_yaml_says_what_it_does():
+    """Each field's description is what --help, errors and the docs show a user."""
+    import inspect
+
+    import pydantic
+
+    import fedtl.shared.config as site_config
+    import fedtl.shared.federation_config as federation_config
+
+    missing = []
+    for module in (site_config, federation_config):
+        for name, model in vars(module).items():
+            if inspect.isclass(model) and issubclass(model, pydantic.BaseModel) and model.__module__ == module.__name__:
+                missing += [f"{name}.{field}" for field, info in model.model_fields.items() if not info.description]
+    assert not missing, "fields without a description: " + ", ".join(missing)
