@@ -19,9 +19,11 @@ Server, client, tracking, plots and the CLI use these names; none spells a key i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import MISSING, dataclass, fields
+from types import UnionType
+from typing import Any, get_args, get_origin, get_type_hints
 
 from flwr.app import ConfigRecord
 
@@ -81,16 +83,27 @@ class RoundConfig:
             if key in record:
                 values[f.name] = record[key]
         missing = [cls.key(f.name) for f in fields(cls)
-                   if f.name in ("update_mode", "encoder") and f.name not in values]
+                   if f.default is MISSING and f.default_factory is MISSING and f.name not in values]
         if missing:
             raise ValueError(f"round config lacks {missing}; is the coordinator running fedtl?")
-        casts = {"update_mode": str, "encoder": str, "encoder_seed": int, "run_id": int, "server_round": int,
-                 "encoder_epochs": int, "max_steps": int, "proximal_mu": float, "personalization": str,
-                 "ditto_lambda": float, "num_rounds": int,
-                 "up_codec": str, "down_codec": str, "base_digest": str, "lora_rank": int, "lora_alpha": float,
-                 "lora_dropout": float, "lora_targets": lambda v: tuple(str(t) for t in v),
-                 "lora_lr_scale": float, "dp_clip": float, "dp_noise": float}
+        casts = _casts(cls)
         return cls(**{name: casts[name](value) for name, value in values.items()})
+
+
+@functools.cache
+def _casts(cls: type) -> dict[str, Callable[[Any], Any]]:
+    """Each field's conversion of a received value, from the field's own type: ``int | None``
+    takes int, ``tuple[str, ...]`` a tuple of str (Flower records carry lists)."""
+    out: dict[str, Callable[[Any], Any]] = {}
+    for name, hint in get_type_hints(cls).items():
+        args = [a for a in get_args(hint) if a is not type(None)] if isinstance(hint, UnionType) else [hint]
+        (kind,) = args
+        if get_origin(kind) is tuple:
+            item = get_args(kind)[0]
+            out[name] = lambda v, item=item: tuple(item(t) for t in v)
+        else:
+            out[name] = kind
+    return out
 
 
 # ---------------------------------------------------------------- process configs (not on the wire)
