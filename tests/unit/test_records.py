@@ -90,3 +90,22 @@ def test_the_coordinator_rejects_a_malformed_packed_update():
     verdict = check_update(Message(metadata=metadata(), content=content),
                            {"backbone.w": np.zeros((3, 2), np.float32)}, max_norm=None)
     assert verdict.kind == "rejected" and "malformed update" in verdict.reason
+
+
+def test_a_round_config_survives_the_wire_with_every_field_set_and_typed():
+    from dataclasses import fields
+
+    from fedtl.shared.protocol import RoundConfig
+
+    full = RoundConfig("lora", "minilm", encoder_seed=3, run_id=7, server_round=2, encoder_epochs=1, max_steps=4,
+                       proximal_mu=0.1, personalization="ditto", ditto_lambda=0.5, num_rounds=9, up_codec="int8",
+                       down_codec="fp16", base_digest="ab", lora_rank=8, lora_alpha=16.0, lora_dropout=0.1,
+                       lora_targets=("query", "value"), lora_lr_scale=10.0, dp_clip=1.0, dp_noise=0.5)
+    assert all(getattr(full, f.name) is not None for f in fields(RoundConfig))
+    wire = dict(full.to_record())
+    assert RoundConfig.from_record(wire) == full
+    wire["encoder-seed"], wire["proximal-mu"] = 3.0, 1  # numbers cross as the other kind: cast back
+    back = RoundConfig.from_record(wire)
+    assert type(back.encoder_seed) is int and type(back.proximal_mu) is float
+    with pytest.raises(ValueError, match="encoder"):
+        RoundConfig.from_record({"update-mode": "full"})
