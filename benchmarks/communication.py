@@ -27,8 +27,9 @@ import torch
 from learning import federated, site_configs
 from readme_block import write_block
 
+from fedtl.server.history import RoundRecord
 from fedtl.shared.examples import copy_examples
-from fedtl.shared.protocol import Section, primary_metrics, report_value
+from fedtl.shared.protocol import Section
 
 OUT = Path(__file__).resolve().parent / "results" / "communication"
 # name -> (update mode, codec both ways, lora settings)
@@ -61,13 +62,12 @@ class BytesCollector:
     def start(self, info: dict[str, Any]) -> None:
         pass
 
-    def round(self, record: dict[str, Any]) -> None:
+    def round(self, record: RoundRecord) -> None:
         sites = {}
-        for site, entry in record["sites"].items():
-            report = entry["report"]
-            sites[site] = {"down": entry["bytes_down"], "up": entry["bytes_up"],
-                           "metrics": {t: report_value(report, Section.VAL, t, m) for t, m in primary_metrics(report)}}
-        self.rounds.append({"round": record["round"], "seconds": record["seconds"], "sites": sites})
+        for site, entry in record.sites.items():
+            sites[site] = {"down": entry.bytes_down, "up": entry.bytes_up,
+                           "metrics": {t: entry.value(Section.VAL, t, m) for t, m in entry.primary()}}
+        self.rounds.append({"round": record.round, "seconds": record.seconds, "sites": sites})
 
     def finish(self, status: str, summary: dict[str, Any]) -> None:
         pass

@@ -55,7 +55,7 @@ from fedtl.shared.encoders import load_encoder
 from fedtl.shared.examples import copy_examples
 from fedtl.shared.federation_config import FederationConfig
 from fedtl.shared.heads import PRIMARY_METRIC
-from fedtl.shared.protocol import Section, primary_metrics, report_value
+from fedtl.shared.protocol import Section
 from fedtl.shared.update_modes import UpdateMode, exchanged_names
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -183,14 +183,12 @@ class Collector:
 
     def round(self, record):
         sites = {}
-        for site, entry in record["sites"].items():
-            report = entry["report"]
-            sites[site] = {task: report_value(report, Section.VAL, task, metric)
-                           for task, metric in primary_metrics(report)}
-        self.rounds.append({"round": record["round"], "seconds": time.perf_counter() - self.started, "sites": sites,
-                            "update_norms": record.get("update_norms", {}),
-                            "train_loss": {s: e["metrics"].get("train_loss") for s, e in record["sites"].items()},
-                            "cosine": record.get("update_cosine", {})})
+        for site, entry in record.sites.items():
+            sites[site] = {task: entry.value(Section.VAL, task, metric) for task, metric in entry.primary()}
+        self.rounds.append({"round": record.round, "seconds": time.perf_counter() - self.started, "sites": sites,
+                            "update_norms": record.update_norms,
+                            "train_loss": {s: e.metrics.get("train_loss") for s, e in record.sites.items()},
+                            "cosine": record.update_cosine})
 
     def finish(self, status, summary):
         pass

@@ -41,8 +41,8 @@ def fedtl_rounds(encoder: str, update: str, rounds: int, workdir: Path) -> list[
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
     out = []
     for record, wall, sites in timed_rounds(read_rounds(workdir / "coordinator")):
-        out.append({"round": record["round"], "seconds": wall, "sites": sites,
-                    "bytes_down": record["bytes_down"], "bytes_up": record["bytes_up"],
+        out.append({"round": record.round, "seconds": wall, "sites": sites,
+                    "bytes_down": record.bytes_down, "bytes_up": record.bytes_up,
                     "overhead": wall - max(sites.values())})
     return out
 

@@ -193,14 +193,14 @@ def run(sites: int, rounds: int, per_process: int, steps: int, root: Path, in_fl
     return {
         "sites": sites, "per_process": per_process, "in_flight": in_flight, "fork_server": fork_server,
         "rounds": len(records), "exit_code": coordinator.returncode,
-        "failed_rounds": sum(1 for r in records if r["accepted"] < sites or not r["aggregated"]),
+        "failed_rounds": sum(1 for r in records if r.accepted < sites or not r.aggregated),
         # what each such round lacked: sites that failed or were rejected (with Flower's or fedtl's
         # reason), and how many never answered before the round ended
-        "incomplete_rounds": [{"round": r["round"], "accepted": r["accepted"], "aggregated": r["aggregated"],
-                               "failed": r.get("failed", []), "rejected": r.get("rejected", []),
-                               "unanswered": sites - r["accepted"] - len(r.get("failed", []))
-                               - len(r.get("rejected", []))}
-                              for r in records if r["accepted"] < sites or not r["aggregated"]],
+        "incomplete_rounds": [{"round": r.round, "accepted": r.accepted, "aggregated": r.aggregated,
+                               "failed": [p.model_dump() for p in r.failed],
+                               "rejected": [p.model_dump() for p in r.rejected],
+                               "unanswered": sites - r.accepted - len(r.failed) - len(r.rejected)}
+                              for r in records if r.accepted < sites or not r.aggregated],
         "round_seconds": statistics.fmean(walls[1:] or walls) if walls else None,
         "overhead_per_site": statistics.fmean(o / sites for o in (overheads[1:] or overheads)) if overheads else None,
         "compute_seconds": statistics.fmean(computes[1:] or computes) if computes else None,

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from fedtl.client.worker import SiteWorker
 from fedtl.harness.grid import worker_grid
+from fedtl.server.history import RoundRecord
 from fedtl.server.rounds import FederationRun
 from fedtl.shared.config import load_site_config
 from fedtl.shared.examples import copy_examples
@@ -46,10 +47,10 @@ class SecondsCollector:
     def start(self, info: dict[str, Any]) -> None:
         pass
 
-    def round(self, record: dict[str, Any]) -> None:
-        self.rounds.append({site: {k.split("/", 1)[1]: float(v) for k, v in entry["report"].items()
+    def round(self, record: RoundRecord) -> None:
+        self.rounds.append({site: {k.split("/", 1)[1]: float(v) for k, v in entry.report.items()
                                    if k.startswith("seconds/")}
-                            for site, entry in record["sites"].items()})
+                            for site, entry in record.sites.items()})
 
     def finish(self, status: str, summary: dict[str, Any]) -> None:
         pass

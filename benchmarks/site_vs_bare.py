@@ -83,17 +83,17 @@ def fedtl_rounds(site_yaml: Path, encoder: str, steps: int, rounds: int, workdir
     usage = {"wall": time.perf_counter() - started, "cpu": cpu.seconds(), "rounds": {}}
     out = []
     for record in read_rounds(workdir / "demo" / "coordinator"):
-        (name, entry), = record["sites"].items()
-        report = entry["report"]
-        out.append({"round": record["round"], "round_seconds": record["seconds"],
+        (name, entry), = record.sites.items()
+        report = entry.report
+        out.append({"round": record.round, "round_seconds": record.seconds,
                     "handled": float(report["seconds/handled"]), "trainer": float(report["seconds/total"]),
                     "baseline": float(report.get("seconds/baseline", 0.0)),
                     "phases": {p: float(report[f"seconds/{p}"]) for p in PHASES if f"seconds/{p}" in report}})
         # what each process used in the middle half of the round, while the site trains (the
         # messages' transport and the ClientApp's start come before, the reply after)
-        start, quarter = record["started_at"], record["seconds"] / 4
+        start, quarter = record.started_at, record.seconds / 4
         middle = cpu.between(start + quarter, start + 3 * quarter)
-        usage["rounds"][record["round"]] = {"seconds": 2 * quarter, "cpu": middle}
+        usage["rounds"][record.round] = {"seconds": 2 * quarter, "cpu": middle}
     return out, usage
 
 

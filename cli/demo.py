@@ -18,8 +18,9 @@ import yaml
 from fedtl.cli.console import console, fail, handle_stop_signals, write_json
 from fedtl.cli.federation import follow_run
 from fedtl.cli.reports import site_results, sites_table
+from fedtl.server.history import RoundRecord
 from fedtl.shared.processes import become_subreaper, child_env, free_port, start, stop_many, tool
-from fedtl.shared.protocol import ReportKey, Section, primary_metrics, report_value
+from fedtl.shared.protocol import Section
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "name": "demo",
@@ -115,23 +116,22 @@ def check_sites(paths: list[Path]) -> list[str]:
     return names
 
 
-def summary_json(rounds: list[dict[str, Any]], run: dict[str, Any], seconds: float) -> dict[str, Any]:
+def summary_json(rounds: list[RoundRecord], run: dict[str, Any], seconds: float) -> dict[str, Any]:
     sites = {}
     for site, res in site_results(rounds).items():
-        report = res.get("train", {})
         tasks = {}
-        for task, metric in primary_metrics(report):
+        for task, metric in res.train.primary():
             tasks[task] = {
                 "primary_metric": metric,
-                "baseline": report_value(report, Section.BASELINE, task, metric),
-                "federated": report_value(report, Section.VAL, task, metric),
-                "global_encoder": report_value(res.get("evaluate", {}), Section.VAL, task, metric),
+                "baseline": res.train.value(Section.BASELINE, task, metric),
+                "federated": res.train.value(Section.VAL, task, metric),
+                "global_encoder": res.evaluate.value(Section.VAL, task, metric),
             }
-        sites[site] = {"tasks": tasks, "last_round": res.get("last_round"),
-                       "site_keeps": report.get(ReportKey.SITE_MODEL)}
-    per_round = [{k: r.get(k) for k in ("round", "seconds", "sampled", "accepted", "failed", "rejected",
-                                         "bytes_down", "bytes_up", "metrics", "update_norms", "update_cosine")}
-                 | {"sites": {s: e["metrics"] for s, e in r.get("sites", {}).items()}} for r in rounds]
+        sites[site] = {"tasks": tasks, "last_round": res.last_round or None, "site_keeps": res.train.site_model or None}
+    fields = ("round", "seconds", "sampled", "accepted", "failed", "rejected", "bytes_down", "bytes_up", "metrics",
+              "update_norms", "update_cosine")
+    per_round = [r.model_dump(include=set(fields))
+                 | {"sites": {s: e.metrics for s, e in r.sites.items()}} for r in rounds]
     return {"status": run.get("status"), "seconds": seconds, "sites": sites, "rounds": per_round}
 
 

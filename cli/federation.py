@@ -80,7 +80,7 @@ def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path
     rounds = read_rounds(coord.state_dir)
     console.print(sites_table(rounds))
     if json_out is not None:
-        write_json(json_out, {"run": info, "rounds": rounds})
+        write_json(json_out, {"run": info, "rounds": [r.to_json() for r in rounds]})
     if info.get("status") != "finished:completed":
         fail(f"the federation ended as {info.get('status')}: {info.get('status-details')} "
              f"(logs: {coord.state_dir / 'serverapp.log'}, {coord.state_dir / 'superlink.log'})")

@@ -360,19 +360,18 @@ def status(
     import json
 
     from fedtl.cli.reports import hub_status_table, rounds_table
+    from fedtl.server.history import RoundRecord
     from fedtl.shared.hub_client import HubError
 
     client = _hub(coordinator, insecure, root_certificates, token)
     try:
         if watch:
-            seen: list[dict] = []
             for record in client.watch():
                 entry = json.loads(record.record_json)
                 if json_out:
                     typer.echo(json.dumps(entry, sort_keys=True))
                 else:
-                    seen.append(entry)
-                    console.print(rounds_table(seen[-1:], title=f"round {record.round}"))
+                    console.print(rounds_table([RoundRecord.model_validate(entry)], title=f"round {record.round}"))
         current = client.status()
         if json_out and not watch:
             from google.protobuf.json_format import MessageToDict

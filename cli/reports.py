@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.table import Table
 
 from fedtl.client.local_training import LocalRunSummary
-from fedtl.shared.protocol import ReportKey, Section, SiteMetric, primary_metrics, report_value
+from fedtl.server.history import RoundRecord, SiteEntry
+from fedtl.shared.protocol import Section, SiteMetric
 
 
 def _fmt(value: float | None) -> str:
@@ -62,47 +64,55 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.1f}"
 
 
-def rounds_table(rounds: list[dict[str, Any]], info: dict[str, Any] | None = None, title: str = "federation") -> Table:
+def rounds_table(rounds: list[RoundRecord], info: dict[str, Any] | None = None, title: str = "federation") -> Table:
     """The coordinator's live per-round table."""
     status = (info or {}).get("status", "")
     table = Table(title=f"{title} {('· ' + status) if status else ''}".strip())
-    private = any("privacy" in r for r in rounds)
+    private = any(r.privacy is not None for r in rounds)
     columns = ("round", "sites", "failed", "rejected", "train loss", "score", "update norm", "MB down", "MB up", "s")
     for col in columns + (("ε spent",) if private else ()):
         table.add_column(col, justify="right")
     for r in rounds:
-        m = r.get("metrics", {})
-        norms = list(r.get("update_norms", {}).values())
-        spent = (f"{r['privacy']['epsilon']:.2f} / {r['privacy']['epsilon_budget']:g}",) if "privacy" in r else ("-",)
+        norms = list(r.update_norms.values())
+        spent = (f"{r.privacy['epsilon']:.2f} / {r.privacy['epsilon_budget']:g}",) if r.privacy is not None else ("-",)
         table.add_row(
-            str(r["round"]),
-            f"{r['accepted']}/{r['sampled']}",
-            str(len(r.get("failed", []))),
-            str(len(r.get("rejected", []))),
-            _fmt(m.get(SiteMetric.TRAIN_LOSS)),
-            _fmt(m.get(SiteMetric.SCORE)),
+            str(r.round),
+            f"{r.accepted}/{r.sampled}",
+            str(len(r.failed)),
+            str(len(r.rejected)),
+            _fmt(r.metrics.get(SiteMetric.TRAIN_LOSS)),
+            _fmt(r.metrics.get(SiteMetric.SCORE)),
             _fmt(sum(norms) / len(norms)) if norms else "-",
-            _mb(r.get("bytes_down", 0)),
-            _mb(r.get("bytes_up", 0)),
-            f"{r.get('seconds', 0):.1f}",
+            _mb(r.bytes_down),
+            _mb(r.bytes_up),
+            f"{r.seconds:.1f}",
             *(spent if private else ()),
         )
     return table
 
 
-def site_results(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+@dataclass
+class SiteOutcome:
+    """A site's last train report of a federation, and its final evaluation if any."""
+
+    train: SiteEntry = field(default_factory=SiteEntry)
+    last_round: int = 0
+    evaluate: SiteEntry = field(default_factory=SiteEntry)
+
+
+def site_results(rounds: list[RoundRecord]) -> dict[str, SiteOutcome]:
     """Per site: its last train report (and final evaluation, if any) with its baseline."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, SiteOutcome] = {}
     for r in rounds:
-        for site, entry in r.get("sites", {}).items():
-            out.setdefault(site, {})["train"] = entry["report"]
-            out[site]["last_round"] = r["round"]
-        for site, entry in (r.get("evaluate") or {}).get("sites", {}).items():
-            out.setdefault(site, {})["evaluate"] = entry["report"]
+        for site, entry in r.sites.items():
+            outcome = out.setdefault(site, SiteOutcome())
+            outcome.train, outcome.last_round = entry, r.round
+        for site, entry in (r.evaluate.sites if r.evaluate is not None else {}).items():
+            out.setdefault(site, SiteOutcome()).evaluate = entry
     return out
 
 
-def sites_table(rounds: list[dict[str, Any]]) -> Table:
+def sites_table(rounds: list[RoundRecord]) -> Table:
     """Per site and task: local-only baseline vs. the federation (primary metric).
 
     "federated": the site's own validation metric after its last round (global encoder +
@@ -114,14 +124,12 @@ def sites_table(rounds: list[dict[str, Any]]) -> Table:
     for col in ("site", "task", "metric", "local-only", "federated", "global encoder", "gain", "site keeps"):
         table.add_column(col, justify="left" if col in ("site", "task", "metric", "site keeps") else "right")
     for site, res in sorted(site_results(rounds).items()):
-        report = res.get("train", {})
-        for task, metric in primary_metrics(report):
-            base = report_value(report, Section.BASELINE, task, metric)
-            fed = report_value(report, Section.VAL, task, metric)
-            glob = report_value(res.get("evaluate", {}), Section.VAL, task, metric)
+        for task, metric in res.train.primary():
+            base = res.train.value(Section.BASELINE, task, metric)
+            fed = res.train.value(Section.VAL, task, metric)
+            glob = res.evaluate.value(Section.VAL, task, metric)
             gain = f"{fed - base:+.3f}" if fed is not None and base is not None else "-"
-            table.add_row(site, task, metric, _fmt(base), _fmt(fed), _fmt(glob), gain,
-                          report.get(ReportKey.SITE_MODEL, ""))
+            table.add_row(site, task, metric, _fmt(base), _fmt(fed), _fmt(glob), gain, res.train.site_model)
     return table
 
 

@@ -9,20 +9,20 @@ from rich.table import Table
 
 from fedtl.cli.console import console, fail, write_json
 from fedtl.cli.reports import rounds_table, site_results
-from fedtl.shared.protocol import Section, primary_metrics, report_value
+from fedtl.server.history import RoundRecord
+from fedtl.shared.protocol import Section
 
 SITES_LISTED = 20  # more sites than this: a summary instead of a row per site
 
 
-def gains_table(rounds: list[dict]) -> Table:
+def gains_table(rounds: list[RoundRecord]) -> Table:
     """How the sites fared against their local-only baseline, summarised over all of them."""
     results = site_results(rounds)
     gains = []
     for res in results.values():
-        report = res.get("train", {})
-        for task, metric in primary_metrics(report):
-            base = report_value(report, Section.BASELINE, task, metric)
-            fed = report_value(report, Section.VAL, task, metric)
+        for task, metric in res.train.primary():
+            base = res.train.value(Section.BASELINE, task, metric)
+            fed = res.train.value(Section.VAL, task, metric)
             if base is not None and fed is not None:
                 gains.append(fed - base)
     table = Table(title=f"{len(results)} sites: federated vs local-only (primary metric)")
@@ -87,5 +87,5 @@ def run_simulate(config: Path, sites: int, rounds: int | None, task: str, alpha:
     if tracking_uri:
         console.print(f"MLflow: fedtl ui --tracking-uri {tracking_uri}")
     if json_out is not None:
-        write_json(json_out, {"plan": plan.__dict__, "rounds": history})
-    return 0 if history and all(r.get("aggregated") for r in history) else 1
+        write_json(json_out, {"plan": plan.__dict__, "rounds": [r.to_json() for r in history]})
+    return 0 if history and all(r.aggregated for r in history) else 1

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from fedtl.server.checkpoints import latest_checkpoint
-from fedtl.server.history import read_rounds
+from fedtl.server.history import RoundRecord, read_rounds
 from fedtl.shared.checksums import file_sha256
 from fedtl.shared.federation_config import redact_url
 from fedtl.shared.safe_paths import MARKER
@@ -44,24 +44,22 @@ class RunView:
         return self.flower_status.startswith("finished")
 
 
-def round_message(record: dict[str, Any]) -> hub_pb2.RoundRecord:
-    norms = record.get("update_norms", {})
-    sites = [hub_pb2.SiteResult(
-        site=name, bytes_down=int(entry.get("bytes_down", 0)), bytes_up=int(entry.get("bytes_up", 0)),
-        update_norm=float(norms.get(name, 0.0)),
-        metrics={k: float(v) for k, v in entry.get("metrics", {}).items() if isinstance(v, (int, float))})
-        for name, entry in sorted(record.get("sites", {}).items())]
+def round_message(record: RoundRecord) -> hub_pb2.RoundRecord:
+    """hub.proto's RoundRecord: the typed record's numbers, and its whole JSON beside them."""
+    def numbers(values: dict[str, Any]) -> dict[str, float]:
+        return {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+
+    sites = [hub_pb2.SiteResult(site=name, bytes_down=entry.bytes_down, bytes_up=entry.bytes_up,
+                                update_norm=float(record.update_norms.get(name, 0.0)), metrics=numbers(entry.metrics))
+             for name, entry in sorted(record.sites.items())]
     return hub_pb2.RoundRecord(
-        round=record["round"], started_at=record.get("started_at", 0.0), seconds=record.get("seconds", 0.0),
-        sampled=record.get("sampled", 0), answered=record.get("answered", 0), accepted=record.get("accepted", 0),
-        aggregated=bool(record.get("aggregated")), sites=sites,
-        failed=[hub_pb2.Problem(site=p["site"], reason=p["reason"]) for p in record.get("failed", [])],
-        rejected=[hub_pb2.Problem(site=p["site"], reason=p["reason"]) for p in record.get("rejected", [])],
-        bytes_down=int(record.get("bytes_down", 0)), bytes_up=int(record.get("bytes_up", 0)),
-        metrics={k: float(v) for k, v in record.get("metrics", {}).items() if isinstance(v, (int, float))},
-        global_digest=record.get("global_digest", ""),
-        epsilon_spent=float(record.get("privacy", {}).get("epsilon", 0.0)),
-        record_json=json.dumps(record, sort_keys=True, default=str))
+        round=record.round, started_at=record.started_at, seconds=record.seconds, sampled=record.sampled,
+        answered=record.answered, accepted=record.accepted, aggregated=record.aggregated, sites=sites,
+        failed=[hub_pb2.Problem(site=p.site, reason=p.reason) for p in record.failed],
+        rejected=[hub_pb2.Problem(site=p.site, reason=p.reason) for p in record.rejected],
+        bytes_down=record.bytes_down, bytes_up=record.bytes_up, metrics=numbers(record.metrics),
+        global_digest=record.global_digest, epsilon_spent=float((record.privacy or {}).get("epsilon", 0.0)),
+        record_json=json.dumps(record.to_json(), sort_keys=True, default=str))
 
 
 def checkpoint_files(folder: Path) -> list[tuple[str, Path]]:
@@ -106,9 +104,9 @@ class HubServicer(hub_pb2_grpc.HubServicer):
             log.debug("hub: connected sites unknown: %s", exc)
             connected = 0
         status = hub_pb2.Status(
-            federation=self.federation, state=self._state(rounds), current_round=rounds[-1]["round"] if rounds else 0,
+            federation=self.federation, state=self._state(rounds), current_round=rounds[-1].round if rounds else 0,
             rounds_total=self.rounds_total, connected_sites=connected,
-            sampled_sites=rounds[-1].get("sampled", 0) if rounds else 0, mlflow_run_id=run_id,
+            sampled_sites=rounds[-1].sampled if rounds else 0, mlflow_run_id=run_id,
             mlflow_tracking_uri=redact_url(self.tracking_uri),
             details=self.run.details or self.run.flower_status,
             update_mode=self.update_mode, encoder=self.encoder)
@@ -124,9 +122,9 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         while context.is_active():
             ended = self.run.ended  # read before the rounds: a round written before the end is not missed
             for record in read_rounds(self.state_dir):
-                if record["round"] >= next_round:
+                if record.round >= next_round:
                     yield round_message(record)
-                    next_round = record["round"] + 1
+                    next_round = record.round + 1
             if ended or self.stopping.wait(WATCH_POLL):
                 return
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -11,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from fedtl.shared.protocol import Section, primary_metrics, report_value  # noqa: E402
+from fedtl.server.history import RoundRecord  # noqa: E402
+from fedtl.shared.protocol import Section  # noqa: E402
 
 ANNOTATED_SITES = 16  # more sites than this: a heatmap without the numbers, of a bounded size
 LABELLED_SITES = 40  # more: every k-th site named on the axes
@@ -60,19 +60,18 @@ def mixing_heatmap(mixing: dict[str, dict[str, float]], round_: int, path: Path)
                                vmin=0.0, cmap="Blues")
 
 
-def site_metric_plot(history: list[dict[str, Any]], path: Path) -> Path:
+def site_metric_plot(history: list[RoundRecord], path: Path) -> Path:
     """Each site's tasks' primary validation metric per round, with its local-only baseline dashed."""
     series: dict[str, list[tuple[int, float]]] = {}
     baselines: dict[str, float] = {}
     for record in history:
-        for site, entry in record.get("sites", {}).items():
-            report = entry["report"]
-            for task, metric in primary_metrics(report):
+        for site, entry in record.sites.items():
+            for task, metric in entry.primary():
                 label = f"{site}/{task} ({metric})"
-                value = report_value(report, Section.VAL, task, metric)
+                value = entry.value(Section.VAL, task, metric)
                 if value is not None:
-                    series.setdefault(label, []).append((record["round"], value))
-                base = report_value(report, Section.BASELINE, task, metric)
+                    series.setdefault(label, []).append((record.round, value))
+                base = entry.value(Section.BASELINE, task, metric)
                 if base is not None:
                     baselines[label] = base
     fig, ax = plt.subplots(figsize=(7, 4.2))

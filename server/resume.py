@@ -16,11 +16,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 from safetensors.numpy import load_file, save_file
 
+from fedtl.server.history import RoundRecord
 from fedtl.shared.atomic import atomic_folder, folder_number, keep_newest, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class ResumePoint:
     round: int
     arrays: dict[str, np.ndarray]
     strategy: dict[str, np.ndarray] = field(default_factory=dict)
-    record: dict[str, Any] = field(default_factory=dict)
+    record: RoundRecord | None = None  # the round's record, replayed to observers that missed it
     site_models: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # similarity: per-site models
 
 
@@ -79,7 +80,7 @@ def save_resume_point(state_dir: Path, point: ResumePoint) -> Path:
         save_file(point.strategy or {}, str(tmp / "strategy.safetensors"))
         save_file({f"{site}/{name}": np.ascontiguousarray(v) for site, arrays in point.site_models.items()
                    for name, v in arrays.items()}, str(tmp / "site_models.safetensors"))
-        (tmp / "round.json").write_text(json.dumps(point.record, sort_keys=True, default=float))
+        (tmp / "round.json").write_text(point.record.line() if point.record is not None else "{}")
     write_json_atomic(root / "latest.json", {"round": point.round, "path": final.name})
     keep_newest(root, "round-*", KEEP, RESUME_POINT, legacy=_earlier_point)
     return final
@@ -109,7 +110,10 @@ def load_resume_point(state_dir: Path) -> ResumePoint | None:
 
 
 def _read_point(folder: Path) -> ResumePoint:
-    record = json.loads((folder / "round.json").read_text())
+    try:  # a point written without a record, or by a version whose record does not read: nothing to replay
+        record: RoundRecord | None = RoundRecord.model_validate(json.loads((folder / "round.json").read_text()))
+    except ValidationError:
+        record = None
     site_models: dict[str, dict[str, np.ndarray]] = {}
     if (folder / "site_models.safetensors").exists():
         for key, value in load_file(str(folder / "site_models.safetensors")).items():

@@ -42,6 +42,7 @@ from fedtl.server.checkpoints import (
     save_start_checkpoint,
 )
 from fedtl.server.downlink import Downlink
+from fedtl.server.history import Evaluation, Problem, RoundRecord, SiteEntry
 from fedtl.server.lora_aggregation import product_mean
 from fedtl.server.resume import ResumePoint, load_resume_point, restore_strategy, save_resume_point, strategy_state
 from fedtl.server.similarity import cosine_matrix, mix, mixing_weights
@@ -72,7 +73,7 @@ class RoundObserver(Protocol):
 
     def start(self, info: dict[str, Any]) -> None: ...
 
-    def round(self, record: dict[str, Any]) -> None: ...
+    def round(self, record: RoundRecord) -> None: ...
 
     def finish(self, status: str, summary: dict[str, Any]) -> None: ...
 
@@ -157,42 +158,23 @@ class RoundResult:
     bytes_down: int
     bytes_up: int
     metrics: dict[str, float]
-    sites: dict[str, dict[str, Any]]
+    sites: dict[str, SiteEntry]
     update_cosine: dict[str, dict[str, float]] = field(default_factory=dict)
     mixing: dict[str, dict[str, float]] = field(default_factory=dict)
     checkpoint: str | None = None
-    evaluate: dict[str, Any] | None = None
+    evaluate: Evaluation | None = None
     privacy: dict[str, float] | None = None  # privacy on: epsilon spent so far, delta, noise multiplier, clip
 
-    def record(self) -> dict[str, Any]:
-        out = {
-            "round": self.round,
-            "started_at": self.started_at,
-            "seconds": self.seconds,
-            "aggregation_seconds": self.aggregation_seconds,
-            "sampled": self.sampled,
-            "answered": self.answered,
-            "accepted": len(self.judgement.accepted),
-            "failed": self.judgement.failed,
-            "rejected": self.judgement.rejected,
-            "aggregated": self.aggregated,
-            "global_digest": digest(self.global_arrays),
-            "bytes_down": self.bytes_down,
-            "bytes_up": self.bytes_up,
-            "metrics": self.metrics,
-            "update_norms": {v.site: v.norm for _, v in self.judgement.accepted},
-            "update_cosine": self.update_cosine,
-            "sites": self.sites,
-        }
-        if self.mixing:
-            out["mixing"] = self.mixing
-        if self.checkpoint is not None:
-            out["checkpoint"] = self.checkpoint
-        if self.evaluate is not None:
-            out["evaluate"] = self.evaluate
-        if self.privacy is not None:
-            out["privacy"] = self.privacy
-        return out
+    def record(self) -> RoundRecord:
+        return RoundRecord(
+            round=self.round, started_at=self.started_at, seconds=self.seconds,
+            aggregation_seconds=self.aggregation_seconds, sampled=self.sampled, answered=self.answered,
+            accepted=len(self.judgement.accepted), failed=self.judgement.failed, rejected=self.judgement.rejected,
+            aggregated=self.aggregated, global_digest=digest(self.global_arrays), bytes_down=self.bytes_down,
+            bytes_up=self.bytes_up, metrics=self.metrics,
+            update_norms={v.site: v.norm for _, v in self.judgement.accepted}, update_cosine=self.update_cosine,
+            sites=self.sites, mixing=self.mixing, checkpoint=self.checkpoint, evaluate=self.evaluate,
+            privacy=self.privacy)
 
 
 def send(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: RoundConfig, wire: WireLog,
@@ -551,8 +533,8 @@ class FederationRun:
             aggregated=new_arrays is not None,
             global_arrays=new_arrays if new_arrays is not None else global_arrays,
             bytes_down=ex.bytes_down(), bytes_up=ex.bytes_up, metrics=agg_metrics,
-            sites={v.site: {"metrics": dict(m.content[METRICS]), "report": _report(m),
-                            "bytes_down": down.get(v.node_id, 0), "bytes_up": ex.node_bytes_up.get(v.node_id, 0)}
+            sites={v.site: SiteEntry(metrics=dict(m.content[METRICS]), report=_report(m),
+                                     bytes_down=down.get(v.node_id, 0), bytes_up=ex.node_bytes_up.get(v.node_id, 0))
                    for m, v in verdicts.accepted},
             update_cosine=aggregator.cosine(), mixing=mixing, privacy=self.privacy_spent(rnd),
         )
@@ -571,15 +553,13 @@ class FederationRun:
         return alphas
 
     def evaluate_round(self, rnd: int, grid: Grid, strategy, global_arrays: dict[str, np.ndarray],
-                       wire: WireLog) -> dict[str, Any]:
+                       wire: WireLog) -> Evaluation:
         started = time.time()
         ex = exchange(grid, strategy, rnd, global_arrays, self.round_config(), self.fed.round_timeout, wire,
                       evaluate=True, window=self.fed.sites_in_flight)
         good = [m for m in ex.replies if not m.has_error()]
         aggregated = strategy.aggregate_evaluate(rnd, good) if good else None
-        return {
-            "seconds": time.time() - started,
-            "metrics": dict(aggregated or {}),
-            "sites": {site_name(m): {"metrics": dict(m.content[METRICS]), "report": _report(m)} for m in good},
-            "failed": [{"site": site_name(m), "reason": m.error.reason} for m in ex.replies if m.has_error()],
-        }
+        return Evaluation(
+            seconds=time.time() - started, metrics=dict(aggregated or {}),
+            sites={site_name(m): SiteEntry(metrics=dict(m.content[METRICS]), report=_report(m)) for m in good},
+            failed=[Problem(site=site_name(m), reason=m.error.reason) for m in ex.replies if m.has_error()])

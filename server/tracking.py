@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from fedtl.server.history import Evaluation, RoundRecord
 from fedtl.shared.atomic import write_text_atomic
 from fedtl.shared.federation_config import redact_secrets
 from fedtl.shared.protocol import ReportKey, Section, SiteMetric, parse_task_key, primary_metrics, report_value
@@ -259,10 +260,10 @@ class MlflowTracker:
         start_round = info.get("start_round", 1)
         if start_round == 1 and self.run_id is not None:
             self.meta = {}  # a new federation in this state_dir: a new MLflow run
-        self.history = [r for r in read_rounds(self.state_dir) if r["round"] < start_round]
+        self.history = [r for r in read_rounds(self.state_dir) if r.round < start_round]
         for record in self.history:  # what was logged before a resume is not logged again
             round_metrics(record, self.baselines_logged)
-            self.params_logged.update(f"sites.{site}.tasks" for site in record.get("sites", {}))
+            self.params_logged.update(f"sites.{site}.tasks" for site in record.sites)
         config = info["config"]
         ops: list[dict[str, Any]] = []
         if start_round == 1:
@@ -293,15 +294,15 @@ class MlflowTracker:
             return True
         return any(op.get("round") == rnd for op in self.journal.pending())
 
-    def round(self, record: dict[str, Any]) -> None:
-        rnd = record["round"]
+    def round(self, record: RoundRecord) -> None:
+        rnd = record.round
         if self._enqueued(rnd):  # replayed after a crash: it is logged once already
             return
         ops: list[dict[str, Any]] = [
             {"op": "metrics", "step": rnd, "time": time.time(), "metrics": round_metrics(record, self.baselines_logged)},
-            {"op": "tags", "tags": {"fedtl.sites": sites_tag(record.get("sites", {})), "fedtl.rounds_done": rnd}},
+            {"op": "tags", "tags": {"fedtl.sites": sites_tag(record.sites), "fedtl.rounds_done": rnd}},
         ]
-        new_sites = {site: entry["report"] for site, entry in record.get("sites", {}).items()
+        new_sites = {site: entry.report for site, entry in record.sites.items()
                      if f"sites.{site}.tasks" not in self.params_logged}
         if new_sites:  # a site's task list, the first time it takes part
             params = {}
@@ -316,15 +317,15 @@ class MlflowTracker:
         plots = self.state_dir / "plots"
         from fedtl.server.plots import interference_heatmap, mixing_heatmap, site_metric_plot
 
-        if record.get("update_cosine"):
-            path = interference_heatmap(record["update_cosine"], rnd, plots / f"interference-round-{rnd:03d}.png")
+        if record.update_cosine:
+            path = interference_heatmap(record.update_cosine, rnd, plots / f"interference-round-{rnd:03d}.png")
             ops.append(self._artifact(path, "interference"))
-        if record.get("mixing"):
-            ops.append(self._artifact(mixing_heatmap(record["mixing"], rnd, plots / f"mixing-round-{rnd:03d}.png"),
+        if record.mixing:
+            ops.append(self._artifact(mixing_heatmap(record.mixing, rnd, plots / f"mixing-round-{rnd:03d}.png"),
                                       "mixing"))
         ops.append(self._artifact(site_metric_plot(self.history, plots / "site_metrics.png"), "plots"))
-        if record.get("checkpoint") and self.checkpoint_every and rnd % self.checkpoint_every == 0:
-            ops.append(self._artifact(Path(record["checkpoint"]), "checkpoints", copy=False))
+        if record.checkpoint and self.checkpoint_every and rnd % self.checkpoint_every == 0:
+            ops.append(self._artifact(Path(record.checkpoint), "checkpoints", copy=False))
         self._enqueue({"op": "batch", "round": rnd, "ops": ops})  # one line: the round is journaled whole
         self._save_meta(last_round=rnd)
         self.flush()
@@ -332,8 +333,8 @@ class MlflowTracker:
     def finish(self, status: str, summary: dict[str, Any]) -> None:
         final = None
         for record in reversed(self.history):
-            if record.get("checkpoint"):
-                final = Path(record["checkpoint"])
+            if record.checkpoint:
+                final = Path(record.checkpoint)
                 break
         if status == "completed" and final is not None:
             self._enqueue(self._artifact(final, "encoder", copy=True))
@@ -364,34 +365,33 @@ def flatten_params(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def round_metrics(record: dict[str, Any], baselines_logged: set[str]) -> dict[str, float]:
+def round_metrics(record: RoundRecord, baselines_logged: set[str]) -> dict[str, float]:
     """Everything MLflow charts for one round, with `/`-separated names that group in the UI."""
     out: dict[str, float] = {}
-    agg = record.get("metrics", {})
+    agg = record.metrics
     for key in SiteMetric.AGGREGATED:
         if key in agg:
             out[f"federation/{key}_mean"] = agg[key]
     out.update({
-        "federation/sites_sampled": record["sampled"], "federation/sites_answered": record["answered"],
-        "federation/sites_accepted": record["accepted"], "federation/sites_failed": len(record["failed"]),
-        "federation/sites_rejected": len(record["rejected"]), "federation/bytes_down": record["bytes_down"],
-        "federation/bytes_up": record["bytes_up"], "federation/round_seconds": record["seconds"],
-        "federation/aggregation_seconds": record["aggregation_seconds"],
-        "federation/aggregated": 1.0 if record["aggregated"] else 0.0,
+        "federation/sites_sampled": record.sampled, "federation/sites_answered": record.answered,
+        "federation/sites_accepted": record.accepted, "federation/sites_failed": len(record.failed),
+        "federation/sites_rejected": len(record.rejected), "federation/bytes_down": record.bytes_down,
+        "federation/bytes_up": record.bytes_up, "federation/round_seconds": record.seconds,
+        "federation/aggregation_seconds": record.aggregation_seconds,
+        "federation/aggregated": 1.0 if record.aggregated else 0.0,
     })
-    if "privacy" in record:  # epsilon spent so far, against the budget
-        out["privacy/epsilon"] = record["privacy"]["epsilon"]
-        out["privacy/epsilon_budget"] = record["privacy"]["epsilon_budget"]
-    for site, norm in record.get("update_norms", {}).items():
+    if record.privacy is not None:  # epsilon spent so far, against the budget
+        out["privacy/epsilon"] = record.privacy["epsilon"]
+        out["privacy/epsilon_budget"] = record.privacy["epsilon_budget"]
+    for site, norm in record.update_norms.items():
         out[f"site/{site}/update_norm"] = norm
-    for site, entry in record.get("sites", {}).items():
-        report, m = entry["report"], entry["metrics"]
+    for site, entry in record.sites.items():
+        report, m = entry.report, entry.metrics
         out[f"site/{site}/num_examples"] = m.get(SiteMetric.NUM_EXAMPLES, 0)
         out[f"site/{site}/seconds"] = m.get(SiteMetric.SECONDS, 0)
         out[f"site/{site}/startup_seconds"] = m.get(SiteMetric.STARTUP_SECONDS, 0)
-        for direction in ("bytes_down", "bytes_up"):  # as encoded on the wire (codec.up / codec.down)
-            if direction in entry:
-                out[f"site/{site}/{direction}"] = entry[direction]
+        out[f"site/{site}/bytes_down"] = entry.bytes_down  # as encoded on the wire (codec.up / codec.down)
+        out[f"site/{site}/bytes_up"] = entry.bytes_up
         for task, primary in primary_metrics(report):
             first = f"{site}/{task}" not in baselines_logged
             for key, value in report.items():
@@ -410,14 +410,14 @@ def round_metrics(record: dict[str, Any], baselines_logged: set[str]) -> dict[st
             if base is not None and fed is not None:
                 out[f"site/{site}/{task}/transfer_gain"] = fed - base
             baselines_logged.add(f"{site}/{task}")
-    for site, row in (record.get("mixing") or {}).items():
+    for site, row in record.mixing.items():
         for other, share in row.items():
             out[f"mixing/{site}/{other}"] = share
-    evaluation = record.get("evaluate") or {}
-    for key, value in evaluation.get("metrics", {}).items():
+    evaluation = record.evaluate or Evaluation()
+    for key, value in evaluation.metrics.items():
         out[f"evaluate/{key}"] = value
-    for site, entry in evaluation.get("sites", {}).items():
-        for key, value in entry["report"].items():
+    for site, entry in evaluation.sites.items():
+        for key, value in entry.report.items():
             parsed = parse_task_key(key)
             if parsed is not None and parsed[0] == Section.VAL:
                 out[f"evaluate/{site}/{parsed[1]}/{parsed[2]}"] = value

@@ -144,10 +144,11 @@ def test_similarity_with_a_coded_downlink_is_refused_at_the_edge(tmp_path):
 
 
 def test_mlflow_gets_each_sites_encoded_bytes(plain_and_coded):
+    from fedtl.server.history import RoundRecord
     from fedtl.server.tracking import round_metrics
 
     _, (_, _, coded) = plain_and_coded
-    metrics = round_metrics(coded[-1], set())
+    metrics = round_metrics(RoundRecord.model_validate(coded[-1]), set())
     for site, entry in coded[-1]["sites"].items():
         assert metrics[f"site/{site}/bytes_up"] == entry["bytes_up"] > 0
         assert metrics[f"site/{site}/bytes_down"] == entry["bytes_down"] > 0

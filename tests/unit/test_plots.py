@@ -2,6 +2,7 @@
 
 import matplotlib.image as mpimg
 
+from fedtl.server.history import RoundRecord
 from fedtl.server.plots import interference_heatmap, site_metric_plot
 
 
@@ -21,6 +22,7 @@ def test_the_metric_plot_of_many_sites_draws_their_mean(tmp_path):
         return {"report": {"primary": ["macro_f1"], "tasks": ["t"], "val/t/macro_f1": value,
                            "baseline/t/macro_f1": 0.5}}
 
-    history = [{"round": r, "sites": {f"s{i}": report(0.5 + 0.01 * r) for i in range(50)}} for r in (1, 2)]
+    history = [RoundRecord.model_validate({"round": r, "sites": {f"s{i}": report(0.5 + 0.01 * r) for i in range(50)}})
+               for r in (1, 2)]
     path = site_metric_plot(history, tmp_path / "metrics.png")
     assert mpimg.imread(path).shape[0] < 1000

@@ -55,6 +55,7 @@ def test_the_noise_multiplier_spends_the_budget_and_no_more():
 
 def test_a_private_federation_sends_only_clipped_and_noised_updates(tmp_path):
     from fedtl.cli.reports import rounds_table
+    from fedtl.server.history import RoundRecord
     from fedtl.server.tracking import round_metrics
 
     privacy = {"enabled": True, "epsilon": 4.0, "delta": 1e-5, "clip_norm": 0.01}
@@ -82,8 +83,8 @@ def test_a_private_federation_sends_only_clipped_and_noised_updates(tmp_path):
     for record in rounds:
         for norm in record["update_norms"].values():
             assert norm > 0.01  # the coordinator saw noise on top of at most 0.01 of update
-        assert round_metrics(record, set())["privacy/epsilon"] == record["privacy"]["epsilon"]
-    table = rounds_table(rounds)
+        assert round_metrics(RoundRecord.model_validate(record), set())["privacy/epsilon"] == record["privacy"]["epsilon"]
+    table = rounds_table([RoundRecord.model_validate(r) for r in rounds])
     assert [c.header for c in table.columns][-1] == "ε spent"
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedtl.harness.grid import LocalGrid
-from fedtl.server.history import HistoryWriter, read_rounds
+from fedtl.server.history import HistoryWriter, RoundRecord, read_rounds
 from fedtl.server.resume import load_resume_point
 from fedtl.server.rounds import FederationRun
 from fedtl.shared.federation_config import FederationConfig
@@ -25,7 +25,7 @@ class Recorder:
         self.events.append(("start", info))
 
     def round(self, record):
-        self.events.append(("round", record))
+        self.events.append(("round", record.to_json()))  # as rounds.jsonl stores it
 
     def finish(self, status, summary):
         self.events.append(("finish", status))
@@ -128,12 +128,12 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, strategy):
 def test_history_records_a_replayed_round_once(tmp_path):
     writer = HistoryWriter(tmp_path, run_id=1)
     writer.start({"start_round": 1})
-    writer.round({"round": 1, "global_digest": "x"})
+    writer.round(RoundRecord(round=1, global_digest="x"))
     resumed = HistoryWriter(tmp_path, run_id=2)
     resumed.start({"start_round": 2})
-    resumed.round({"round": 1, "global_digest": "x"})  # replayed after a crash
-    resumed.round({"round": 2, "global_digest": "y"})
-    assert [r["round"] for r in read_rounds(tmp_path)] == [1, 2]
+    resumed.round(RoundRecord(round=1, global_digest="x"))  # replayed after a crash
+    resumed.round(RoundRecord(round=2, global_digest="y"))
+    assert [r.round for r in read_rounds(tmp_path)] == [1, 2]
     with (tmp_path / "rounds.jsonl").open("a") as fh:
         fh.write('{"round": 3, "glo')  # a crash mid-write
-    assert [r["round"] for r in read_rounds(tmp_path)] == [1, 2]
+    assert [r.round for r in read_rounds(tmp_path)] == [1, 2]

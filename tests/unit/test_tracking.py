@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from fedtl.server.history import RoundRecord
 from fedtl.server.tracking import Journal, artifact_root_for, flatten_params, round_metrics
 
 
@@ -25,20 +26,20 @@ def test_sqlite_artifacts_live_beside_the_database():
 
 
 def test_round_metrics_names_and_baseline_once():
-    record = {
-        "round": 1, "sampled": 2, "answered": 2, "accepted": 2, "failed": [], "rejected": [{"site": "x"}],
+    record = RoundRecord.model_validate({
+        "round": 1, "sampled": 2, "answered": 2, "accepted": 2, "failed": [], "rejected": [{"site": "x", "reason": "NaN"}],
         "bytes_down": 10, "bytes_up": 8, "seconds": 3.0, "aggregation_seconds": 0.1, "aggregated": True,
         "metrics": {"train_loss": 0.5, "score": 0.7}, "update_norms": {"a": 0.2},
         "sites": {"a": {"metrics": {"num-examples": 5, "seconds": 1.0, "startup_seconds": 0.1},
                         "report": {"tasks": ["t"], "primary": ["r2"], "val/t/r2": 0.6, "baseline/t/r2": 0.4,
                                    "train_loss/t": 0.3, "site_model": "federated"}}},
-    }
+    })
     logged: set[str] = set()
     first = round_metrics(record, logged)
     assert first["federation/sites_rejected"] == 1 and first["federation/train_loss_mean"] == 0.5
     assert first["site/a/t/val_r2"] == 0.6 and first["site/a/t/baseline_r2"] == 0.4
     assert abs(first["site/a/t/transfer_gain"] - 0.2) < 1e-9 and first["site/a/update_norm"] == 0.2
-    second = round_metrics(dict(record, round=2), logged)
+    second = round_metrics(record.model_copy(update={"round": 2}), logged)
     assert "site/a/t/baseline_r2" not in second and "site/a/t/val_r2" in second
 
 
