@@ -242,6 +242,8 @@ def bare_round(site_yaml: Path, encoder: str, steps: int, seed: int) -> dict:
             order = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         idx = order.pop(0)
         ids, mask = pad_batch([train_ids[i] for i in idx], pad_id, device)
+        # the AMP step is written out here on purpose, beside client/trainer.py's: this loop is the
+        # independent baseline the site's training is timed against, so it shares no training code
         with amp.autocast():
             out = head(pooled(model, ids, mask))
         loss = spec.loss(out, y_train[idx])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fedtl.shared.codecs import Codec
 from fedtl.shared.config import MAX_SEED, Name, _resolve, resolve_encoder_spec, resolve_state_dir
@@ -108,6 +108,15 @@ def split_address(address: str) -> tuple[str, int]:
     if not 0 < int(port) < 65536:
         raise ValueError(f"port {port} is out of range: HOST:PORT needs a port from 1 to 65535")
     return host, int(port)
+
+
+def _checked_address(value: str) -> str:
+    split_address(value)
+    return value
+
+
+# a listening address in a config: HOST:PORT, checked by split_address (one place for every listener)
+Address = Annotated[str, AfterValidator(_checked_address)]
 
 
 def _same_interface(a: str, b: str) -> bool:
@@ -215,17 +224,11 @@ class HubConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(default=True, description="serve the hub beside the SuperLink")
-    address: str = Field(default=f"0.0.0.0:{DEFAULT_HUB_PORT}", description="HOST:PORT the hub listens on")
+    address: Address = Field(default=f"0.0.0.0:{DEFAULT_HUB_PORT}", description="HOST:PORT the hub listens on")
     token: str | None = Field(default=None, min_length=HUB_TOKEN_MIN_LENGTH,
                               description="calls must carry 'authorization: Bearer <token>' "
                                           "(none: $FEDTL_HUB_TOKEN if set, else no token)")
     linger: float = Field(default=3.0, ge=0, description="seconds the hub keeps answering after the run ends")
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        split_address(value)
-        return value
 
 
 class SuperLinkConfig(BaseModel):
@@ -233,15 +236,9 @@ class SuperLinkConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fleet_address: str = Field(default="0.0.0.0:9092", description="sites connect here (gRPC), HOST:PORT")
+    fleet_address: Address = Field(default="0.0.0.0:9092", description="sites connect here (gRPC), HOST:PORT")
     control_host: str = Field(default="127.0.0.1", description="Flower's Control/Runtime HTTP API host")
     control_port: int = Field(default=9093, ge=1, le=65535, description="Flower's Control API port (runs are submitted there)")
-
-    @field_validator("fleet_address")
-    @classmethod
-    def _host_and_port(cls, value: str) -> str:
-        split_address(value)
-        return value
 
 
 class MlflowConfig(BaseModel):
