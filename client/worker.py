@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,20 @@ from fedtl.client.head_store import HeadStore
 from fedtl.client.local_training import load_site_data, prepare_tasks
 from fedtl.client.loss_weighting import LossWeighting
 from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
-from fedtl.client.trainer import LocalTrainer, PreparedTask, mean_primary, resolve_device, resolve_precision
+from fedtl.client.trainer import (
+    LocalTrainer,
+    PreparedTask,
+    TrainResult,
+    mean_primary,
+    resolve_device,
+    resolve_precision,
+)
 from fedtl.client.warm_start import WarmStart
 from fedtl.client.wire_codecs import SiteCodecs
 from fedtl.client.worker_api import Timing
 from fedtl.shared import faults
 from fedtl.shared.atomic import write_bytes_atomic, write_json_atomic
-from fedtl.shared.config import SiteConfig
+from fedtl.shared.config import SiteConfig, TrainingConfig
 from fedtl.shared.encoders import load_encoder
 from fedtl.shared.lora import LoraSettings, add_adapters, round_settings
 from fedtl.shared.privacy import privatize
@@ -58,6 +65,30 @@ from fedtl.shared.update_modes import UpdateMode, exchanged_names
 from fedtl.v1 import site_pb2
 
 log = logging.getLogger(__name__)
+
+@dataclass
+class SiteRound:
+    """One training round at this site, filled in by ``SiteWorker.train``'s steps in order."""
+
+    config: RoundConfig
+    training: TrainingConfig
+    handled_at: float  # unix time the warm worker got the message
+    frozen: int = 0  # frozen prefix layers of the update mode
+    global_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    started: float = 0.0  # unix time training started
+    trainer: LocalTrainer | None = None
+    result: TrainResult | None = None  # the shared path's training
+    served: Any = None  # what the site reports as its model this round: result, or ditto's personal model
+    personal: Any = None  # ditto's personal model's result
+    delta: dict[str, np.ndarray] = field(default_factory=dict)
+    privacy: dict[str, float] | None = None
+    wire: dict[str, np.ndarray] = field(default_factory=dict)  # the update as coded for the wire
+    site_model: str = "federated"
+    site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    startup: float = float("nan")
+    norm: float = 0.0
+
 
 class SiteWorker:
     """Holds one site's encoder, tokenised tasks and heads; handles train/evaluate messages."""
@@ -256,87 +287,111 @@ class SiteWorker:
         return self.baseline
 
     def train(self, content: RecordDict, timing: Timing) -> RecordDict:
+        """One round at this site, step by step; each step fills in the round's ``SiteRound``."""
+        r = self._receive(content)
+        self._fit(r)
+        self._make_update(r)
+        self._choose_and_keep(r)
+        self._record(r, timing)
+        return self._reply(r)
+
+    def _receive(self, content: RecordDict) -> SiteRound:
+        """Parse the round config (refusing rounds below this site's privacy floor), take the
+        encoder and, in round 1, record the local-only baseline; then apply the global tensors."""
         handled_at = time.time()  # per-round start-up ends here: the warm worker has the message
         config = RoundConfig.from_record(content[CONFIG])
-        round_ = config.server_round
         if (why := self.config.privacy.refusal(config.dp_clip, config.dp_noise)) is not None:
-            raise ValueError(f"site {self.config.name} refuses round {round_}: {why}")
-        training = self._training_config(config)
+            raise ValueError(f"site {self.config.name} refuses round {config.server_round}: {why}")
+        r = SiteRound(config, self._training_config(config), handled_at)
         self._schedule_part = self._schedule_position(config)
         self._ensure_encoder(config)
-        frozen = self._frozen = self._frozen_layers(UpdateMode.parse(config.update_mode))
-        baseline_seconds = 0.0
+        r.frozen = self._frozen = self._frozen_layers(UpdateMode.parse(config.update_mode))
         if self.baseline is None and self.rounds_done == 0:
-            self._ensure_baseline(training, frozen)  # the encoder is still the pretrained one here
-            baseline_seconds = time.time() - handled_at
-        mode, global_arrays = self._apply_global(config, content, train=True)
-        names = set(global_arrays)
-        log.info("site %s: round %d: training (%s)", self.config.name, round_, mode)
-        faults.hold_before_training(round_)
+            self._ensure_baseline(r.training, r.frozen)  # the encoder is still the pretrained one here
+            r.seconds["baseline"] = time.time() - handled_at
+        mode, r.global_arrays = self._apply_global(config, content, train=True)
+        log.info("site %s: round %d: training (%s)", self.config.name, config.server_round, mode)
+        faults.hold_before_training(config.server_round)
+        return r
 
-        start = time.time()
-        trainer = self._trainer(self.tasks, training, frozen, encoder_trainable=names.__contains__,
-                                weighting=self.weighting, proximal_mu=config.proximal_mu,
-                                optimizer_state=self.optimizer_state)
-        result = trainer.fit()
-        trained = trainer.finetuned_encoder or dict(self.encoder.named_parameters())
-        delta = {n: trained[n].detach().float().cpu().numpy() - global_arrays[n] for n in sorted(names)}
-        faults.poison_update(delta)
-        privacy = None
+    def _fit(self, r: SiteRound) -> None:
+        """Heads on frozen features, then encoder and heads together (client/trainer.py)."""
+        r.started = time.time()
+        names = set(r.global_arrays)
+        r.trainer = self._trainer(self.tasks, r.training, r.frozen, encoder_trainable=names.__contains__,
+                                  weighting=self.weighting, proximal_mu=r.config.proximal_mu,
+                                  optimizer_state=self.optimizer_state)
+        r.result = r.served = r.trainer.fit()
+
+    def _make_update(self, r: SiteRound) -> None:
+        """What leaves the site: the trained tensors minus the received ones, clipped and noised when
+        the federation is private, then coded for the wire."""
+        trained = r.trainer.finetuned_encoder or dict(self.encoder.named_parameters())
+        r.delta = {n: trained[n].detach().float().cpu().numpy() - r.global_arrays[n] for n in sorted(r.global_arrays)}
+        faults.poison_update(r.delta)
+        config = r.config
         if config.dp_clip is not None and config.dp_noise is not None:  # privacy: only the noised update leaves
-            delta, trained_norm = privatize(delta, config.dp_clip, config.dp_noise)
-            privacy = {"clip_norm": config.dp_clip, "noise_multiplier": config.dp_noise, "trained_norm": trained_norm}
-        wire = self.codecs.send(config, delta)  # the delta itself, or its coding (with error feedback)
+            r.delta, trained_norm = privatize(r.delta, config.dp_clip, config.dp_noise)
+            r.privacy = {"clip_norm": config.dp_clip, "noise_multiplier": config.dp_noise, "trained_norm": trained_norm}
+        r.wire = self.codecs.send(config, r.delta)  # the delta itself, or its coding (with error feedback)
+
+    def _choose_and_keep(self, r: SiteRound) -> None:
+        """Keep the round's model on disk, train the personal one (ditto), choose the model this site
+        serves and refit its heads on every row for serving; save the heads."""
+        names = sorted(r.global_arrays)
         params = dict(self.encoder.named_parameters())  # the shared path's kept model, as the site serves it
         write_bytes_atomic(self.root / "encoder.safetensors",
-                           save_arrays({n: params[n].detach().float().cpu().numpy() for n in sorted(names)}))
-        served, personal = result, None
-        if config.personalization == "ditto":
-            lam = config.ditto_lambda if config.ditto_lambda is not None else 0.0
-            served = personal = self.ditto.round(self.tasks, training, names, global_arrays, lam)
-        site_model, site_metrics = self._choose_site_model(served.final, round_, personal is not None)
-        if site_model == "federated" and personal is None and training.serve_all_rows:
-            seconds_extra = {"serve_fit": trainer.fit_heads_on_all_rows()}
-        else:
-            seconds_extra = {}
-
+                           save_arrays({n: params[n].detach().float().cpu().numpy() for n in names}))
+        if r.config.personalization == "ditto":
+            lam = r.config.ditto_lambda if r.config.ditto_lambda is not None else 0.0
+            r.served = r.personal = self.ditto.round(self.tasks, r.training, set(names), r.global_arrays, lam)
+        r.site_model, r.site_metrics = self._choose_site_model(r.served.final, r.config.server_round,
+                                                               r.personal is not None)
+        if r.site_model == "federated" and r.personal is None and r.training.serve_all_rows:
+            r.seconds["serve_fit"] = r.trainer.fit_heads_on_all_rows()
         for task in self.tasks:
             self.store.save(task.spec, task.head.state_dict(),
-                            {"round": round_, "metrics": result.final[task.name], "mode": "federated"})
+                            {"round": r.config.server_round, "metrics": r.result.final[task.name], "mode": "federated"})
         self.rounds_done += 1
+
+    def _record(self, r: SiteRound, timing: Timing) -> None:
+        """The round's seconds and its line in the site's own history."""
         # total: the trainer's work; handled: the whole round at the site, message in to reply out
         # (decoding, state writes and the baseline included), what benchmarks/site_vs_bare.py compares
         done = time.time()
-        seconds = dict(result.seconds, **seconds_extra, total=done - start, baseline=baseline_seconds,
-                       handled=done - handled_at)
-        if personal is not None:
-            seconds["personal"] = sum(personal.seconds.values())
-        startup = handled_at - timing.process_started_at if timing.process_started_at else float("nan")
-        norm = l2_norm(delta)  # of what is sent: with privacy on, the trained norm stays in the history
+        r.seconds = dict(r.result.seconds, **r.seconds, total=done - r.started, handled=done - r.handled_at)
+        r.seconds.setdefault("baseline", 0.0)
+        if r.personal is not None:
+            r.seconds["personal"] = sum(r.personal.seconds.values())
+        r.startup = r.handled_at - timing.process_started_at if timing.process_started_at else float("nan")
+        r.norm = l2_norm(r.delta)  # of what is sent: with privacy on, the trained norm stays in the history
         self._append_history({
-            "round": round_, "run_id": config.run_id, "received": digest(global_arrays),
-            "sent": digest(wire), "heads": self._heads_digest(), "kept": result.kept, "update_norm": norm,
-            **({"privacy": privacy} if privacy is not None else {}),
-            "metrics": served.final, "seconds": seconds, "startup_seconds": startup,
+            "round": r.config.server_round, "run_id": r.config.run_id, "received": digest(r.global_arrays),
+            "sent": digest(r.wire), "heads": self._heads_digest(), "kept": r.result.kept, "update_norm": r.norm,
+            **({"privacy": r.privacy} if r.privacy is not None else {}),
+            "metrics": r.served.final, "seconds": r.seconds, "startup_seconds": r.startup,
         })
 
+    def _reply(self, r: SiteRound) -> RecordDict:
+        """The reply: the coded update, the numbers every site sends, and this site's report."""
+        result = r.result
         metrics = MetricRecord({
             SiteMetric.NUM_EXAMPLES: result.num_examples,
             SiteMetric.TRAIN_LOSS: float(np.mean(list(result.train_loss.values()))),
-            SiteMetric.SCORE: mean_primary(served.final, self.tasks),
+            SiteMetric.SCORE: mean_primary(r.served.final, self.tasks),
             SiteMetric.SCORE_GLOBAL: mean_primary(result.metrics["probe"], self.tasks),
-            SiteMetric.SCORE_SITE: mean_primary(site_metrics, self.tasks),
-            SiteMetric.UPDATE_NORM: norm,
-            SiteMetric.SECONDS: seconds["total"],
-            SiteMetric.STARTUP_SECONDS: startup if np.isfinite(startup) else -1.0,
+            SiteMetric.SCORE_SITE: mean_primary(r.site_metrics, self.tasks),
+            SiteMetric.UPDATE_NORM: r.norm,
+            SiteMetric.SECONDS: r.seconds["total"],
+            SiteMetric.STARTUP_SECONDS: r.startup if np.isfinite(r.startup) else -1.0,
         })
         report = self._report(result.kept, {
-            Section.VAL: served.final, Section.SHARED: result.final, Section.PROBE: result.metrics["probe"],
-            Section.BEFORE: result.metrics["before"], Section.SERVED: site_metrics,
-            Section.BASELINE: self.baseline or {}, Section.TRAIN_LOSS: result.train_loss, Section.SECONDS: seconds,
+            Section.VAL: r.served.final, Section.SHARED: result.final, Section.PROBE: result.metrics["probe"],
+            Section.BEFORE: result.metrics["before"], Section.SERVED: r.site_metrics,
+            Section.BASELINE: self.baseline or {}, Section.TRAIN_LOSS: result.train_loss, Section.SECONDS: r.seconds,
         })
-        report[ReportKey.SITE_MODEL] = site_model
-        return RecordDict({ARRAYS: to_record(wire), METRICS: metrics, REPORT: report})
+        report[ReportKey.SITE_MODEL] = r.site_model
+        return RecordDict({ARRAYS: to_record(r.wire), METRICS: metrics, REPORT: report})
 
     def _choose_site_model(self, federated: dict[str, dict[str, float]], round_: int, personal: bool = False):
         """The model this site should serve: the federated one, unless its baseline validates better.
