@@ -351,6 +351,38 @@ class LocalTrainer:
                 params[name] = param
         return params
 
+    def _encoder_optimizer(self, named: dict[str, torch.nn.Parameter]) -> torch.optim.AdamW:
+        """AdamW over the trained encoder tensors and the heads (and learned loss weights), each at
+        its own learning rate, with the encoder's moments carried from the site's last round."""
+        cfg = self.cfg
+        head_params = [p for t in self.tasks for p in t.head.parameters()] + [
+            p for p in self.weighting.parameters() if p.requires_grad
+        ]
+        groups = [{"params": head_params, "lr": cfg.finetune_head_lr}]
+        if named:
+            groups.insert(0, {"params": list(named.values()), "lr": cfg.encoder_lr})
+        opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        if self.optimizer_state is not None:
+            for name, param in named.items():
+                if name in self.optimizer_state:
+                    opt.state[param] = {k: v.clone() for k, v in self.optimizer_state[name].items()}
+        return opt
+
+    def _optimizer_step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> None:
+        """Backward, clip, step; through the gradient scaler under fp16."""
+        opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(opt)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+
     def train_encoder(self) -> tuple[dict[str, float], int]:
         cfg = self.cfg
         steps_per_epoch = max(math.ceil(len(g[0].train_ids) / cfg.batch_size) for g in self.groups)
@@ -365,17 +397,8 @@ class LocalTrainer:
         if self.proximal_mu > 0:
             anchors = [(self.anchor[n].to(p.device) if self.anchor is not None else p.detach().clone())
                        for n, p in named.items()]
-        head_params = [p for t in self.tasks for p in t.head.parameters()] + [
-            p for p in self.weighting.parameters() if p.requires_grad
-        ]
-        groups = [{"params": head_params, "lr": cfg.finetune_head_lr}]
-        if enc_params:
-            groups.insert(0, {"params": enc_params, "lr": cfg.encoder_lr})
-        opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-        if self.optimizer_state is not None:
-            for name, param in named.items():
-                if name in self.optimizer_state:
-                    opt.state[param] = {k: v.clone() for k, v in self.optimizer_state[name].items()}
+        opt = self._encoder_optimizer(named)
+        params = [p for g in opt.param_groups for p in g["params"]]
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multipliers(cfg, total_steps, self.schedule_part))
         rng = random.Random(cfg.seed)
         streams = [self._batches(group[0], rng) for group in self.groups]
@@ -398,18 +421,7 @@ class LocalTrainer:
                 loss = loss + 0.5 * self.proximal_mu * sum(
                     (p - a).pow(2).sum() for p, a in zip(enc_params, anchors)
                 )
-            opt.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(opt)
-            else:
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
-            if self.scaler is not None:
-                self.scaler.step(opt)
-                self.scaler.update()
-            else:
-                opt.step()
+            self._optimizer_step(opt, loss, params)
             sched.step()
             for name, value in losses.items():
                 sums[name] += float(value.detach())
