@@ -135,10 +135,11 @@ def summary_json(rounds: list[RoundRecord], run: dict[str, Any], seconds: float)
     return {"status": run.get("status"), "seconds": seconds, "sites": sites, "rounds": per_round}
 
 
-def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: int | None,
-             encoder: str | None, update: str | None, json_out: Path | None, codec: str | None = None) -> int:
-    from fedtl.server.coordinator import Coordinator, CoordinatorError
-    from fedtl.server.history import read_rounds
+def prepare_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: int | None, encoder: str | None,
+                 update: str | None, codec: str | None) -> tuple[list[Path], list[str], Path, Any]:
+    """Check everything cheap before a file is written or a process started, then lay out the
+    workdir: the sites (the bundled examples unless given) and the demo's federation.yaml.
+    Returns the sites' configs, their names, the federation.yaml and its loaded config."""
     from fedtl.shared.data import DataError
     from fedtl.shared.encoder_specs import EncoderError
     from fedtl.shared.examples import copy_examples, edited_copies
@@ -146,9 +147,7 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
     from fedtl.shared.safe_paths import UnsafePath, check_replaceable, made_by, mark_folder
     from fedtl.shared.yamlconfig import ConfigError, read_mapping
 
-    started = time.monotonic()
-    workdir = workdir.resolve()
-    try:  # everything cheap is checked before a file is written or a process started
+    try:
         check_replaceable(workdir, DEMO, "--workdir", legacy=_earlier_workdir, itself=False)
         base = dict(read_mapping(federation)[0]) if federation else {}
         if federation:
@@ -169,9 +168,19 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
         fed_path = demo_federation(workdir, len(sites), base,
                                    {"rounds": rounds, "encoder": encoder, "update_mode": update,
                                     "codec": {"up": codec, "down": codec} if codec else None})
-        fed = load_federation_config(fed_path)
+        return sites, names, fed_path, load_federation_config(fed_path)
     except (ConfigError, DataError, EncoderError, UnsafePath) as exc:
         fail(str(exc))
+
+
+def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: int | None,
+             encoder: str | None, update: str | None, json_out: Path | None, codec: str | None = None) -> int:
+    from fedtl.server.coordinator import Coordinator, CoordinatorError
+    from fedtl.server.history import read_rounds
+
+    started = time.monotonic()
+    workdir = workdir.resolve()
+    sites, names, fed_path, fed = prepare_demo(workdir, sites, federation, rounds, encoder, update, codec)
 
     threads = str(max(1, (os.cpu_count() or 1) // len(sites)))
     procs: dict[str, subprocess.Popen] = {}

@@ -50,3 +50,17 @@ def test_the_run_config_keys_are_the_ones_the_flower_app_declares():
     declared = tomllib.loads((ROOT / "server" / "flower_app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     named = {v for k, v in vars(RunConfigKey).items() if k.isupper()}
     assert set(declared) == named
+
+
+def test_no_function_runs_past_sixty_lines_without_saying_why():
+    """A function a maintainer must scroll to read is split into named steps, or its docstring
+    says why it is not ("long because")."""
+    long = []
+    for package in ("server", "client", "shared", "cli", "harness"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > 60 and "long because" not in (ast.get_docstring(node) or ""):
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines} lines")
+    assert not long, "\n".join(long)
