@@ -325,12 +325,8 @@ class LocalTrainer:
         for task in self.tasks:
             if not len(task.val_ids):
                 continue
-            x = torch.cat([train[task.name], val[task.name]])
-            y = torch.cat([self._targets(task, "train"), self._targets(task, "val")])
-            weight, bias = task.spec.fit_converged(x, y, self.cfg.seed)
-            task.head.linear.weight.copy_(weight)
-            task.head.linear.bias.copy_(bias)
-            task.head.eval()
+            self._fit_converged(task, torch.cat([train[task.name], val[task.name]]),
+                                torch.cat([self._targets(task, "train"), self._targets(task, "val")]))
         return time.perf_counter() - t0
 
     # ------------------------------------------------------------ phase 2: encoder + heads
