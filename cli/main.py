@@ -470,7 +470,10 @@ def _serve_predictions(site, address: str) -> int:
     stopped = threading.Event()
     handle_stop_signals(on_stop=stopped.set)
     console.print(f"site {site.name}: answering Predict on {address.rpartition(':')[0]}:{port} (Ctrl-C stops)")
-    stopped.wait()
+    # Wake every half second: a SIGTERM delivered to one of gRPC's threads only runs its Python
+    # handler when the main thread next runs bytecode, and an untimed wait never does.
+    while not stopped.wait(0.5):
+        pass
     server.stop(grace=2.0).wait()
     return 0
 
