@@ -427,8 +427,13 @@ def predict(
         callback=output_file, help="Where to write (.csv, .tsv, .jsonl, .parquet); default: CSV on stdout.")] = None,
     serve: Annotated[int | None, typer.Option(min=1, max=65535, help="Answer gRPC Predict calls on this port "
                                                                      "(protos/fedtl/v1/predict.proto) until Ctrl-C.")] = None,
-    host: Annotated[str, typer.Option(help="With --serve: the interface to listen on (plain gRPC; keep it on the "
-                                           "site's own network).")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="With --serve: the interface to listen on; off loopback it needs "
+                                           "--tls-certificate, --tls-key and a token.")] = "127.0.0.1",
+    tls_certificate: Annotated[Path | None, typer.Option(help="With --serve: the server's certificate chain (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="With --serve: its private key (PEM).")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="With --serve: a file holding the token callers must send "
+                                                         "(authorization: Bearer ...).")] = None,
+    token: Annotated[str | None, typer.Option(envvar="FEDTL_PREDICT_TOKEN", hidden=True)] = None,
 ) -> None:
     """Predict every task of a site with the model it serves (site_model.json); keeps the input columns."""
     from fedtl.client.head_store import HeadStoreError
@@ -446,7 +451,8 @@ def predict(
         check_output(output)
         site = load_site_config(config)
         if serve is not None:
-            raise typer.Exit(_serve_predictions(site, f"{host}:{serve}"))
+            raise typer.Exit(_serve_predictions(site, f"{host}:{serve}", _listener_tls(tls_certificate, tls_key),
+                                                _token(token_file, token)))
         model = SiteModel.load(site)
         count = predict_file(model, input_file, output)
     except (ConfigError, DataError, EncoderError, HeadStoreError, PredictError) as exc:
@@ -457,14 +463,39 @@ def predict(
                       f"-> {output}")
 
 
-def _serve_predictions(site, address: str) -> int:
+def _listener_tls(certificate: Path | None, key: Path | None) -> tuple[bytes, bytes] | None:
+    if (certificate is None) != (key is None):
+        fail("pass both --tls-certificate and --tls-key, or neither")
+    if certificate is None or key is None:
+        return None
+    try:
+        return certificate.read_bytes(), key.read_bytes()
+    except OSError as exc:
+        fail(f"{exc.filename}: cannot read ({exc.strerror})")
+
+
+def _token(token_file: Path | None, token: str | None) -> str | None:
+    """--token-file's content, else $FEDTL_PREDICT_TOKEN; at least 16 characters."""
+    from fedtl.shared.federation_config import HUB_TOKEN_MIN_LENGTH
+
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            fail(f"--token-file {token_file}: cannot read ({exc.strerror})")
+    if token is not None and len(token) < HUB_TOKEN_MIN_LENGTH:
+        fail(f"the token is {len(token)} characters; use at least {HUB_TOKEN_MIN_LENGTH} (e.g. `openssl rand -hex 24`)")
+    return token
+
+
+def _serve_predictions(site, address: str, tls: tuple[bytes, bytes] | None, token: str | None) -> int:
     import threading
 
     from fedtl.cli.console import handle_stop_signals
     from fedtl.client.predict_server import serve_predictions
 
     try:
-        server, port = serve_predictions(site, address)
+        server, port = serve_predictions(site, address, tls, token)
     except RuntimeError as exc:
         fail(str(exc))
     stopped = threading.Event()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent import futures
 
 import grpc
 
 from fedtl.client.predict import SiteModel
 from fedtl.shared.config import SiteConfig
 from fedtl.shared.data import DataError
+from fedtl.shared.grpc_listeners import exposure_problem, start_server
 from fedtl.v1 import predict_pb2, predict_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -61,14 +61,15 @@ class PredictorServicer(predict_pb2_grpc.PredictorServicer):
         return reply
 
 
-def serve_predictions(site: SiteConfig, address: str) -> tuple[grpc.Server, int]:
-    """Start the Predictor on ``address`` (plain gRPC: meant for the site's own network)."""
+def serve_predictions(site: SiteConfig, address: str, tls: tuple[bytes, bytes] | None = None,
+                      token: str | None = None) -> tuple[grpc.Server, int]:
+    """Start the Predictor on ``address``. Off loopback it needs TLS (certificate chain and key PEM)
+    and a token: it answers with the site's private heads, so whoever reaches it could use them."""
+    host = address.rpartition(":")[0]
+    if (problem := exposure_problem(host, tls is not None, token is not None)) is not None:
+        raise RuntimeError(f"--host {host}: {problem}. Pass --tls-certificate and --tls-key and a token "
+                           "($FEDTL_PREDICT_TOKEN or --token-file), or serve on 127.0.0.1")
     servicer = PredictorServicer(site)
     servicer.model()  # load now: a site with nothing to serve fails at start, not on the first call
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="fedtl-predict"))
-    predict_pb2_grpc.add_PredictorServicer_to_server(servicer, server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {address}")
-    server.start()
-    return server, port
+    return start_server(lambda server: predict_pb2_grpc.add_PredictorServicer_to_server(servicer, server), address,
+                        tls, token, 4, "predict")

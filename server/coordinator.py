@@ -22,9 +22,11 @@ from pathlib import Path
 from fedtl.server.control import ControlError, FlowerControl, RunState
 from fedtl.server.flower_app import app_dir
 from fedtl.server.hub import HubServicer, RunView, serve_hub, stop_hub
+from fedtl.server.identity import NODE_NAMES
 from fedtl.server.site_registry import RefusalWatch, SiteRegistry
 from fedtl.shared import faults
 from fedtl.shared.federation_config import HUB_TOKEN_ENV, HUB_TOKEN_MIN_LENGTH, FederationConfig, split_address
+from fedtl.shared.grpc_listeners import exposure_problem
 from fedtl.shared.processes import child_env, start, stop_many, tool, wait_for_port
 from fedtl.shared.protocol import RunConfigKey
 from fedtl.shared.site_keys import SiteKeyError
@@ -88,6 +90,35 @@ class Coordinator:
     def _env(self) -> dict[str, str]:
         return child_env({"FLWR_HOME": str(self.flwr_home)})
 
+    def hub_token(self) -> str | None:
+        """hub.token, else hub.token_file's content, else $FEDTL_HUB_TOKEN (a secret store's), else None."""
+        hub = self.fed.hub
+        token, source = hub.token, "hub.token"
+        if token is None and hub.token_file is not None:
+            try:
+                token, source = hub.token_file.read_text().strip(), f"hub.token_file {hub.token_file}"
+            except OSError as exc:
+                raise CoordinatorError(f"{self.config_path}: hub.token_file: cannot read {hub.token_file} "
+                                       f"({exc.strerror or exc})") from None
+        if token is None and os.environ.get(HUB_TOKEN_ENV):
+            token, source = os.environ[HUB_TOKEN_ENV], f"${HUB_TOKEN_ENV}"
+        if token is not None and len(token) < HUB_TOKEN_MIN_LENGTH:
+            raise CoordinatorError(f"{source} is {len(token)} characters; a hub token needs at least "
+                                   f"{HUB_TOKEN_MIN_LENGTH} (e.g. `openssl rand -hex 24`)")
+        return token
+
+    def check_hub_exposure(self) -> None:
+        """A hub other hosts can reach needs TLS and a token: it hands out the encoder and every round's record."""
+        hub = self.fed.hub
+        host, port = split_address(hub.address)
+        if not hub.enabled or (problem := exposure_problem(host, self.tls is not None,
+                                                           self.hub_token() is not None)) is None:
+            return
+        raise CoordinatorError(
+            f"{self.config_path}: hub.address {hub.address}: {problem}: anyone reaching the port could pull the "
+            "encoder and read every round. Start the coordinator with --certs (not --insecure) and set "
+            f"hub.token_file (or hub.token, $FEDTL_HUB_TOKEN), or listen on loopback (hub.address: 127.0.0.1:{port})")
+
     def check_ports(self) -> None:
         """Both SuperLink ports must be free before anything starts: say which one is not, and where it is set."""
         s = self.fed.superlink
@@ -103,6 +134,7 @@ class Coordinator:
 
     def start_superlink(self, timeout: float = 60.0) -> None:
         s = self.fed.superlink
+        self.check_hub_exposure()
         self.check_ports()
         allowed = self._allowed_sites()
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +160,7 @@ class Coordinator:
             raise CoordinatorError(str(exc)) from None
         self._write_connection()
         if allowed is not None:
-            self.registry = SiteRegistry(self.control(), allowed)
+            self.registry = SiteRegistry(self.control(), allowed, names_file=self.state_dir / NODE_NAMES)
             self.refusals = RefusalWatch(log_path)
             try:
                 self.registry.sync(force=True)
@@ -179,10 +211,7 @@ class Coordinator:
                                self.run_view, self.tracking_uri,
                                connected=lambda: sum(n.status == "online" for n in nodes.nodes()))
         tls = (self.tls.cert.read_bytes(), self.tls.key.read_bytes()) if self.tls else None
-        token = hub.token or os.environ.get(HUB_TOKEN_ENV) or None  # the env: from a secret store, not the file
-        if token is not None and len(token) < HUB_TOKEN_MIN_LENGTH:
-            raise CoordinatorError(f"${HUB_TOKEN_ENV} is {len(token)} characters; "
-                                   f"a hub token needs at least {HUB_TOKEN_MIN_LENGTH}")
+        token = self.hub_token()
         try:
             server, self.hub_port = serve_hub(servicer, hub.address, tls, token)
         except RuntimeError as exc:
@@ -211,7 +240,8 @@ class Coordinator:
         app.mkdir(parents=True, exist_ok=True)
         shutil.copy2(app_dir() / "pyproject.toml", app / "pyproject.toml")
         run_config = {RunConfigKey.CONFIG_PATH: str(self.config_path), RunConfigKey.STATE_DIR: str(self.state_dir),
-                      RunConfigKey.RESUME: 1 if self.resume else 0, RunConfigKey.TRACKING_URI: self.tracking_uri}
+                      RunConfigKey.RESUME: 1 if self.resume else 0, RunConfigKey.TRACKING_URI: self.tracking_uri,
+                      RunConfigKey.SITE_NODES: str(self.registry.names_file) if self.registry else ""}
         try:
             self.run_id = self.control().start_run(app, run_config)
         except ControlError as exc:

@@ -8,12 +8,10 @@ coordinator's process on its own port, with the SuperLink's TLS material.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from fedtl.server.checkpoints import latest_checkpoint
 from fedtl.server.history import RoundRecord, read_rounds
 from fedtl.shared.checksums import file_sha256
 from fedtl.shared.federation_config import redact_url
+from fedtl.shared.grpc_listeners import start_server
 from fedtl.shared.safe_paths import MARKER
 from fedtl.v1 import hub_pb2, hub_pb2_grpc
 
@@ -185,43 +184,11 @@ class HubServicer(hub_pb2_grpc.HubServicer):
                                                        "was sent; pull again")
 
 
-class TokenCheck(grpc.ServerInterceptor):
-    """Every call must carry ``authorization: Bearer <token>`` (compared in constant time)."""
-
-    def __init__(self, token: str):
-        self.expected = f"Bearer {token}".encode()
-
-    def intercept_service(self, continuation, handler_call_details):
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = str(metadata.get("authorization", "")).encode()
-        if hmac.compare_digest(given, self.expected):
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
-
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong hub token (authorization: Bearer ...)")
-
-        if handler is not None and handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(deny, request_deserializer=handler.request_deserializer)
-        return grpc.unary_unary_rpc_method_handler(deny, request_deserializer=handler.request_deserializer
-                                                   if handler is not None else None)
-
-
 def serve_hub(servicer: HubServicer, address: str, tls: tuple[bytes, bytes] | None = None,
               token: str | None = None, workers: int = 8) -> tuple[grpc.Server, int]:
     """Start the hub on ``address``; ``tls`` is (certificate chain PEM, private key PEM). Returns (server, port)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedtl-hub"),
-                         interceptors=[TokenCheck(token)] if token else None)
-    hub_pb2_grpc.add_HubServicer_to_server(servicer, server)
-    if tls is not None:
-        cert, key = tls
-        port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
-    else:
-        port = server.add_insecure_port(address)
-    if port == 0:
-        raise RuntimeError(f"hub: cannot listen on {address}")
-    server.start()
-    return server, port
+    return start_server(lambda server: hub_pb2_grpc.add_HubServicer_to_server(servicer, server), address, tls, token,
+                        workers, "hub")
 
 
 def stop_hub(server: grpc.Server, servicer: HubServicer, linger: float = 0.0) -> None:

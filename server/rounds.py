@@ -43,11 +43,13 @@ from fedtl.server.checkpoints import (
 )
 from fedtl.server.downlink import Downlink
 from fedtl.server.history import Evaluation, Problem, RoundRecord, SiteEntry
+from fedtl.server.identity import SiteIdentity
 from fedtl.server.lora_aggregation import product_mean
+from fedtl.server.norm_bound import NormGate, lower_median
 from fedtl.server.resume import ResumePoint, load_resume_point, restore_strategy, save_resume_point, strategy_state
 from fedtl.server.similarity import cosine_matrix, mix, mixing_weights
 from fedtl.server.strategies import build_strategy, strategy_settings
-from fedtl.server.validation import Verdict, check_update, site_name
+from fedtl.server.validation import Verdict, check_evaluation, check_update, site_name
 from fedtl.server.wire_log import WireLog
 from fedtl.shared.codecs import Codec, CodecError, decode
 from fedtl.shared.encoders import TextEncoder, encoder_folder, load_encoder
@@ -325,36 +327,74 @@ def safe_site_name(msg: Message) -> str:
     return name if name.isprintable() and len(name) <= 64 else f"node-{msg.metadata.src_node_id}"
 
 
-def train_exchange(grid: Grid, rnd: int, ex: Exchange, global_arrays: dict[str, np.ndarray],
-                   aggregator: RoundAggregator, fed: FederationConfig, wire: WireLog,
-                   downlink: Downlink | None = None) -> Judgement:
-    """Receive the training replies, judging each and folding accepted ones into ``aggregator``."""
-    failed, rejected = [], []
-    up = Codec.parse(fed.codec.up)
-    shapes = {n: a.shape for n, a in global_arrays.items()}
-    named: dict[str, int] = {}  # site name -> the node whose update this round carries it
-    for msg in ex.collect(grid, rnd, fed.round_timeout, wire, fed.sites_in_flight):
-        if downlink is not None:
-            downlink.answered(msg.metadata.src_node_id, not msg.has_error())
+@dataclass
+class ReplyIntake:
+    """One round's training replies, each judged as it arrives: checked (``judge_reply``), its
+    sender's name checked against what the transport vouches for (``SiteIdentity``), its norm
+    bounded (``NormGate``), then folded into the aggregator or rejected with its reason."""
+
+    grid: Grid
+    ex: Exchange
+    global_arrays: dict[str, np.ndarray]
+    aggregator: RoundAggregator
+    fed: FederationConfig
+    identity: SiteIdentity
+    gate: NormGate[tuple[Message, Verdict]]
+    failed: list[dict[str, str]] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    named: dict[str, int] = field(default_factory=dict)  # site name -> the node whose update this round carries it
+    _connected: set[int] | None = None
+
+    def connected(self) -> set[int]:
+        if self._connected is None:
+            self._connected = set(self.grid.get_node_ids())
+        return self._connected
+
+    def take(self, msg: Message, up: Codec, shapes: dict[str, tuple[int, ...]]) -> None:
         try:  # a reply is untrusted input: whatever it holds, it can only be rejected, never end the run
-            verdict = judge_reply(msg, up, shapes, global_arrays, fed, named)
+            verdict = judge_reply(msg, up, shapes, self.global_arrays, self.fed, self.named)
+            if verdict.ok and (why := self.identity.refuse(verdict.node_id, verdict.site, self.connected)):
+                verdict = Verdict(verdict.node_id, verdict.site, "rejected", why)
             if verdict.ok:
-                aggregator.add(msg, verdict, ex.bases.get(verdict.node_id, global_arrays))
-                named[verdict.site] = verdict.node_id
+                self.named[verdict.site] = verdict.node_id
+                for item, refusal in self.gate.offer((msg, verdict), verdict.norm):
+                    self.settle(*item, refusal)
+                return
         except Exception as exc:  # noqa: BLE001 - any exception type a crafted reply can raise
-            log.exception("round %d: the reply of node %s could not be judged", rnd, msg.metadata.src_node_id)
+            log.exception("the reply of node %s could not be judged", msg.metadata.src_node_id)
             verdict = Verdict(msg.metadata.src_node_id, safe_site_name(msg), "rejected",
                               f"malformed reply ({type(exc).__name__}: {str(exc)[:200]})")
-        if verdict.kind == "failed":
-            failed.append({"site": verdict.site, "reason": verdict.reason})
-        elif not verdict.ok:
-            rejected.append({"site": verdict.site, "reason": verdict.reason})
-    failed += [{"site": f"node-{n}", "reason": f"no reply within round_timeout ({fed.round_timeout:.0f}s)"}
-               for n in sorted(ex.sampled - ex.answered)]
+        self.settle(msg, verdict)
+
+    def settle(self, msg: Message, verdict: Verdict, refusal: str | None = None) -> None:
+        if refusal is not None:
+            verdict = Verdict(verdict.node_id, verdict.site, "rejected", refusal, verdict.norm)
+        if verdict.ok:
+            self.aggregator.add(msg, verdict, self.ex.bases.get(verdict.node_id, self.global_arrays))
+            self.identity.bind(verdict.node_id, verdict.site)
+        elif verdict.kind == "failed":
+            self.failed.append({"site": verdict.site, "reason": verdict.reason})
+        else:
+            self.rejected.append({"site": verdict.site, "reason": verdict.reason})
+
+
+def train_exchange(intake: ReplyIntake, rnd: int, wire: WireLog, downlink: Downlink | None = None) -> Judgement:
+    """Receive the training replies, judging each and folding accepted ones into the intake's aggregator."""
+    fed, ex = intake.fed, intake.ex
+    up = Codec.parse(fed.codec.up)
+    shapes = {n: a.shape for n, a in intake.global_arrays.items()}
+    for msg in ex.collect(intake.grid, rnd, fed.round_timeout, wire, fed.sites_in_flight):
+        if downlink is not None:
+            downlink.answered(msg.metadata.src_node_id, not msg.has_error())
+        intake.take(msg, up, shapes)
+    for item, refusal in intake.gate.flush():
+        intake.settle(*item, refusal)
+    failed = intake.failed + [{"site": f"node-{n}", "reason": f"no reply within round_timeout "
+                               f"({fed.round_timeout:.0f}s)"} for n in sorted(ex.sampled - ex.answered)]
     if downlink is not None:
         for node in ex.sampled - ex.answered:
             downlink.answered(node, False)
-    return Judgement(aggregator.accepted, failed, rejected)
+    return Judgement(intake.aggregator.accepted, failed, intake.rejected)
 
 
 # ---------------------------------------------------------------- the federation
@@ -372,6 +412,9 @@ class FederationRun:
     _sums: RunningSum = field(default_factory=RunningSum, repr=False)  # one set of sum buffers for every round
     _downlink: Downlink | None = field(default=None, repr=False)  # codec.down lossy: what the sites hold
     _lora: LoraCheckpoint | None = field(default=None, repr=False)  # update mode lora: for checkpoints
+    # who each node is (server/identity.py); the typical update norm of the last round (server/norm_bound.py)
+    identity: SiteIdentity = field(default_factory=SiteIdentity)
+    _norm_reference: float | None = field(default=None, repr=False)
 
     def _emit(self, event: str, *args: Any) -> None:
         for observer in self.observers:
@@ -502,7 +545,11 @@ class FederationRun:
         keep = (fed.personalization.method == "similarity" or fed.strategy.name not in STREAMING_STRATEGIES
                 or product)
         aggregator = RoundAggregator(strategy, global_arrays, keep_models=keep, sketch=self._sketch, sums=self._sums)
-        verdicts = train_exchange(grid, rnd, ex, global_arrays, aggregator, fed, wire, self._downlink)
+        intake = ReplyIntake(grid, ex, global_arrays, aggregator, fed, self.identity,
+                             NormGate(fed.norm_bound, self._norm_reference))
+        verdicts = train_exchange(intake, rnd, wire, self._downlink)
+        accepted_norms = [v.norm for _, v in verdicts.accepted]
+        self._norm_reference = lower_median(accepted_norms) if accepted_norms else self._norm_reference
         for entry in verdicts.rejected:
             log.warning("round %d: rejected the update of %s: %s", rnd, entry["site"], entry["reason"])
         for entry in verdicts.failed:
@@ -557,9 +604,19 @@ class FederationRun:
         started = time.time()
         ex = exchange(grid, strategy, rnd, global_arrays, self.round_config(), self.fed.round_timeout, wire,
                       evaluate=True, window=self.fed.sites_in_flight)
-        good = [m for m in ex.replies if not m.has_error()]
+        good, failed = [], []
+        for m in ex.replies:  # untrusted like a training reply: a bad one is refused, never ends the run
+            try:
+                why = m.error.reason if m.has_error() else check_evaluation(m, self.fed.max_site_examples)
+                if why is None and (why := self.identity.refuse(m.metadata.src_node_id, site_name(m),
+                                                                lambda: set(grid.get_node_ids()))) is None:
+                    good.append(m)
+                    continue
+            except Exception as exc:  # noqa: BLE001 - any exception type a crafted reply can raise
+                why = f"malformed reply ({type(exc).__name__}: {str(exc)[:200]})"
+            failed.append(Problem(site=safe_site_name(m), reason=why))
         aggregated = strategy.aggregate_evaluate(rnd, good) if good else None
         return Evaluation(
             seconds=time.time() - started, metrics=dict(aggregated or {}),
             sites={site_name(m): SiteEntry(metrics=dict(m.content[METRICS]), report=_report(m)) for m in good},
-            failed=[Problem(site=site_name(m), reason=m.error.reason) for m in ex.replies if m.has_error()])
+            failed=failed)

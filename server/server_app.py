@@ -14,6 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedtl.server.history import HistoryWriter
+from fedtl.server.identity import SiteIdentity
 from fedtl.server.rounds import FederationRun
 from fedtl.shared.federation_config import FederationConfig, load_federation_config
 from fedtl.shared.protocol import RunConfigKey
@@ -39,12 +40,15 @@ def main(grid: Grid, context: Context) -> None:
     state_dir = Path(str(context.run_config.get(RunConfigKey.STATE_DIR) or fed.state_dir))
     run_federation(grid, fed, Path(config_path), state_dir, context.run_id,
                    tracking_uri=str(context.run_config.get(RunConfigKey.TRACKING_URI, "")),
-                   resume=bool(context.run_config.get(RunConfigKey.RESUME, 0)))
+                   resume=bool(context.run_config.get(RunConfigKey.RESUME, 0)),
+                   site_nodes=str(context.run_config.get(RunConfigKey.SITE_NODES, "")))
 
 
 def run_federation(grid: Grid, fed: FederationConfig, config_path: Path, state_dir: Path, run_id: int,
-                   tracking_uri: str = "", resume: bool = False, mlflow_params: dict | None = None) -> None:
-    """The federation's rounds on ``grid``, with its history and MLflow run: real or simulated sites alike."""
+                   tracking_uri: str = "", resume: bool = False, mlflow_params: dict | None = None,
+                   site_nodes: str = "") -> None:
+    """The federation's rounds on ``grid``, with its history and MLflow run: real or simulated sites alike.
+    ``site_nodes``: the coordinator's node id -> site name map while site keys are on (server/identity.py)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     handler = _log_to_file(state_dir)
     observers = [HistoryWriter(state_dir, run_id)]
@@ -57,7 +61,8 @@ def run_federation(grid: Grid, fed: FederationConfig, config_path: Path, state_d
             checkpoint_every=fed.mlflow.checkpoint_every, extra_params=mlflow_params,
         ))
     try:
-        FederationRun(fed, state_dir, run_id=run_id, resume=resume, observers=observers).run(grid)
+        identity = SiteIdentity(Path(site_nodes) if site_nodes else None)
+        FederationRun(fed, state_dir, run_id=run_id, resume=resume, observers=observers, identity=identity).run(grid)
     finally:
         logging.getLogger("fedtl").removeHandler(handler)
         handler.close()

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from fedtl.server.control import FlowerControl
+from fedtl.server.identity import write_node_names
 from fedtl.shared.processes import LogTail
 from fedtl.shared.site_keys import AllowedSite, SiteKeyError, pem_fingerprint, read_allowed_sites
 
@@ -31,9 +32,10 @@ ACTIVE = ("registered", "online", "offline")  # node statuses that hold a key; "
 
 
 class SiteRegistry:
-    def __init__(self, control: FlowerControl, allowed_sites: Path):
+    def __init__(self, control: FlowerControl, allowed_sites: Path, names_file: Path | None = None):
         self.control = control
         self.path = Path(allowed_sites)
+        self.names_file = names_file  # where the ServerApp reads which node is which site (server/identity.py)
         self._seen: bytes | None = None  # the file's content when last applied
         self._pending: bytes | None = None  # a new content read once, applied if the next read agrees
         self._bad: str | None = None
@@ -93,6 +95,15 @@ class SiteRegistry:
                 self.control.register_node(site.pem, site.name)
                 log.info("site %s allowed: key %s", site.name, fp)
         self.sites = wanted
+        self.publish_names()
+
+    def publish_names(self) -> None:
+        """Write which node id holds which allowed site's key, for the ServerApp's identity check."""
+        if self.names_file is None:
+            return
+        names = {node.node_id: self.sites[fp].name for node in self.control.nodes()
+                 if node.status in ACTIVE and (fp := pem_fingerprint(node.public_key)) in self.sites}
+        write_node_names(self.names_file, names)
 
 
 _REFUSED = re.compile(r"Attempted to register SuperNode with public key: b'(-----BEGIN PUBLIC KEY-----.*?"

@@ -33,6 +33,41 @@ class Verdict:
         return self.kind == "accepted"
 
 
+MAX_REPORT_BYTES = 64 * 1024  # a site's report (names, per-task scores, timings) is a few KiB
+
+
+def report_bytes(msg: Message) -> int:
+    """About how many bytes a reply's report holds (what the history and MLflow would store)."""
+    if REPORT not in msg.content.config_records:
+        return 0
+    total = 0
+    for key, value in msg.content[REPORT].items():
+        items = value if isinstance(value, list) else [value]
+        total += len(key) + sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in items)
+    return total
+
+
+def check_metrics(msg: Message, max_examples: int | None) -> str | None:
+    """Why a reply's metrics and report cannot be used (None: they can); caps its example count."""
+    n = msg.content[METRICS].get(SiteMetric.NUM_EXAMPLES)
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return f"{SiteMetric.NUM_EXAMPLES} must be a positive integer, got {n!r}"
+    if max_examples is not None and n > max_examples:
+        msg.content[METRICS][SiteMetric.NUM_EXAMPLES] = max_examples
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in msg.content[METRICS].values()):
+        return "metrics hold a non-finite value"
+    if (size := report_bytes(msg)) > MAX_REPORT_BYTES:
+        return f"report of {size} bytes is over {MAX_REPORT_BYTES} bytes"
+    return None
+
+
+def check_evaluation(msg: Message, max_examples: int | None) -> str | None:
+    """Why an evaluate reply is refused (None: it is used)."""
+    if METRICS not in msg.content.metric_records:
+        return "reply lacks its metrics"
+    return check_metrics(msg, max_examples)
+
+
 def site_name(msg: Message) -> str:
     try:
         return str(msg.content[REPORT][ReportKey.SITE])
@@ -53,11 +88,10 @@ def check_update(msg: Message, expected: Mapping[str, np.ndarray], max_norm: flo
     if ARRAYS not in content.array_records or METRICS not in content.metric_records:
         return Verdict(node, site, "rejected", "reply lacks the encoder update or its metrics")
     n = content[METRICS].get(SiteMetric.NUM_EXAMPLES)
-    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-        return Verdict(node, site, "rejected", f"{SiteMetric.NUM_EXAMPLES} must be a positive integer, got {n!r}")
+    if (why := check_metrics(msg, max_examples)) is not None:
+        return Verdict(node, site, "rejected", why)
     note = ""
-    if max_examples is not None and n > max_examples:
-        content[METRICS][SiteMetric.NUM_EXAMPLES] = max_examples
+    if max_examples is not None and isinstance(n, int) and n > max_examples:
         note = f"{SiteMetric.NUM_EXAMPLES} {n} capped at max_site_examples {max_examples}"
     try:
         delta = from_record(content[ARRAYS])
@@ -75,8 +109,6 @@ def check_update(msg: Message, expected: Mapping[str, np.ndarray], max_norm: flo
             return Verdict(node, site, "rejected", f"tensor {name}: dtype {got.dtype}, expected {ref.dtype}")
         if not np.isfinite(got).all():
             return Verdict(node, site, "rejected", f"tensor {name} holds NaN or inf")
-    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in content[METRICS].values()):
-        return Verdict(node, site, "rejected", "metrics hold a non-finite value")
     norm = l2_norm(delta)
     if max_norm is not None and norm > max_norm:
         return Verdict(node, site, "rejected", f"update norm {norm:.3g} exceeds max_update_norm {max_norm:.3g}", norm)

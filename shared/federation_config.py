@@ -110,6 +110,19 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach ``host`` (127.0.0.0/8, ::1, localhost); a name or wildcard cannot say so."""
+    import ipaddress
+
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _checked_address(value: str) -> str:
     split_address(value)
     return value
@@ -219,16 +232,34 @@ class PrivacyConfig(BaseModel):
 
 
 class HubConfig(BaseModel):
-    """fedtl's own API on the coordinator (``protos/fedtl/v1/hub.proto``): status, rounds, the encoder."""
+    """fedtl's own API on the coordinator (``protos/fedtl/v1/hub.proto``): status, rounds, the encoder.
+
+    On loopback by default. Another address exposes the encoder and every round's record to
+    whoever reaches the port, so the coordinator then refuses to start without TLS (``--certs``)
+    and a token."""
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(default=True, description="serve the hub beside the SuperLink")
-    address: Address = Field(default=f"0.0.0.0:{DEFAULT_HUB_PORT}", description="HOST:PORT the hub listens on")
+    address: Address = Field(default=f"127.0.0.1:{DEFAULT_HUB_PORT}", description="HOST:PORT the hub listens on; "
+                             "off loopback it needs the coordinator's TLS (--certs) and a token")
     token: str | None = Field(default=None, min_length=HUB_TOKEN_MIN_LENGTH,
                               description="calls must carry 'authorization: Bearer <token>' "
-                                          "(none: $FEDTL_HUB_TOKEN if set, else no token)")
+                                          "(none: token_file, else $FEDTL_HUB_TOKEN if set, else no token)")
+    token_file: Path | None = Field(default=None, description="a file holding the token (a container or systemd "
+                                    "secret), relative to this file; keeps the token out of federation.yaml")
     linger: float = Field(default=3.0, ge=0, description="seconds the hub keeps answering after the run ends")
+
+    @field_validator("token_file")
+    @classmethod
+    def _resolve_token_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> HubConfig:
+        if self.token is not None and self.token_file is not None:
+            raise FieldError("token_file", "set hub.token or hub.token_file, not both")
+        return self
 
 
 class SuperLinkConfig(BaseModel):
@@ -291,6 +322,10 @@ class FederationConfig(BaseModel):
     final_evaluate: bool = Field(default=True, description="evaluate the final global encoder at every site")
     checkpoint_every: int = Field(default=1, ge=1, le=MAX_ROUNDS, description="write a checkpoint every k rounds")
     max_update_norm: float | None = Field(default=None, gt=0, description="reject updates with a larger L2 norm")
+    norm_bound: float | None = Field(
+        default=10.0, gt=1, le=1e6, description="reject an update whose L2 norm is over this many times the sites' "
+        "typical norm (the lower median of the last round's accepted updates; in the first round, of the first 5 "
+        "replies), so no site outweighs the others by sending a huge update; null: off")
     max_site_examples: int = Field(
         default=1_000_000, ge=1, le=10**12, description="cap on the example count a site reports, which weights "
         "its update in aggregation: no site can claim all the weight by reporting 2^62")

@@ -115,6 +115,7 @@ class RunConfigKey:
     STATE_DIR = "state-dir"        # where the ServerApp writes history, checkpoints and resume points
     RESUME = "resume"              # 1: continue from the latest resume point
     TRACKING_URI = "tracking-uri"  # MLflow tracking URI as the coordinator resolved it ("": off)
+    SITE_NODES = "site-nodes"      # with site keys: the node id -> site name file (server/identity.py); "": off
 
 
 class NodeConfigKey:

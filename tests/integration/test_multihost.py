@@ -186,6 +186,10 @@ def test_a_federation_across_three_network_namespaces(tmp_path):
     fed.update(encoder="tiny", update_mode="full", rounds=2, state_dir=str(tmp_path / "coordinator"),
                round_timeout=120, wait_for_sites=120)
     fed["hub"]["linger"] = 15
+    hub_token = secrets.token_hex(24)  # compose's hub_token secret: the hub is off loopback, so it needs one
+    (tmp_path / "hub_token").write_text(hub_token)
+    assert fed["hub"]["token_file"] == "/run/secrets/hub_token"
+    fed["hub"]["token_file"] = str(tmp_path / "hub_token")
     (tmp_path / "federation.yaml").write_text(yaml.safe_dump(fed))
     paths = {"/etc/fedtl/federation.yaml": tmp_path / "federation.yaml", "/run/secrets/coordinator_certs": certs,
              "/run/secrets/ca.crt": certs / "ca.crt"}
@@ -234,8 +238,9 @@ def test_a_federation_across_three_network_namespaces(tmp_path):
             return rounds_file.exists() and bool(rounds_file.read_text().strip())
 
         wait_until(first_round, 300, lambda: log("coordinator"))
-        status = subprocess.run(hosts.cmd("site-a", *resolve(["fedtl", "status", "--coordinator", "coordinator:9094",
-                                                               "--root-certificates", str(certs / "ca.crt"), "--json"])),
+        status = subprocess.run(hosts.cmd("site-a", "env", f"FEDTL_HUB_TOKEN={hub_token}",
+                                          *resolve(["fedtl", "status", "--coordinator", "coordinator:9094",
+                                                    "--root-certificates", str(certs / "ca.crt"), "--json"])),
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stdout + status.stderr
         assert json.loads(status.stdout)["rounds_total"] == 2

@@ -69,6 +69,9 @@ def test_the_containers_federation_yaml_is_valid_and_logs_to_the_mlflow_service(
     fed = load_federation_config(DEPLOY / "config" / "federation.yaml")
     assert fed.mlflow.tracking_uri == "http://mlflow:5000"
     assert fed.superlink.fleet_address.endswith(":9092") and fed.hub.address.endswith(":9094")
+    assert fed.hub.token_file == Path("/run/secrets/hub_token"), "a hub off loopback needs a token"
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert "hub_token" in compose["services"]["coordinator"]["secrets"] and "hub_token" in compose["secrets"]
 
 
 @pytest.mark.parametrize("unit", ["fedtl-coordinator.service", "fedtl-site@.service"])
@@ -169,6 +172,10 @@ def test_helm_chart_runs_the_containers_commands_with_the_values_federation(tmp_
     assert coordinator["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "fedtl-hub-token", "key": "token"}
     ports = {p["name"]: p["port"] for p in objects[("Service", "fed-fedtl-coordinator")]["spec"]["ports"]}
     assert ports == {"fleet": 9192, "hub": 9094}
+    # without a token Secret the hub stays on the pod's loopback (the coordinator refuses it elsewhere)
+    plain = rendered("-f", str(CI_VALUES), *chart_files, "--set", "coordinator.hubTokenSecret.name=")
+    (tmp_path / "plain.yaml").write_text(plain[("ConfigMap", "fed-fedtl-federation")]["data"]["federation.yaml"])
+    assert load_federation_config(tmp_path / "plain.yaml").hub.address == "127.0.0.1:9094"
 
     mlflow = container(objects, "Deployment", "fed-fedtl-mlflow")
     assert "--backend-store-uri=postgresql://mlflow:$(POSTGRES_PASSWORD)@fed-fedtl-postgres:5432/mlflow" in mlflow["args"]

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from fedtl.server.resume import load_resume_point
 from fedtl.shared.protocol import ARRAYS, METRICS, REPORT, ReportKey, SiteMetric
 from fedtl.shared.records import MANIFEST, PACKED, array_numpy, from_record, to_record
-from tests.fakes import HonestSite
+from tests.fakes import HonestSite, silent
 from tests.unit.test_round_contract import run
 
 
@@ -104,8 +104,9 @@ def test_an_aggregate_that_overflows_is_never_kept(tmp_path):
         delta = from_record(content[ARRAYS])
         content[ARRAYS] = to_record({n: np.full_like(v, 3e38) for n, v in delta.items()})
 
+    # the norm bound would refuse it first: off here, to test the last line of defence
     recorder, grid = run(tmp_path, {1: HonestSite("a", seed=1), 2: HonestSite("b", seed=2), 3: rogue(huge)},
-                         min_sites=2)
+                         min_sites=2, norm_bound=None)
     [record] = recorder.rounds()
     assert not record["aggregated"], "a sum past float32's range must not become the global encoder"
     assert any("NaN or inf" in r["reason"] for r in record["rejected"]), record["rejected"]
@@ -125,6 +126,88 @@ def test_a_second_reply_under_a_name_already_heard_this_round_is_rejected(tmp_pa
     assert sorted(record["sites"]) == ["a", "b"] and record["accepted"] == 2
     [entry] = record["rejected"]
     assert "already answered this round from node 1" in entry["reason"]
+
+
+def scaled(factor: float):
+    def change(content):
+        content[ARRAYS] = to_record({n: v * factor for n, v in from_record(content[ARRAYS]).items()})
+    return change
+
+
+@pytest.mark.parametrize("rounds_before", [0, 1])
+def test_an_update_far_larger_than_the_sites_typical_one_is_rejected(tmp_path, rounds_before):
+    """Round 1 judges against the first replies' lower median, later rounds against the last round's."""
+    big = scaled(1000.0)
+    calls = {"n": 0}
+
+    def late_rogue(content):
+        calls["n"] += 1
+        if calls["n"] > rounds_before:
+            big(content)
+
+    recorder, grid = run(tmp_path, {1: HonestSite("a", seed=1), 2: HonestSite("b", seed=2), 3: rogue(late_rogue)},
+                         min_sites=2, rounds=rounds_before + 1)
+    record = recorder.rounds()[-1]
+    assert record["aggregated"] and sorted(record["sites"]) == ["a", "b"]
+    [entry] = record["rejected"]
+    assert entry["site"] == "rogue" and "over norm_bound 10 x the sites' typical norm" in entry["reason"], entry
+    assert all(r["accepted"] == 3 for r in recorder.rounds()[:-1])
+
+
+def test_a_node_that_changes_its_name_is_rejected(tmp_path):
+    calls = {"n": 0}
+
+    def turncoat(content):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            content[REPORT][ReportKey.SITE] = "c"
+
+    recorder, _ = run(tmp_path, {1: HonestSite("a", seed=1), 2: HonestSite("b", seed=2), 3: rogue(turncoat)},
+                      min_sites=2, rounds=2)
+    first, second = recorder.rounds()
+    assert first["accepted"] == 3 and second["accepted"] == 2
+    [entry] = second["rejected"]
+    assert "answered as site 'rogue' before; its reply now claims 'c'" in entry["reason"]
+
+
+def test_with_site_keys_a_reply_may_only_claim_its_keys_name(tmp_path):
+    from fedtl.server.identity import SiteIdentity, write_node_names
+
+    def impersonate(content):
+        content[REPORT][ReportKey.SITE] = "a"
+
+    names = tmp_path / "site_nodes.json"
+    write_node_names(names, {1: "a", 2: "b", 3: "rogue"})
+    recorder, _ = run(tmp_path, {1: silent, 2: HonestSite("b", seed=2), 3: rogue(impersonate)},
+                      min_sites=1, identity=SiteIdentity(names), round_timeout=2)
+    [record] = recorder.rounds()
+    assert list(record["sites"]) == ["b"], "node 3 holds rogue's key: it cannot stand in for a, even when a is silent"
+    reasons = [r["reason"] for r in record["rejected"]]
+    assert reasons == ["node 3 holds the key of site 'rogue' but its reply claims to be 'a'"], record
+
+
+def test_site_identity_rules():
+    from fedtl.server.identity import SiteIdentity
+
+    identity = SiteIdentity()
+    assert identity.refuse(1, "a", lambda: {1}) is None
+    identity.bind(1, "a")
+    assert identity.refuse(1, "a", lambda: {1, 2}) is None
+    assert "still connected" in identity.refuse(2, "a", lambda: {1, 2})
+    assert identity.refuse(2, "a", lambda: {2}) is None, "a site that restarted takes its name back"
+    assert "answered as site 'a' before" in identity.refuse(1, "b", lambda: {1})
+
+
+def test_the_norm_gate_holds_only_until_it_has_a_reference():
+    from fedtl.server.norm_bound import WARMUP, NormGate, lower_median
+
+    assert lower_median([3.0, 1.0]) == 1.0 and lower_median([5.0, 1.0, 2.0]) == 2.0
+    gate = NormGate(10.0, None)
+    decided = [d for i in range(WARMUP) for d in gate.offer(i, 1.0 if i else 1e6)]
+    assert [i for i, why in decided if why] == [0] and gate.reference == 1.0
+    assert gate.offer("late", 11.0)[0][1] is not None and gate.offer("ok", 9.0) == [("ok", None)]
+    assert NormGate(None, None).offer("x", 1e30) == [("x", None)]
+    assert NormGate(10.0, 0.0).reference is None, "a zero reference (nothing trained) bounds nothing"
 
 
 # ---------------------------------------------------------------- fuzzing: any bytes in, a verdict out

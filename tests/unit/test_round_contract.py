@@ -8,6 +8,7 @@ import pytest
 
 from fedtl.harness.grid import LocalGrid
 from fedtl.server.history import HistoryWriter, RoundRecord, read_rounds
+from fedtl.server.identity import SiteIdentity
 from fedtl.server.resume import load_resume_point
 from fedtl.server.rounds import FederationRun
 from fedtl.shared.federation_config import FederationConfig
@@ -41,11 +42,12 @@ def config(tmp_path, **settings) -> FederationConfig:
     return FederationConfig.model_validate({**base, **settings})
 
 
-def run(tmp_path, nodes, latency=None, resume=False, **settings):
+def run(tmp_path, nodes, latency=None, resume=False, identity=None, **settings):
     fed = config(tmp_path, **settings)
     recorder = Recorder()
     grid = LocalGrid(nodes, latency or {}, timeout=fed.round_timeout)
-    FederationRun(fed, fed.state_dir, run_id=1, resume=resume, observers=[recorder]).run(grid)
+    FederationRun(fed, fed.state_dir, run_id=1, resume=resume, observers=[recorder],
+                  identity=identity or SiteIdentity()).run(grid)
     return recorder, grid
 
 
