@@ -32,6 +32,7 @@ from fedtl.client.head_store import HeadStore
 from fedtl.client.local_training import load_site_data, prepare_tasks
 from fedtl.client.loss_weighting import LossWeighting
 from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
+from fedtl.client.privacy_ledger import LEDGER, PrivacyLedger
 from fedtl.client.trainer import (
     LocalTrainer,
     PreparedTask,
@@ -96,6 +97,7 @@ class SiteWorker:
     def __init__(self, config: SiteConfig, encoder_spec: str | None = None, warm: WarmStart | None = None):
         self.config = config
         self.root = config.state_dir / "federated"
+        self._ledger: PrivacyLedger | None = None
         self.store = HeadStore(self.root / "heads")
         self.device = resolve_device(config.device)
         self.autocast = resolve_precision(self.device, config.precision)
@@ -295,12 +297,27 @@ class SiteWorker:
         self._record(r, timing)
         return self._reply(r)
 
+    def privacy_ledger(self) -> PrivacyLedger:
+        """Every private round this site ever sent (client/privacy_ledger.py), read on first use."""
+        if self._ledger is None:
+            self._ledger = PrivacyLedger(self.config.state_dir / LEDGER, self.config.privacy.delta)
+        return self._ledger
+
+    def _privacy_refusal(self, config: RoundConfig) -> str | None:
+        """This site's floor (site.yaml privacy:), then its lifetime epsilon budget."""
+        privacy = self.config.privacy
+        if (why := privacy.refusal(config.dp_clip, config.dp_noise)) is not None:
+            return why
+        if privacy.max_epsilon is not None and config.dp_noise is not None:
+            return self.privacy_ledger().refusal(config.dp_noise, privacy.max_epsilon)
+        return None
+
     def _receive(self, content: RecordDict) -> SiteRound:
         """Parse the round config (refusing rounds below this site's privacy floor), take the
         encoder and, in round 1, record the local-only baseline; then apply the global tensors."""
         handled_at = time.time()  # per-round start-up ends here: the warm worker has the message
         config = RoundConfig.from_record(content[CONFIG])
-        if (why := self.config.privacy.refusal(config.dp_clip, config.dp_noise)) is not None:
+        if (why := self._privacy_refusal(config)) is not None:
             raise ValueError(f"site {self.config.name} refuses round {config.server_round}: {why}")
         r = SiteRound(config, self._training_config(config), handled_at)
         self._schedule_part = self._schedule_position(config)
@@ -331,6 +348,7 @@ class SiteWorker:
         faults.poison_update(r.delta)
         config = r.config
         if config.dp_clip is not None and config.dp_noise is not None:  # privacy: only the noised update leaves
+            self.privacy_ledger().record(config.run_id, config.server_round, config.dp_noise, config.dp_clip)
             r.delta, trained_norm = privatize(r.delta, config.dp_clip, config.dp_noise)
             r.privacy = {"clip_norm": config.dp_clip, "noise_multiplier": config.dp_noise, "trained_norm": trained_norm}
         r.wire = self.codecs.send(config, r.delta)  # the delta itself, or its coding (with error feedback)

@@ -398,6 +398,12 @@ def train_exchange(intake: ReplyIntake, rnd: int, wire: WireLog, downlink: Downl
 
 
 # ---------------------------------------------------------------- the federation
+# The accountant's sampling rate. Sampling would amplify privacy only if a site's taking part were
+# random and secret; the coordinator picks the sample (Flower draws a fixed count, not Poisson), so
+# against the coordinator there is none: every round counts in full for every site.
+FULL_PARTICIPATION = 1.0
+
+
 @dataclass
 class FederationRun:
     fed: FederationConfig
@@ -440,16 +446,16 @@ class FederationRun:
 
     @cached_property
     def noise_multiplier(self) -> float:
-        """privacy: the z that keeps all rounds, with sites sampled at ``fraction``, within epsilon."""
+        """privacy: the z that keeps all rounds within epsilon for a site that takes part in every one."""
         p = self.fed.privacy
-        return calibrate_noise(p.epsilon, p.delta, self.fed.fraction, self.fed.rounds)
+        return calibrate_noise(p.epsilon, p.delta, FULL_PARTICIPATION, self.fed.rounds)
 
     def privacy_spent(self, rnd: int) -> dict[str, float] | None:
         """What the round table and MLflow show after round ``rnd`` (None with privacy off)."""
         p = self.fed.privacy
         if not p.enabled:
             return None
-        return {"epsilon": epsilon_spent(self.noise_multiplier, self.fed.fraction, rnd, p.delta),
+        return {"epsilon": epsilon_spent(self.noise_multiplier, FULL_PARTICIPATION, rnd, p.delta),
                 "epsilon_budget": p.epsilon, "delta": p.delta, "noise_multiplier": self.noise_multiplier,
                 "clip_norm": p.clip_norm}
 

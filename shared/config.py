@@ -164,10 +164,14 @@ class SitePrivacyConfig(BaseModel):
                                                                          "this (0: privacy not required)")
     max_clip_norm: float | None = Field(default=None, gt=0, description="refuse rounds that clip updates at a "
                                                                          "larger norm than this")
+    max_epsilon: float | None = Field(default=None, gt=0, description="this site's lifetime budget: refuse a round "
+                                      "that would take the epsilon in its ledger (state_dir/privacy_ledger.json, "
+                                      "every private round it ever sent, across runs) past this")
+    delta: float = Field(default=1e-5, gt=0, lt=1, description="the delta at which the ledger counts epsilon")
 
     def refusal(self, clip: float | None, noise: float | None) -> str | None:
         """Why a round with this clip and noise multiplier is refused, or None."""
-        required = self.min_noise_multiplier > 0 or self.max_clip_norm is not None
+        required = self.min_noise_multiplier > 0 or self.max_clip_norm is not None or self.max_epsilon is not None
         if not required:
             return None
         if clip is None or noise is None:

@@ -211,7 +211,8 @@ class PrivacyConfig(BaseModel):
     """Differential privacy of the sites' encoder updates (``shared/privacy.py``); off by default.
 
     Each site clips its update to ``clip_norm`` and adds Gaussian noise sized so that the
-    federation's ``rounds``, with sites sampled at ``fraction``, spend at most ``epsilon``.
+    federation's ``rounds`` spend at most ``epsilon`` at a site that takes part in every one
+    (no credit for ``fraction``: the coordinator picks the sample, so sampling hides nothing from it).
     """
 
     model_config = ConfigDict(extra="forbid")

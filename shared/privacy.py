@@ -47,6 +47,19 @@ def epsilon_spent(z: float, sample_rate: float, rounds: int, delta: float) -> fl
     return float(accountant.get_epsilon(delta, alphas=ALPHAS))
 
 
+def epsilon_of(noise_multipliers: list[float], delta: float) -> float:
+    """Epsilon at ``delta`` after one full-participation round (q = 1) per entry, each with its own z."""
+    from collections import Counter
+
+    from opacus.accountants import RDPAccountant
+
+    if not noise_multipliers:
+        return 0.0
+    accountant = RDPAccountant()
+    accountant.history = [(z, 1.0, count) for z, count in Counter(noise_multipliers).items()]
+    return float(accountant.get_epsilon(delta, alphas=ALPHAS))
+
+
 def privatize(delta: Mapping[str, np.ndarray], clip: float, z: float,
               rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], float]:
     """``delta`` clipped to L2 norm ``clip`` plus N(0, (z*clip)^2) per value; also its norm before clipping.

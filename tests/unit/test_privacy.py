@@ -102,3 +102,28 @@ def test_a_site_refuses_rounds_below_its_own_privacy_floor(tmp_path):
 
     _, _, rounds = federation(tmp_path / "none", {"up": "none", "down": "none"}, rounds=1, site_yaml=floor)
     assert "requires differential privacy" in rounds[0]["failed"][0]["reason"]
+
+
+def test_a_site_stops_at_its_own_lifetime_epsilon_and_the_ledger_outlives_the_run(tmp_path):
+    """site0's budget fits two of the federation's three rounds: it sends two, refuses the third,
+    and a later run (a new ledger reader) still counts what it spent."""
+    from fedtl.client.privacy_ledger import LEDGER, PrivacyLedger
+    from fedtl.shared.privacy import epsilon_of
+
+    z = noise_multiplier(8.0, 1e-5, 1.0, 3)  # what the federation below calibrates: q = 1, three rounds
+    budget = (epsilon_of([z] * 2, 1e-5) + epsilon_of([z] * 3, 1e-5)) / 2
+    privacy = {"enabled": True, "epsilon": 8.0, "delta": 1e-5, "clip_norm": 0.01}
+    _, workers, rounds = federation(tmp_path, {"up": "none", "down": "none"}, rounds=3, privacy=privacy,
+                                    site_yaml={0: f"privacy: {{max_epsilon: {budget}}}\n"})
+    assert [set(r["sites"]) for r in rounds] == [{"site0", "site1"}, {"site0", "site1"}, {"site1"}]
+    (failed,) = rounds[2]["failed"]
+    assert "refuses round 3" in failed["reason"] and "past its budget" in failed["reason"], failed
+    ledger = PrivacyLedger(workers[1].config.state_dir / LEDGER, 1e-5)
+    assert [e["round"] for e in ledger.entries] == [1, 2] and ledger.spent() == pytest.approx(epsilon_of([z] * 2, 1e-5))
+    assert ledger.refusal(z, budget) is not None and ledger.refusal(z, 1e9) is None
+    assert rounds[0]["privacy"]["epsilon"] == pytest.approx(epsilon_of([z], 1e-5), rel=1e-6), \
+        "the coordinator accounts each round in full too (q = 1)"
+
+    (workers[1].config.state_dir / LEDGER).write_text("{not json")
+    with pytest.raises(ValueError, match="cannot be read"):  # never a silent reset of the budget
+        PrivacyLedger(workers[1].config.state_dir / LEDGER, 1e-5)
