@@ -269,7 +269,16 @@ class SuperLinkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fleet_address: Address = Field(default="0.0.0.0:9092", description="sites connect here (gRPC), HOST:PORT")
-    control_host: str = Field(default="127.0.0.1", description="Flower's Control/Runtime HTTP API host")
+    control_host: str = Field(default="127.0.0.1", description="Flower's Control API host: loopback only (it has "
+                              "no authentication here: whoever reaches it can submit runs and register site keys)")
+
+    @field_validator("control_host")
+    @classmethod
+    def _control_on_loopback(cls, value: str) -> str:
+        if not is_loopback(value):
+            raise ValueError(f"{value!r} is reachable from other hosts; Flower's Control API submits runs and "
+                             "registers site keys without authentication: keep it on 127.0.0.1")
+        return value
     control_port: int = Field(default=9093, ge=1, le=65535, description="Flower's Control API port (runs are submitted there)")
 
 

@@ -123,3 +123,35 @@ def test_every_setting_of_site_yaml_and_federation_yaml_says_what_it_does():
             if inspect.isclass(model) and issubclass(model, pydantic.BaseModel) and model.__module__ == module.__name__:
                 missing += [f"{name}.{field}" for field, info in model.model_fields.items() if not info.description]
     assert not missing, "fields without a description: " + ", ".join(missing)
+
+
+def _model_fields(model, prefix: str = "") -> list[str]:
+    """Every field of a pydantic model, nested models' fields as ``outer.inner``."""
+    import typing
+
+    from pydantic import BaseModel
+
+    names = []
+    for name, info in model.model_fields.items():
+        names.append(prefix + name)
+        for t in (info.annotation, *typing.get_args(info.annotation)):
+            for u in (t, *typing.get_args(t)):
+                if isinstance(u, type) and issubclass(u, BaseModel):
+                    names += _model_fields(u, f"{prefix}{name}.")
+    return names
+
+
+def test_the_readmes_config_blocks_name_every_setting():
+    """A setting added to federation.yaml or site.yaml is documented where people copy from."""
+    import re
+
+    from fedtl.shared.config import SiteConfig
+    from fedtl.shared.federation_config import FederationConfig
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (Path(__file__).parents[2] / "README.md").read_text(), re.DOTALL)
+    federation = next(b for b in blocks if b.startswith("name: my-federation"))
+    site = next(b for b in blocks if re.search(r"^tasks:", b, re.MULTILINE))
+    for model, block in ((FederationConfig, federation), (SiteConfig, site)):
+        keys = set(re.findall(r"^\s*#?\s*-?\s*([a-z0-9_]+):", block, re.MULTILINE))
+        missing = [f for f in _model_fields(model) if f.rsplit(".", 1)[-1] not in keys]
+        assert not missing, f"README's {model.__name__} block lacks {missing}"

@@ -86,3 +86,11 @@ def test_the_predictor_needs_tls_and_a_token_off_loopback_and_checks_the_token(t
             assert len(reply.rows) == 1 and reply.model.site == "site0"
     finally:
         server.stop(0).wait()
+
+
+def test_the_control_api_stays_on_loopback():
+    from fedtl.shared.federation_config import SuperLinkConfig
+
+    assert SuperLinkConfig(control_host="::1").control_host == "::1"
+    with pytest.raises(ValueError, match="keep it on 127.0.0.1"):
+        SuperLinkConfig(control_host="0.0.0.0")
