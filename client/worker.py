@@ -392,6 +392,8 @@ class SiteWorker:
 
     def _reply(self, r: SiteRound) -> RecordDict:
         """The reply: the coded update, the numbers every site sends, and this site's report."""
+        if r.privacy is not None and self.config.privacy.withhold_metrics:
+            return self._private_reply(r)
         result = r.result
         metrics = MetricRecord({
             SiteMetric.NUM_EXAMPLES: result.num_examples,
@@ -408,6 +410,21 @@ class SiteWorker:
             Section.BEFORE: result.metrics["before"], Section.SERVED: r.site_metrics,
             Section.BASELINE: self.baseline or {}, Section.TRAIN_LOSS: result.train_loss, Section.SECONDS: r.seconds,
         })
+        report[ReportKey.SITE_MODEL] = r.site_model
+        return RecordDict({ARRAYS: to_record(r.wire), METRICS: metrics, REPORT: report})
+
+    def _private_reply(self, r: SiteRound) -> RecordDict:
+        """A private round's reply: the noised update, and of the rest only what the data does not shape:
+        the example count is 1 (a count would tell the site's size), no loss or score leaves (the DP
+        guarantee covers the update alone); the history keeps them. Still sent: timings, the noised
+        update's norm, and which model the site serves."""
+        metrics = MetricRecord({
+            SiteMetric.NUM_EXAMPLES: 1,
+            SiteMetric.UPDATE_NORM: r.norm,
+            SiteMetric.SECONDS: r.seconds["total"],
+            SiteMetric.STARTUP_SECONDS: r.startup if np.isfinite(r.startup) else -1.0,
+        })
+        report = self._report(r.result.kept, {Section.SECONDS: r.seconds})
         report[ReportKey.SITE_MODEL] = r.site_model
         return RecordDict({ARRAYS: to_record(r.wire), METRICS: metrics, REPORT: report})
 

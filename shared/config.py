@@ -168,6 +168,9 @@ class SitePrivacyConfig(BaseModel):
                                       "that would take the epsilon in its ledger (state_dir/privacy_ledger.json, "
                                       "every private round it ever sent, across runs) past this")
     delta: float = Field(default=1e-5, gt=0, lt=1, description="the delta at which the ledger counts epsilon")
+    withhold_metrics: bool = Field(default=True, description="in a private round, send the noised update and "
+                                   "nothing else derived from the data: example count 1 (every site weighs the "
+                                   "same), no losses or validation scores (they stay in this site's history)")
 
     def refusal(self, clip: float | None, noise: float | None) -> str | None:
         """Why a round with this clip and noise multiplier is refused, or None."""

@@ -86,6 +86,20 @@ def test_a_private_federation_sends_only_clipped_and_noised_updates(tmp_path):
         assert round_metrics(RoundRecord.model_validate(record), set())["privacy/epsilon"] == record["privacy"]["epsilon"]
     table = rounds_table([RoundRecord.model_validate(r) for r in rounds])
     assert [c.header for c in table.columns][-1] == "ε spent"
+    # nothing else derived from the data left: every site weighs 1, no score, loss or per-task value
+    for record in rounds:
+        for entry in record["sites"].values():
+            assert entry["metrics"]["num-examples"] == 1 and "score" not in entry["metrics"], entry["metrics"]
+            assert "train_loss" not in entry["metrics"] and not any(k.startswith("val/") for k in entry["report"])
+
+
+def test_a_site_may_choose_to_send_its_metrics_in_private_rounds(tmp_path):
+    privacy = {"enabled": True, "epsilon": 4.0, "delta": 1e-5, "clip_norm": 0.01}
+    _, _, rounds = federation(tmp_path, {"up": "none", "down": "none"}, rounds=1, privacy=privacy,
+                              site_yaml={0: "privacy: {withhold_metrics: false}\n"})
+    sites = rounds[0]["sites"]
+    assert sites["site0"]["metrics"]["num-examples"] > 1 and "score" in sites["site0"]["metrics"]
+    assert sites["site1"]["metrics"]["num-examples"] == 1 and "score" not in sites["site1"]["metrics"]
 
 
 def test_a_site_refuses_rounds_below_its_own_privacy_floor(tmp_path):
