@@ -236,6 +236,67 @@ def test_any_manifest_gives_tensors_or_a_value_error(manifest, blob):
     assert all(isinstance(v, np.ndarray) for v in out.values())
 
 
+SHAPES = {"w": (3, 4), "b": (4,)}
+WIRE_DTYPES = [np.float32, np.float16, np.uint16, np.int8, np.int32, np.float64, np.uint8]
+
+
+@st.composite
+def wire_payloads(draw):
+    """Named arrays under the names some codec uses, with any dtype, size and bytes."""
+    names = ["w", "b", "w~f16", "w~bf16", "w~q", "w~scale", "w~idx", "w~val", "b~q", "b~scale", "b~idx", "b~val"]
+    wire = {}
+    for name in draw(st.lists(st.sampled_from(names), max_size=6, unique=True)):
+        dtype = draw(st.sampled_from(WIRE_DTYPES))
+        raw = draw(st.binary(max_size=64))
+        raw = raw[: len(raw) // np.dtype(dtype).itemsize * np.dtype(dtype).itemsize]
+        wire[name] = np.frombuffer(raw, dtype=dtype)
+    return wire
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wire=wire_payloads(), codec=st.sampled_from(["none", "fp16", "bf16", "int8", "int8:tensor", "topk:0.5"]))
+def test_any_codec_payload_gives_tensors_or_a_codec_error(wire, codec):
+    from fedtl.shared.codecs import Codec, CodecError, decode
+
+    try:
+        out = decode(wire, Codec.parse(codec), SHAPES)
+    except CodecError:
+        return
+    assert {n: a.shape for n, a in out.items()} == SHAPES
+
+
+def _metric_values():
+    return st.one_of(st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1), st.floats())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(metrics=st.dictionaries(st.sampled_from(["num-examples", "score", "train_loss", "x"]), _metric_values()),
+       report=st.dictionaries(st.text(max_size=12), st.one_of(st.text(max_size=40), st.integers(), st.floats(),
+                                                              st.lists(st.text(max_size=8), max_size=4))),
+       scale=st.sampled_from([0.0, 1.0, 1e20, float("nan")]), drop=st.sampled_from([None, "arrays", "metrics"]))
+def test_any_reply_gets_a_verdict_never_an_exception(metrics, report, scale, drop):
+    """A whole reply, any metrics, report and update: check_update and check_evaluation answer."""
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+    from fedtl.harness.grid import LocalGrid
+    from fedtl.server.validation import check_evaluation, check_update
+
+    expected = {"w": np.zeros((3, 4), np.float32)}
+    content = RecordDict({REPORT: ConfigRecord(report)})
+    if drop != "arrays":
+        content[ARRAYS] = to_record({"w": np.full((3, 4), scale, np.float32)})
+    if drop != "metrics":
+        content[METRICS] = MetricRecord(metrics)
+    grid = LocalGrid({7: lambda request: content})  # the reply as Flower builds it, from node 7
+    [msg] = grid.pull_messages(grid.push_messages([Message(RecordDict(), dst_node_id=7, message_type="train")]))
+    verdict = check_update(msg, expected, None, 1000)
+    assert verdict.kind in ("accepted", "rejected") and (verdict.ok or verdict.reason)
+    if verdict.ok:
+        assert 0 < msg.content[METRICS]["num-examples"] <= 1000
+    reason = check_evaluation(msg, 1000)
+    assert reason is None or isinstance(reason, str)
+
+
 # ---------------------------------------------------------------- state and secrets
 def test_the_start_record_never_holds_the_hub_token(tmp_path):
     token = "s3cret-token-0123456789"
