@@ -60,7 +60,7 @@ def site_scores(cfg, encoders: dict[str, object], seed: int) -> dict[str, dict[s
     training = cfg.training.model_copy(update={"encoder_epochs": 0})
     feats = {}
     for name, encoder in encoders.items():
-        trainer = LocalTrainer(encoder, tasks, training, torch.device("cpu"))
+        trainer = LocalTrainer(encoder, tasks, training)
         feats[name] = {split: trainer.features(split) for split in ("train", "val")}
     targets = {t.name: torch.as_tensor(t.data.train.targets) for t in tasks}
     out = {}

@@ -45,7 +45,7 @@ from wordnet_tasks import wordnet_task_sites
 from fedtl.client.local_training import load_site_data, prepare_tasks
 from fedtl.client.predict import SiteModel
 from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
-from fedtl.client.trainer import LocalTrainer, PreparedTask
+from fedtl.client.trainer import LocalTrainer, PreparedTask, TrainerOptions
 from fedtl.client.worker import SiteWorker
 from fedtl.harness.grid import worker_grid
 from fedtl.server.rounds import FederationRun
@@ -93,8 +93,9 @@ def fit(encoder, tasks: list[PreparedTask], cfg: SiteConfig, update: str, steps:
     names = trainable(encoder, update)
     training = cfg.training.model_copy(update={"max_steps": max(steps, 1), "encoder_epochs": 10**6 if steps else 0,
                                                "keep_best": False})
-    trainer = LocalTrainer(encoder, tasks, training, torch.device("cpu"), encoder_trainable=names.__contains__,
-                           frozen_layers=frozen_prefix_layers(encoder, names), prefix_cache=PrefixCache(2**31))
+    trainer = LocalTrainer(encoder, tasks, training, TrainerOptions(
+        encoder_trainable=names.__contains__, frozen_layers=frozen_prefix_layers(encoder, names),
+        prefix_cache=PrefixCache(2**31)))
     started = time.perf_counter()
     result = trainer.fit()
     return {"metrics": result.metrics, "seconds": time.perf_counter() - started, "trainer": trainer}

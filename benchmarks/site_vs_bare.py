@@ -40,7 +40,7 @@ from readme_block import write_block
 
 from fedtl.client.batching import EMBED_BATCH, pad_batch
 from fedtl.client.local_training import prepare_tasks
-from fedtl.client.trainer import LocalTrainer, resolve_device, resolve_precision
+from fedtl.client.trainer import LocalTrainer, TrainerOptions, resolve_device, resolve_precision
 from fedtl.server.history import read_rounds
 from fedtl.shared.config import load_site_config
 from fedtl.shared.data import load_site_tasks
@@ -284,7 +284,7 @@ def trainer_round(site_yaml: Path, encoder: str, steps: int, seed: int) -> dict:
     datas = load_site_tasks(config.tasks, seed=config.training.seed)
     model = load_encoder(encoder, seed=config.training.seed)
     tasks = prepare_tasks(datas, model, None, training.max_length, training.seed)
-    trainer = LocalTrainer(model, tasks, training, device, amp.dtype, optimizer_state={})
+    trainer = LocalTrainer(model, tasks, training, TrainerOptions(device, amp.dtype, optimizer_state={}))
     amp.sync()
     started = time.perf_counter()
     result = trainer.fit()

@@ -19,6 +19,7 @@ from fedtl.client.head_store import HeadStore, HeadStoreError
 from fedtl.client.trainer import (
     LocalTrainer,
     PreparedTask,
+    TrainerOptions,
     TrainResult,
     prepare_task,
     resolve_device,
@@ -106,9 +107,8 @@ def train_local(
     tasks = prepare_tasks(datas, encoder, None if fresh else store, config.training.max_length,
                           config.training.seed)
 
-    trainer = LocalTrainer(
-        encoder, tasks, config.training, device, resolve_precision(device, config.precision), progress
-    )
+    trainer = LocalTrainer(encoder, tasks, config.training,
+                           TrainerOptions(device, resolve_precision(device, config.precision), progress))
     result = trainer.fit()
 
     for task in tasks:

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +25,7 @@ from rich.progress import Progress
 from fedtl.client.batching import EMBED_BATCH, pad_batch
 from fedtl.client.loss_weighting import LossWeighting
 from fedtl.client.prefix_cache import PrefixCache
-from fedtl.shared.config import TrainingConfig
+from fedtl.shared.config import TrainingConfig, device_problem, precision_problem
 from fedtl.shared.data import TaskData
 from fedtl.shared.encoders import TextEncoder
 from fedtl.shared.heads import HeadSpec, TaskHead
@@ -77,8 +77,8 @@ class TrainResult:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is visible; use device: auto or cpu")
+    if (why := device_problem(name)) is not None:
+        raise RuntimeError(why)
     return torch.device(name)
 
 
@@ -88,8 +88,8 @@ def resolve_precision(device: torch.device, precision: str) -> torch.dtype | Non
         return None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16" and device.type != "cuda":
-        raise RuntimeError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    if (why := precision_problem(precision, device.type)) is not None:
+        raise RuntimeError(why)
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
@@ -133,57 +133,66 @@ def lr_multipliers(cfg: TrainingConfig, steps: int, part: tuple[int, int] = (0, 
     return lambda step: schedule(start + step)
 
 
+@dataclass(frozen=True)
+class TrainerOptions:
+    """How one ``LocalTrainer`` trains, beyond the encoder, the tasks and the site's training config."""
+
+    device: torch.device = torch.device("cpu")
+    autocast_dtype: torch.dtype | None = None  # mixed precision (bf16 / fp16), None: fp32
+    progress: Progress | None = None  # rich progress bars (fedtl train-local)
+    encoder_trainable: Callable[[str], bool] = lambda name: True  # which encoder tensors train
+    weighting: LossWeighting | None = None  # default: the tasks' static loss weights
+    proximal_mu: float = 0.0  # FedProx, Ditto: mu/2 * ||w - anchor||^2 on the trained encoder part
+    anchor: dict[str, torch.Tensor] | None = None  # default: the encoder's weights when training starts
+    # AdamW moments of the encoder tensors, carried from one round to the next at a site: a
+    # fresh Adam's first steps are sign-like and full-size, a kick to every weight each round
+    optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None
+    schedule_part: tuple[int, int] = (0, 1)  # (k, n): this call is part k of n of one lr schedule
+    # last:N: embeddings and the first layers are a frozen prefix (no gradient, no dropout),
+    # and with a cache their outputs are computed once per prefix, not every pass
+    frozen_layers: int = 0
+    prefix_cache: PrefixCache | None = None
+
+
+@contextmanager
+def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Wall seconds of the block, stored under ``key`` (the round's timing breakdown)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[key] = time.perf_counter() - started
+
+
 class LocalTrainer:
     """Trains a site's heads and (part of) the shared encoder on the site's own data."""
 
-    def __init__(
-        self,
-        encoder: TextEncoder,
-        tasks: list[PreparedTask],
-        config: TrainingConfig,
-        device: torch.device,
-        autocast_dtype: torch.dtype | None = None,
-        progress: Progress | None = None,
-        encoder_trainable: Callable[[str], bool] = lambda name: True,
-        weighting: LossWeighting | None = None,
-        proximal_mu: float = 0.0,
-        frozen_layers: int = 0,
-        prefix_cache: PrefixCache | None = None,
-        anchor: dict[str, torch.Tensor] | None = None,
-        optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None,
-        schedule_part: tuple[int, int] = (0, 1),
-    ):
-        self.encoder = encoder.to(device)
+    def __init__(self, encoder: TextEncoder, tasks: list[PreparedTask], config: TrainingConfig,
+                 options: TrainerOptions | None = None):
+        o = options or TrainerOptions()
+        self.encoder = encoder.to(o.device)
         self.tasks = tasks
         self.groups = share_groups(tasks)
         self.cfg = config
-        self.device = device
-        self.autocast_dtype = autocast_dtype
-        self.progress = progress
-        self.encoder_trainable = encoder_trainable
-        self.proximal_mu = proximal_mu  # FedProx, Ditto: mu/2 * ||w - anchor||^2 on the trained encoder part
-        self.anchor = anchor  # default: the encoder's weights when training starts (FedProx)
-        # AdamW moments of the encoder tensors, carried from one round to the next at a site: a
-        # fresh Adam's first steps are sign-like and full-size, a kick to every weight each round
-        self.optimizer_state = optimizer_state
-        # (k, n): this call is part k of n equal parts of one lr schedule (round k of n rounds)
-        self.schedule_part = schedule_part
-        # last:N: embeddings and the first layers are a frozen prefix (no gradient, no dropout),
-        # and with a cache their outputs are computed once per prefix, not every pass
-        self.frozen_layers = frozen_layers if encoder.can_split(frozen_layers) else 0
-        self.prefix_cache = prefix_cache
+        self.device, self.autocast_dtype, self.progress = o.device, o.autocast_dtype, o.progress
+        self.encoder_trainable = o.encoder_trainable
+        self.proximal_mu, self.anchor = o.proximal_mu, o.anchor
+        self.optimizer_state = o.optimizer_state
+        self.schedule_part = o.schedule_part
+        self.frozen_layers = o.frozen_layers if encoder.can_split(o.frozen_layers) else 0
+        self.prefix_cache = o.prefix_cache
         self.cached = False
         self.finetuned_encoder: dict[str, torch.Tensor] = {}  # trained tensors, even if keep-best restored
         # features of the model fit() kept, by split (None: not computed): what heads for serving refit on
         self._kept_features: dict[str, dict[str, torch.Tensor] | None] = {"train": None, "val": None}
         for task in tasks:
-            task.head.to(device)
-        self.weighting = (weighting or LossWeighting(
+            task.head.to(o.device)
+        self.weighting = (o.weighting or LossWeighting(
             [t.name for t in tasks],
             {t.name: t.data.task.loss_weight for t in tasks},
             learned=config.loss_weighting == "uncertainty",
-        )).to(device)
-        self.scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+        )).to(o.device)
+        self.scaler = torch.amp.GradScaler("cuda") if o.autocast_dtype == torch.float16 else None
 
     # ------------------------------------------------------------ helpers
     def _autocast(self):
@@ -444,61 +453,50 @@ class LocalTrainer:
         self.weighting.load_state_dict(snap["weighting"])
 
     def fit(self) -> TrainResult:
-        cfg = self.cfg
-        torch.manual_seed(cfg.seed)
-        seconds, steps, metrics = {}, {}, {}
-
-        t0 = time.perf_counter()
-        self._prepare_cache()
-        seconds["prefix_cache"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        train_feats = self.features("train")
-        val_feats = self.features("val")
-        metrics["before"] = self.evaluate(val_feats)
-        seconds["embed"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        train_loss, steps["head"] = self.train_heads(train_feats)
-        metrics["probe"] = self.evaluate(val_feats)
-        seconds["head"] = time.perf_counter() - t0
+        """Heads on frozen features (the probe), then, with encoder epochs, encoder and heads together
+        and the heads refit on the tuned features; keep-best returns to the probe if it validates better."""
+        torch.manual_seed(self.cfg.seed)
+        seconds: dict[str, float] = {}
+        steps: dict[str, int] = {}
+        metrics: dict[str, dict[str, dict[str, float]]] = {}
+        with timed(seconds, "prefix_cache"):
+            self._prepare_cache()
+        with timed(seconds, "embed"):
+            train_feats, val_feats = self.features("train"), self.features("val")
+            metrics["before"] = self.evaluate(val_feats)
+        with timed(seconds, "head"):
+            train_loss, steps["head"] = self.train_heads(train_feats)
+            metrics["probe"] = self.evaluate(val_feats)
         self._kept_features = {"train": train_feats, "val": val_feats}
-
         kept = "probe"
-        if cfg.encoder_epochs > 0:
-            snapshot = self._snapshot() if cfg.keep_best else None
-            probe_features = self._kept_features
-            t0 = time.perf_counter()
+        if self.cfg.encoder_epochs > 0:
+            kept = self._fit_encoder(metrics, seconds, steps, train_loss)
+        metrics["final"] = metrics[kept]
+        return TrainResult(metrics=metrics, train_loss=train_loss, num_examples=sum(len(t.train_ids) for t in self.tasks),
+                           seconds=seconds, steps=steps, kept=kept, loss_weights=self.weighting.weights())
+
+    def _fit_encoder(self, metrics: dict, seconds: dict[str, float], steps: dict[str, int],
+                     train_loss: dict[str, float]) -> str:
+        """The encoder phase of ``fit``; returns the model kept ("finetuned", or "probe" by keep-best)."""
+        snapshot = self._snapshot() if self.cfg.keep_best else None
+        probe_features = self._kept_features
+        with timed(seconds, "encoder"):
             encoder_loss, steps["encoder"] = self.train_encoder()
-            seconds["encoder"] = time.perf_counter() - t0
-            tuned_train = None
-            if cfg.refit_heads:  # heads converged on the fine-tuned encoder's features (LP-FT, then LP again)
-                t0 = time.perf_counter()
+        tuned_train = None
+        if self.cfg.refit_heads:  # heads converged on the fine-tuned encoder's features (LP-FT, then LP again)
+            with timed(seconds, "refit"):
                 tuned_train = self.features("train")
                 _, steps["refit"] = self.train_heads(tuned_train)
-                seconds["refit"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
+        with timed(seconds, "eval"):
             tuned_val = self.features("val")
             metrics["finetuned"] = self.evaluate(tuned_val)
-            seconds["eval"] = time.perf_counter() - t0
-            self._kept_features = {"train": tuned_train, "val": tuned_val}
-            train_loss.update(encoder_loss)
-            kept = "finetuned"
-            self.finetuned_encoder = {
-                name: p.detach().clone() for name, p in self.encoder.named_parameters() if p.requires_grad
-            }
-            if snapshot is not None and mean_primary(metrics["finetuned"], self.tasks) < mean_primary(
-                metrics["probe"], self.tasks
-            ):
-                self._restore(snapshot)
-                self._kept_features = probe_features
-                kept = "probe"
-        metrics["final"] = metrics["finetuned"] if kept == "finetuned" else metrics["probe"]
-        return TrainResult(
-            metrics=metrics,
-            train_loss=train_loss,
-            num_examples=sum(len(t.train_ids) for t in self.tasks),
-            seconds=seconds,
-            steps=steps,
-            kept=kept,
-            loss_weights=self.weighting.weights(),
-        )
+        self._kept_features = {"train": tuned_train, "val": tuned_val}
+        train_loss.update(encoder_loss)
+        self.finetuned_encoder = {name: p.detach().clone() for name, p in self.encoder.named_parameters()
+                                  if p.requires_grad}
+        if snapshot is not None and mean_primary(metrics["finetuned"], self.tasks) < mean_primary(metrics["probe"],
+                                                                                                  self.tasks):
+            self._restore(snapshot)
+            self._kept_features = probe_features
+            return "probe"
+        return "finetuned"

@@ -36,6 +36,7 @@ from fedtl.client.privacy_ledger import LEDGER, PrivacyLedger
 from fedtl.client.trainer import (
     LocalTrainer,
     PreparedTask,
+    TrainerOptions,
     TrainResult,
     mean_primary,
     resolve_device,
@@ -242,8 +243,9 @@ class SiteWorker:
         return self.config.training.model_copy(update=updates)
 
     def _trainer(self, tasks: list[PreparedTask], training, frozen_layers: int, **kwargs) -> LocalTrainer:
-        return LocalTrainer(self.encoder, tasks, training, self.device, self.autocast, frozen_layers=frozen_layers,
-                            prefix_cache=self.prefix_cache, schedule_part=self._schedule_part, **kwargs)
+        return LocalTrainer(self.encoder, tasks, training, TrainerOptions(
+            self.device, self.autocast, frozen_layers=frozen_layers, prefix_cache=self.prefix_cache,
+            schedule_part=self._schedule_part, **kwargs))
 
     def _schedule_position(self, config: RoundConfig) -> tuple[int, int]:
         """Where this round sits in the site's lr schedule: round k of n, or a schedule of its own.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,15 +139,48 @@ class HistoryWriter:
         self._status(status=status, finished_at=time.time(), summary=summary)
 
 
+def parse_round(line: str | bytes) -> RoundRecord | None:
+    """One ``rounds.jsonl`` line, or None for a line cut short by a crash (or not a round)."""
+    try:
+        return RoundRecord.model_validate(json.loads(line))  # json: NaN and Infinity as written
+    except (json.JSONDecodeError, ValidationError, UnicodeDecodeError):
+        return None
+
+
 def read_rounds(state_dir: Path) -> list[RoundRecord]:
     """Finished rounds in order; a line cut short by a crash (or not a round) is skipped."""
     path = state_dir / "rounds.jsonl"
     if not path.exists():
         return []
-    rounds = []
-    for line in path.read_text().splitlines():
-        try:
-            rounds.append(RoundRecord.model_validate(json.loads(line)))  # json: NaN and Infinity as written
-        except (json.JSONDecodeError, ValidationError):
-            continue
-    return rounds
+    return [r for line in path.read_text().splitlines() if (r := parse_round(line)) is not None]
+
+
+class RoundLog:
+    """``rounds.jsonl`` for a reader that asks again and again (the hub, every poll of every client):
+    each call parses only the complete lines appended since the last; a file replaced by a fresh
+    run (another inode, or shorter) is read again from the start."""
+
+    def __init__(self, state_dir: Path):
+        self.path = Path(state_dir) / "rounds.jsonl"
+        self._lock = threading.Lock()
+        self._records: list[RoundRecord] = []
+        self._offset = 0
+        self._inode: int | None = None
+
+    def rounds(self) -> list[RoundRecord]:
+        with self._lock:
+            try:
+                stat = self.path.stat()
+            except FileNotFoundError:
+                self._records, self._offset, self._inode = [], 0, None
+                return []
+            if stat.st_ino != self._inode or stat.st_size < self._offset:
+                self._records, self._offset, self._inode = [], 0, stat.st_ino
+            if stat.st_size > self._offset:
+                with self.path.open("rb") as fh:
+                    fh.seek(self._offset)
+                    chunk = fh.read(stat.st_size - self._offset)
+                complete = chunk.rfind(b"\n") + 1  # a line still being written waits for the next call
+                self._records += [r for line in chunk[:complete].splitlines() if (r := parse_round(line)) is not None]
+                self._offset += complete
+            return list(self._records)

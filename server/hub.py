@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from fedtl.server.checkpoints import latest_checkpoint
-from fedtl.server.history import RoundRecord, read_rounds
+from fedtl.server.history import RoundLog, RoundRecord
 from fedtl.shared.checksums import file_sha256
 from fedtl.shared.federation_config import redact_url
 from fedtl.shared.grpc_listeners import start_server
@@ -72,6 +72,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
                  run: RunView, tracking_uri: str = "", connected: Callable[[], int] | None = None,
                  stopping: threading.Event | None = None):
         self.state_dir = Path(state_dir)
+        self.round_log = RoundLog(self.state_dir)  # parsed once, then only what is appended
         self.federation, self.rounds_total = federation, rounds_total
         self.update_mode, self.encoder = update_mode, encoder
         self.run, self.tracking_uri = run, tracking_uri
@@ -89,7 +90,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         return hub_pb2.Status.RUNNING if rounds else hub_pb2.Status.WAITING
 
     def GetStatus(self, request, context):
-        rounds = read_rounds(self.state_dir)
+        rounds = self.round_log.rounds()
         meta = self.state_dir / "mlflow_run.json"
         run_id = ""
         if meta.exists():
@@ -114,13 +115,13 @@ class HubServicer(hub_pb2_grpc.HubServicer):
         return status
 
     def ListRounds(self, request, context):
-        return hub_pb2.ListRoundsResponse(rounds=[round_message(r) for r in read_rounds(self.state_dir)])
+        return hub_pb2.ListRoundsResponse(rounds=[round_message(r) for r in self.round_log.rounds()])
 
     def WatchRounds(self, request, context) -> Iterator[hub_pb2.RoundRecord]:
         next_round = max(1, request.from_round)
         while context.is_active():
             ended = self.run.ended  # read before the rounds: a round written before the end is not missed
-            for record in read_rounds(self.state_dir):
+            for record in self.round_log.rounds():
                 if record.round >= next_round:
                     yield round_message(record)
                     next_round = record.round + 1

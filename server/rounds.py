@@ -146,37 +146,10 @@ class Judgement:
 
 @dataclass
 class RoundResult:
-    """One finished round. ``record()`` is what the history, MLflow and the CLI see."""
+    """One finished round: its record (what the history, MLflow and the CLI see) and the new global tensors."""
 
-    round: int
-    started_at: float
-    seconds: float
-    aggregation_seconds: float
-    sampled: int
-    answered: int
-    judgement: Judgement
-    aggregated: bool
+    record: RoundRecord
     global_arrays: dict[str, np.ndarray]
-    bytes_down: int
-    bytes_up: int
-    metrics: dict[str, float]
-    sites: dict[str, SiteEntry]
-    update_cosine: dict[str, dict[str, float]] = field(default_factory=dict)
-    mixing: dict[str, dict[str, float]] = field(default_factory=dict)
-    checkpoint: str | None = None
-    evaluate: Evaluation | None = None
-    privacy: dict[str, float] | None = None  # privacy on: epsilon spent so far, delta, noise multiplier, clip
-
-    def record(self) -> RoundRecord:
-        return RoundRecord(
-            round=self.round, started_at=self.started_at, seconds=self.seconds,
-            aggregation_seconds=self.aggregation_seconds, sampled=self.sampled, answered=self.answered,
-            accepted=len(self.judgement.accepted), failed=self.judgement.failed, rejected=self.judgement.rejected,
-            aggregated=self.aggregated, global_digest=digest(self.global_arrays), bytes_down=self.bytes_down,
-            bytes_up=self.bytes_up, metrics=self.metrics,
-            update_norms={v.site: v.norm for _, v in self.judgement.accepted}, update_cosine=self.update_cosine,
-            sites=self.sites, mixing=self.mixing, checkpoint=self.checkpoint, evaluate=self.evaluate,
-            privacy=self.privacy)
 
 
 def send(grid: Grid, strategy, rnd: int, arrays: dict[str, np.ndarray], config: RoundConfig, wire: WireLog,
@@ -520,11 +493,11 @@ class FederationRun:
                 result = self.train_round(rnd, grid, strategy, global_arrays, wire)
                 global_arrays = result.global_arrays
                 if rnd % fed.checkpoint_every == 0 or rnd == fed.rounds:
-                    result.checkpoint = str(save_checkpoint(self.state_dir, rnd, encoder, global_arrays,
+                    result.record.checkpoint = str(save_checkpoint(self.state_dir, rnd, encoder, global_arrays,
                                                             lora=self._lora))
                 if (fed.evaluate_every and rnd % fed.evaluate_every == 0) or (rnd == fed.rounds and fed.final_evaluate):
-                    result.evaluate = self.evaluate_round(rnd, grid, strategy, global_arrays, wire)
-                record = result.record()
+                    result.record.evaluate = self.evaluate_round(rnd, grid, strategy, global_arrays, wire)
+                record = result.record
                 save_resume_point(self.state_dir, ResumePoint(rnd, global_arrays, strategy_state(strategy), record,
                                                               self.site_models))
                 self._emit("round", record)
@@ -580,20 +553,21 @@ class FederationRun:
         else:
             log.warning("round %d: only %d of the %d sites needed answered with a valid update; "
                         "the global encoder is unchanged", rnd, len(verdicts.accepted), fed.min_sites)
-        result = RoundResult(
+        arrays = new_arrays if new_arrays is not None else global_arrays
+        record = RoundRecord(
             round=rnd, started_at=started, seconds=0.0, aggregation_seconds=time.perf_counter() - agg_started,
-            sampled=len(ex.sampled), answered=len(ex.answered), judgement=verdicts,
-            aggregated=new_arrays is not None,
-            global_arrays=new_arrays if new_arrays is not None else global_arrays,
-            bytes_down=ex.bytes_down(), bytes_up=ex.bytes_up, metrics=agg_metrics,
+            sampled=len(ex.sampled), answered=len(ex.answered), accepted=len(verdicts.accepted),
+            failed=verdicts.failed, rejected=verdicts.rejected, aggregated=new_arrays is not None,
+            global_digest=digest(arrays), bytes_down=ex.bytes_down(), bytes_up=ex.bytes_up, metrics=agg_metrics,
+            update_norms={v.site: v.norm for _, v in verdicts.accepted}, update_cosine=aggregator.cosine(),
             sites={v.site: SiteEntry(metrics=dict(m.content[METRICS]), report=_report(m),
                                      bytes_down=down.get(v.node_id, 0), bytes_up=ex.node_bytes_up.get(v.node_id, 0))
                    for m, v in verdicts.accepted},
-            update_cosine=aggregator.cosine(), mixing=mixing, privacy=self.privacy_spent(rnd),
-        )
-        result.seconds = time.time() - started
-        log.info("round %d: %d/%d sites answered, %d accepted, aggregated=%s, %.1fs", rnd, result.answered,
-                 result.sampled, len(verdicts.accepted), result.aggregated, result.seconds)
+            mixing=mixing, privacy=self.privacy_spent(rnd))
+        record.seconds = time.time() - started
+        log.info("round %d: %d/%d sites answered, %d accepted, aggregated=%s, %.1fs", rnd, record.answered,
+                 record.sampled, record.accepted, record.aggregated, record.seconds)
+        result = RoundResult(record, arrays)
         return result
 
     def personalize(self, accepted: list[tuple[Message, Verdict]],

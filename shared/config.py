@@ -53,6 +53,20 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot run here (None: it can). site.yaml's check and the trainer's, in one place."""
+    if device == "cuda" and not cuda_available():
+        return "device 'cuda' needs a CUDA GPU, and none is visible here; use auto or cpu"
+    return None
+
+
+def precision_problem(precision: str, device: str) -> str | None:
+    """Why ``precision`` cannot run on ``device`` (a name or a resolved torch device type; None: it can)."""
+    if precision == "fp16" and (device == "cpu" or not cuda_available()):
+        return "precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32 (or auto)"
+    return None
+
+
 class TaskConfig(BaseModel):
     """One private task at a site: its data, columns, and how it is learned."""
 
@@ -219,15 +233,15 @@ class SiteConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _device_exists(cls, value: str) -> str:
-        if value == "cuda" and not cuda_available():
-            raise ValueError("device 'cuda' needs a CUDA GPU, and none is visible here; use auto or cpu")
+        if (why := device_problem(value)) is not None:
+            raise ValueError(why)
         return value
 
     @field_validator("precision")
     @classmethod
     def _precision_fits_device(cls, value: str, info: ValidationInfo) -> str:
-        if value == "fp16" and (info.data.get("device") == "cpu" or not cuda_available()):
-            raise ValueError("precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32 (or auto)")
+        if (why := precision_problem(value, str(info.data.get("device", "auto")))) is not None:
+            raise ValueError(why)
         return value
 
     @field_validator("tasks")

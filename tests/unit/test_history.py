@@ -36,3 +36,24 @@ def test_the_hub_sends_the_records_numbers_and_its_whole_json():
     assert [(p.site, p.reason) for p in message.rejected] == [("b", "update holds NaN")]
     assert message.sites[0].site == "a" and message.sites[0].update_norm == 0.5
     assert json.loads(message.record_json)["sites"]["a"]["report"]["val/t/r2"] == 0.6
+
+
+def test_the_round_log_parses_only_what_was_appended_and_rereads_a_replaced_file(tmp_path):
+    from fedtl.server.history import RoundLog, RoundRecord
+
+    path = tmp_path / "rounds.jsonl"
+    log = RoundLog(tmp_path)
+    assert log.rounds() == []
+    line = lambda n: json.dumps(RoundRecord(round=n).to_json())  # noqa: E731
+    path.write_text(line(1) + "\n" + line(2)[:10])  # round 2 still being written
+    assert [r.round for r in log.rounds()] == [1]
+    with path.open("a") as fh:
+        fh.write(line(2)[10:] + "\n")
+    assert [r.round for r in log.rounds()] == [1, 2]
+    path.write_text("{cut\n")  # a crash's half line is skipped
+    with path.open("a") as fh:
+        fh.write(line(3) + "\n")
+    replaced = tmp_path / "new.jsonl"
+    replaced.write_text(line(7) + "\n")
+    replaced.replace(path)  # a fresh run's file
+    assert [r.round for r in log.rounds()] == [7]

@@ -9,7 +9,7 @@ import torch
 
 from fedtl.client.local_training import load_site_data, prepare_tasks
 from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
-from fedtl.client.trainer import LocalTrainer
+from fedtl.client.trainer import LocalTrainer, TrainerOptions
 from fedtl.shared.config import load_site_config
 from fedtl.shared.update_modes import UpdateMode, exchanged_names
 from tests.conftest import make_site
@@ -27,8 +27,8 @@ def fit(config, encoder, names, cache):
     torch.manual_seed(0)  # the heads start the same on both paths
     tasks = prepare_tasks(load_site_data(config), encoder, None, config.training.max_length)
     training = config.training.model_copy(update={"max_steps": 4})
-    trainer = LocalTrainer(encoder, tasks, training, torch.device("cpu"), encoder_trainable=names.__contains__,
-                           frozen_layers=frozen_prefix_layers(encoder, names), prefix_cache=cache)
+    trainer = LocalTrainer(encoder, tasks, training, TrainerOptions(
+        encoder_trainable=names.__contains__, frozen_layers=frozen_prefix_layers(encoder, names), prefix_cache=cache))
     result = trainer.fit()
     return trainer, result, {n: p.detach().clone() for n, p in encoder.named_parameters()}
 
@@ -84,8 +84,8 @@ def test_adam_moments_carry_over_from_one_round_to_the_next(setup):
     tasks = prepare_tasks(load_site_data(config), encoder, None, config.training.max_length)
     training = config.training.model_copy(update={"max_steps": 3})
     for expected_steps in (3, 6):
-        LocalTrainer(encoder, tasks, training, torch.device("cpu"), encoder_trainable=names.__contains__,
-                     optimizer_state=state).fit()
+        LocalTrainer(encoder, tasks, training,
+                     TrainerOptions(encoder_trainable=names.__contains__, optimizer_state=state)).fit()
         assert set(state) == names
         assert all(float(s["step"]) == expected_steps for s in state.values())
 

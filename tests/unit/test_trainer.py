@@ -15,7 +15,7 @@ def build(site_factory, tiny_encoder_factory, **kwargs):
 
 def test_head_phase_beats_the_untrained_head(site_factory, tiny_encoder_factory):
     cfg, encoder, tasks = build(site_factory, tiny_encoder_factory, encoder_epochs=0)
-    result = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu")).fit()
+    result = LocalTrainer(encoder, tasks, cfg.training).fit()
     assert result.metrics["probe"]["label"]["accuracy"] > result.metrics["before"]["label"]["accuracy"] + 0.2
     assert result.kept == "probe" and "encoder" not in result.steps
 
@@ -25,7 +25,7 @@ def test_encoder_phase_moves_the_encoder_and_all_task_types_learn(site_factory, 
                                 types=("classification", "multilabel", "regression"), encoder_epochs=2)
     cfg.training.keep_best = False
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    result = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu")).fit()
+    result = LocalTrainer(encoder, tasks, cfg.training).fit()
     changed = [k for k, v in encoder.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > 10
     final = result.final
@@ -40,7 +40,7 @@ def test_keep_best_restores_the_probe_when_finetuning_hurts(site_factory, tiny_e
     cfg, encoder, tasks = build(site_factory, tiny_encoder_factory)
     cfg.training.encoder_lr = 5.0  # wrecks the encoder on purpose
     cfg.training.finetune_head_lr = 5.0
-    trainer = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu"))
+    trainer = LocalTrainer(encoder, tasks, cfg.training)
     result = trainer.fit()
     assert mean_primary(result.metrics["finetuned"], tasks) < mean_primary(result.metrics["probe"], tasks)
     assert result.kept == "probe" and result.final == result.metrics["probe"]
@@ -51,7 +51,7 @@ def test_training_is_reproducible_on_cpu(site_factory, tiny_encoder_factory):
     results = []
     for _ in range(2):
         cfg, encoder, tasks = build(site_factory, tiny_encoder_factory)
-        results.append(LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu")).fit())
+        results.append(LocalTrainer(encoder, tasks, cfg.training).fit())
     assert results[0].metrics == results[1].metrics
     assert results[0].train_loss == results[1].train_loss
 
@@ -60,7 +60,7 @@ def test_uncertainty_weighting_learns_task_weights(site_factory, tiny_encoder_fa
     cfg, encoder, tasks = build(site_factory, tiny_encoder_factory, types=("classification", "regression"))
     cfg.training.loss_weighting = "uncertainty"
     cfg.training.keep_best = False
-    result = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu")).fit()
+    result = LocalTrainer(encoder, tasks, cfg.training).fit()
     assert result.loss_weights["label"] != 1.0 and result.loss_weights["score"] != 1.0
 
 
@@ -84,7 +84,7 @@ def test_precision_resolution():
 
 def test_tasks_sharing_inputs_share_each_encoder_forward(site_factory, tiny_encoder_factory):
     cfg, encoder, tasks = build(site_factory, tiny_encoder_factory, types=("classification", "regression"))
-    trainer = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu"))
+    trainer = LocalTrainer(encoder, tasks, cfg.training)
     assert [len(g) for g in trainer.groups] == [2]
     calls = []
     encoder.register_forward_hook(lambda *args: calls.append(1))
@@ -102,7 +102,7 @@ def test_a_site_holding_only_one_of_its_labels_still_trains(tmp_path, tiny_encod
     cfg = load_site_config(tmp_path / "site.yaml")
     encoder = tiny_encoder_factory()
     [task] = [prepare_task(d, encoder, cfg.training.max_length) for d in load_site_data(cfg)]
-    result = LocalTrainer(encoder, [task], cfg.training, torch.device("cpu")).fit()
+    result = LocalTrainer(encoder, [task], cfg.training).fit()
     assert task.head.linear.weight.shape[0] == 3
     assert result.final["label"]["accuracy"] == 1.0  # it predicts the one class it has seen
 
@@ -112,7 +112,7 @@ def test_heads_for_serving_are_refit_on_training_and_validation_rows_of_the_kept
         site_factory, tiny_encoder_factory, encoder_epochs):
     cfg, encoder, tasks = build(site_factory, tiny_encoder_factory, types=("classification", "regression"),
                                 encoder_epochs=encoder_epochs)
-    trainer = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu"))
+    trainer = LocalTrainer(encoder, tasks, cfg.training)
     result = trainer.fit()
     trained = {t.name: t.head.linear.weight.clone() for t in tasks}
     trainer.fit_heads_on_all_rows()
@@ -130,7 +130,7 @@ def test_heads_for_serving_are_refit_on_training_and_validation_rows_of_the_kept
 def test_heads_trained_by_sgd_are_served_as_trained(site_factory, tiny_encoder_factory):
     cfg, encoder, tasks = build(site_factory, tiny_encoder_factory, encoder_epochs=0)
     cfg.training.head_fit = "sgd"
-    trainer = LocalTrainer(encoder, tasks, cfg.training, torch.device("cpu"))
+    trainer = LocalTrainer(encoder, tasks, cfg.training)
     trainer.fit()
     before = {t.name: t.head.linear.weight.clone() for t in tasks}
     assert trainer.fit_heads_on_all_rows() == 0.0
