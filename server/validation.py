@@ -47,13 +47,18 @@ def report_bytes(msg: Message) -> int:
     return total
 
 
-def check_metrics(msg: Message, max_examples: int | None) -> str | None:
-    """Why a reply's metrics and report cannot be used (None: they can); caps its example count."""
+def count_problem(msg: Message, max_examples: int | None) -> str | None:
+    """Why a reply's example count cannot weigh it (None: it can); caps it at ``max_examples``."""
     n = msg.content[METRICS].get(SiteMetric.NUM_EXAMPLES)
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
         return f"{SiteMetric.NUM_EXAMPLES} must be a positive integer, got {n!r}"
     if max_examples is not None and n > max_examples:
         msg.content[METRICS][SiteMetric.NUM_EXAMPLES] = max_examples
+    return None
+
+
+def values_problem(msg: Message) -> str | None:
+    """Why a reply's metrics or report cannot be kept (None: they can)."""
     if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in msg.content[METRICS].values()):
         return "metrics hold a non-finite value"
     if (size := report_bytes(msg)) > MAX_REPORT_BYTES:
@@ -65,7 +70,7 @@ def check_evaluation(msg: Message, max_examples: int | None) -> str | None:
     """Why an evaluate reply is refused (None: it is used)."""
     if METRICS not in msg.content.metric_records:
         return "reply lacks its metrics"
-    return check_metrics(msg, max_examples)
+    return count_problem(msg, max_examples) or values_problem(msg)
 
 
 def site_name(msg: Message) -> str:
@@ -88,7 +93,7 @@ def check_update(msg: Message, expected: Mapping[str, np.ndarray], max_norm: flo
     if ARRAYS not in content.array_records or METRICS not in content.metric_records:
         return Verdict(node, site, "rejected", "reply lacks the encoder update or its metrics")
     n = content[METRICS].get(SiteMetric.NUM_EXAMPLES)
-    if (why := check_metrics(msg, max_examples)) is not None:
+    if (why := count_problem(msg, max_examples)) is not None:
         return Verdict(node, site, "rejected", why)
     note = ""
     if max_examples is not None and isinstance(n, int) and n > max_examples:
@@ -109,6 +114,8 @@ def check_update(msg: Message, expected: Mapping[str, np.ndarray], max_norm: flo
             return Verdict(node, site, "rejected", f"tensor {name}: dtype {got.dtype}, expected {ref.dtype}")
         if not np.isfinite(got).all():
             return Verdict(node, site, "rejected", f"tensor {name} holds NaN or inf")
+    if (why := values_problem(msg)) is not None:  # after the tensors: a NaN update is named as such
+        return Verdict(node, site, "rejected", why)
     norm = l2_norm(delta)
     if max_norm is not None and norm > max_norm:
         return Verdict(node, site, "rejected", f"update norm {norm:.3g} exceeds max_update_norm {max_norm:.3g}", norm)

@@ -378,3 +378,17 @@ def test_a_socket_folder_another_user_could_reach_is_not_used(tmp_path, monkeypa
     path = socket_path(state)
     assert path.parent != planted and path.parent.stat().st_mode & 0o077 == 0
     assert socket_path(tmp_path / ("other" * 30)).parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_nan_update_is_named_as_such_even_when_its_reported_norm_is_nan_too(tmp_path):
+    """A real site with a NaN update also reports a NaN norm: the reason names the tensor."""
+    def nan_everything(content):
+        delta = from_record(content[ARRAYS])
+        first = sorted(delta)[0]
+        delta[first] = np.full_like(delta[first], np.nan)
+        content[ARRAYS] = to_record(delta)
+        content[METRICS]["update_norm"] = float("nan")
+
+    recorder, _ = run(tmp_path, {1: HonestSite("a", seed=1), 2: rogue(nan_everything)}, min_sites=1)
+    [entry] = recorder.rounds()[0]["rejected"]
+    assert "holds NaN or inf" in entry["reason"] and "tensor" in entry["reason"], entry
