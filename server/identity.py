@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedtl.shared.atomic import write_bytes_atomic
+from fedtl.shared.site_keys import same_site_name
 
 log = logging.getLogger(__name__)
 NODE_NAMES = "site_nodes.json"  # in the coordinator's state folder, while site keys are on
@@ -64,7 +65,7 @@ class SiteIdentity:
             name = self.registered_name(node)
             if name is None:
                 return f"node {node} has no registered site key"
-            if claimed != name:
+            if same_site_name(claimed) != same_site_name(name):  # `fedtl certs --site site-a` for site_a
                 return f"node {node} holds the key of site {name!r} but its reply claims to be {claimed!r}"
             return None
         if node in self.names and self.names[node] != claimed:

@@ -31,6 +31,16 @@ def server(tmp_path):
 CLIENTAPP = "flwr-clientapp"
 
 
+def forked_by(root: int) -> set[int]:
+    """The processes whose parent is ``root`` (their own children left out)."""
+    def parent(pid: int) -> int:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            return -1
+    return {pid for pid in descendants(root) if parent(pid) == root}
+
+
 def launch(fs: ForkServer, *args: str, cwd: Path, **kw) -> subprocess.CompletedProcess | subprocess.Popen:
     cmd = [str(fs.launcher.bin_dir / CLIENTAPP), *args]
     if kw.pop("background", False):
@@ -90,7 +100,8 @@ def test_a_stop_sent_to_the_launcher_reaches_the_command_and_its_exit_comes_back
     launcher = launch(server, "--runtime-api-address", "127.0.0.1:1", "--token", "t", "--insecure",
                       cwd=tmp_path, background=True)
     try:
-        (pid,) = wait_until(lambda: descendants(server.proc.pid), 30, "the server forked no ClientApp")
+        # the ClientApp the server forked (its own children, if any, are not what a stop must reach first)
+        (pid,) = wait_until(lambda: forked_by(server.proc.pid), 30, "the server forked no ClientApp")
         wait_until(lambda: "Connection attempt failed" in launcher.stderr.readline(), 30, "no log from the child")
         launcher.send_signal(signal.SIGTERM)  # what a stop of the site's process tree sends
         code = launcher.wait(timeout=60)

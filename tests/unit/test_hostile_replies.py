@@ -177,7 +177,7 @@ def test_with_site_keys_a_reply_may_only_claim_its_keys_name(tmp_path):
         content[REPORT][ReportKey.SITE] = "a"
 
     names = tmp_path / "site_nodes.json"
-    write_node_names(names, {1: "a", 2: "b", 3: "rogue"})
+    write_node_names(names, {1: "a", 2: "B", 3: "rogue"})  # b's key was made as `--site B`: the same site
     recorder, _ = run(tmp_path, {1: silent, 2: HonestSite("b", seed=2), 3: rogue(impersonate)},
                       min_sites=1, identity=SiteIdentity(names), round_timeout=2)
     [record] = recorder.rounds()
