@@ -97,15 +97,23 @@ class HeadSpec:
             return F.binary_cross_entropy_with_logits(outputs, targets.float())
         return F.mse_loss(outputs.squeeze(-1), self.standardise(targets))
 
-    def fit_converged(self, feats: torch.Tensor, targets: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def fit_converged(self, feats: torch.Tensor, targets: torch.Tensor, seed: int = 0,
+                      select_by: str = "log_loss") -> tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias of this task's head fitted to convergence on frozen features: ridge by GCV
-        for regression, else logistic regression with a cross-validated penalty (shared/probes.py)."""
+        for regression, else logistic regression with a cross-validated penalty (shared/probes.py),
+        chosen by held-out log-loss or (``select_by="metric"``) by the task's primary metric."""
         if self.type == TaskType.regression:
             weight, bias, _ = ridge_gcv(feats, self.standardise(targets))
         else:
+            cost = self._metric_cost if select_by == "metric" else None
             weight, bias, _ = logistic_cv(feats, targets, multilabel=self.type == TaskType.multilabel, seed=seed,
-                                          class_weights=self.weight_tensor(feats), classes=self.out_features)
+                                          class_weights=self.weight_tensor(feats), classes=self.out_features,
+                                          held_out_cost=cost)
         return weight, bias
+
+    def _metric_cost(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        """Minus the primary metric of these logits: a penalty chosen for the score the site is judged on."""
+        return -self.metrics(self.predict(logits), targets.cpu().numpy())[self.primary_metric]
 
     def weight_tensor(self, like: torch.Tensor) -> torch.Tensor | None:
         if not self.class_weights:

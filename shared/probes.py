@@ -14,6 +14,8 @@ linear probe that linear-probing-then-fine-tuning (Kumar et al. 2022) asks for, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 PENALTIES = torch.logspace(-4, 4, 33, dtype=torch.float64)  # relative to the mean squared singular value
@@ -57,8 +59,9 @@ LOGISTIC_PENALTIES = tuple(10.0 ** (k / 2) for k in range(-8, 5))  # 1e-4 ... 1e
 
 def logistic_cv(features: torch.Tensor, targets: torch.Tensor, multilabel: bool = False, folds: int = 3,
                 penalties: tuple[float, ...] = LOGISTIC_PENALTIES, seed: int = 0,
-                class_weights: torch.Tensor | None = None,
-                classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+                class_weights: torch.Tensor | None = None, classes: int | None = None,
+                held_out_cost: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """A linear classifier fitted to convergence: L2-penalised logistic regression (softmax, or one
     sigmoid per label for multilabel), full-batch L-BFGS, the penalty chosen by k-fold
     cross-validated log-loss on the training data. Returns weight (classes x d), bias, penalty.
@@ -71,7 +74,8 @@ def logistic_cv(features: torch.Tensor, targets: torch.Tensor, multilabel: bool 
     which skips the small penalties whose near-separable fits cost the most steps.
 
     ``classes``: the head's number of classes, when some may be missing from these rows (a site
-    with label skew); without it, the largest class seen decides."""
+    with label skew); without it, the largest class seen decides. ``held_out_cost(logits, y)``:
+    what the penalty minimises on the held-out folds instead of the log-loss (lower is better)."""
     x = features.detach().to(torch.float64)
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mean) / std  # standardised for the optimiser; folded back into the weights below
@@ -93,7 +97,8 @@ def logistic_cv(features: torch.Tensor, targets: torch.Tensor, multilabel: bool 
         for penalty in path:
             fits = [_fit_logistic(z[keep], y[keep], classes, penalty, multilabel, cw, init=fit)
                     for (keep, _), fit in zip(splits, fits)]
-            score = sum(_log_loss(z[held] @ w.T + b, y[held], multilabel, cw)
+            score = sum(held_out_cost(z[held] @ w.T + b, y[held]) if held_out_cost is not None
+                        else _log_loss(z[held] @ w.T + b, y[held], multilabel, cw)
                         for (_, held), (w, b) in zip(splits, fits)) / folds
             if score < best_score - 1e-9:
                 best_score, best_penalty, best_fits = score, penalty, fits
