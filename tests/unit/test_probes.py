@@ -125,3 +125,30 @@ def test_the_weighted_and_multilabel_fits_are_plain_penalised_logistic_regressio
         for init in (None, start):  # from zeros, and warm-started from elsewhere: the same optimum
             w, b = probes._fit_logistic(z, targets, 4, 0.05, multilabel, weights, init=init)
             torch.testing.assert_close(prob(z @ w.T + b), prob(z @ wr.T + br), rtol=1e-4, atol=1e-4)
+
+
+def test_the_penalty_follows_the_held_out_cost_it_is_given():
+    """A cost that never improves keeps the first penalty of the path (the largest), where the
+    default (held-out log-loss) walks on to a smaller one: the cost, not the log-loss, decides."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 6, generator=g)
+    y = ((x[:, 0] + 2.0 * torch.randn(120, generator=g)) > 0).long()
+    _, _, by_loss = logistic_cv(x, y)
+    _, _, by_cost = logistic_cv(x, y, held_out_cost=lambda logits, targets: 0.0)
+    assert by_cost == max(probes.LOGISTIC_PENALTIES) > by_loss
+
+
+def test_multilabel_heads_choose_their_penalty_by_their_metric_and_classifiers_by_log_loss(monkeypatch):
+    from fedtl.shared.config import TaskType
+    from fedtl.shared.heads import HeadSpec
+
+    asked = []
+    real = HeadSpec._metric_cost
+    monkeypatch.setattr(HeadSpec, "_metric_cost", lambda self, logits, y: asked.append(self.type) or real(self, logits, y))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(60, 4, generator=g)
+    HeadSpec("m", TaskType.multilabel, 4, ["a", "b"]).fit_converged(x, (torch.randn(60, 2, generator=g) > 0).float())
+    HeadSpec("c", TaskType.classification, 4, ["a", "b"]).fit_converged(x, (x[:, 0] > 0).long())
+    assert asked and set(asked) == {TaskType.multilabel}
+    HeadSpec("c", TaskType.classification, 4, ["a", "b"]).fit_converged(x, (x[:, 0] > 0).long(), select_by="metric")
+    assert TaskType.classification in asked
