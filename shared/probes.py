@@ -75,7 +75,9 @@ def logistic_cv(features: torch.Tensor, targets: torch.Tensor, multilabel: bool 
 
     ``classes``: the head's number of classes, when some may be missing from these rows (a site
     with label skew); without it, the largest class seen decides. ``held_out_cost(logits, y)``:
-    what the penalty minimises on the held-out folds instead of the log-loss (lower is better)."""
+    what the penalty minimises on the held-out folds instead of the log-loss (lower is better);
+    the whole path is then walked, since a metric can dip twice near the top of the path and
+    rise again (stopping there served a multi-label head that predicted no label at all)."""
     x = features.detach().to(torch.float64)
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mean) / std  # standardised for the optimiser; folded back into the weights below
@@ -104,7 +106,7 @@ def logistic_cv(features: torch.Tensor, targets: torch.Tensor, multilabel: bool 
                 best_score, best_penalty, best_fits = score, penalty, fits
             rises = rises + 1 if score > last else 0
             last = score
-            if rises >= 2:
+            if rises >= 2 and held_out_cost is None:  # a metric (F1) is not unimodal along the path: walk it all
                 break
         start = (torch.stack([w for w, _ in best_fits]).mean(0), torch.stack([b for _, b in best_fits]).mean(0))
     w, b = _fit_logistic(z, y, classes, best_penalty, multilabel, cw, init=start)
