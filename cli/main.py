@@ -476,15 +476,16 @@ def _listener_tls(certificate: Path | None, key: Path | None) -> tuple[bytes, by
 
 def _token(token_file: Path | None, token: str | None) -> str | None:
     """--token-file's content, else $FEDTL_PREDICT_TOKEN; at least 16 characters."""
-    from fedtl.shared.federation_config import HUB_TOKEN_MIN_LENGTH
+    from fedtl.shared.grpc_listeners import token_problem
 
+    source = "$FEDTL_PREDICT_TOKEN"
     if token_file is not None:
         try:
-            token = token_file.read_text().strip()
+            token, source = token_file.read_text().strip(), f"--token-file {token_file}"
         except OSError as exc:
             fail(f"--token-file {token_file}: cannot read ({exc.strerror})")
-    if token is not None and len(token) < HUB_TOKEN_MIN_LENGTH:
-        fail(f"the token is {len(token)} characters; use at least {HUB_TOKEN_MIN_LENGTH} (e.g. `openssl rand -hex 24`)")
+    if token is not None and (why := token_problem(token, source)) is not None:
+        fail(why)
     return token
 
 

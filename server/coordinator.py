@@ -25,8 +25,8 @@ from fedtl.server.hub import HubServicer, RunView, serve_hub, stop_hub
 from fedtl.server.identity import NODE_NAMES
 from fedtl.server.site_registry import RefusalWatch, SiteRegistry
 from fedtl.shared import faults
-from fedtl.shared.federation_config import HUB_TOKEN_ENV, HUB_TOKEN_MIN_LENGTH, FederationConfig, split_address
-from fedtl.shared.grpc_listeners import exposure_problem
+from fedtl.shared.federation_config import HUB_TOKEN_ENV, FederationConfig, split_address
+from fedtl.shared.grpc_listeners import exposure_problem, token_problem
 from fedtl.shared.processes import child_env, start, stop_many, tool, wait_for_port
 from fedtl.shared.protocol import RunConfigKey
 from fedtl.shared.site_keys import SiteKeyError
@@ -102,9 +102,8 @@ class Coordinator:
                                        f"({exc.strerror or exc})") from None
         if token is None and os.environ.get(HUB_TOKEN_ENV):
             token, source = os.environ[HUB_TOKEN_ENV], f"${HUB_TOKEN_ENV}"
-        if token is not None and len(token) < HUB_TOKEN_MIN_LENGTH:
-            raise CoordinatorError(f"{source} is {len(token)} characters; a hub token needs at least "
-                                   f"{HUB_TOKEN_MIN_LENGTH} (e.g. `openssl rand -hex 24`)")
+        if token is not None and (why := token_problem(token, source)) is not None:
+            raise CoordinatorError(why)
         return token
 
     def check_hub_exposure(self) -> None:

@@ -567,8 +567,7 @@ class FederationRun:
         record.seconds = time.time() - started
         log.info("round %d: %d/%d sites answered, %d accepted, aggregated=%s, %.1fs", rnd, record.answered,
                  record.sampled, record.accepted, record.aggregated, record.seconds)
-        result = RoundResult(record, arrays)
-        return result
+        return RoundResult(record, arrays)
 
     def personalize(self, accepted: list[tuple[Message, Verdict]],
                     aggregator: RoundAggregator) -> dict[str, dict[str, float]]:

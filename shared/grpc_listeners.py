@@ -13,6 +13,7 @@ from concurrent import futures
 
 import grpc
 
+from fedtl.shared.federation_config import HUB_TOKEN_MIN_LENGTH as TOKEN_MIN_LENGTH
 from fedtl.shared.federation_config import is_loopback
 
 
@@ -37,6 +38,14 @@ class TokenCheck(grpc.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(deny, request_deserializer=handler.request_deserializer)
         return grpc.unary_unary_rpc_method_handler(deny, request_deserializer=handler.request_deserializer
                                                    if handler is not None else None)
+
+
+def token_problem(token: str, source: str) -> str | None:
+    """Why ``token`` (from ``source``, for the message) is too weak to guard a listener (None: it is not)."""
+    if len(token) < TOKEN_MIN_LENGTH:
+        return (f"{source} is {len(token)} characters; a token needs at least {TOKEN_MIN_LENGTH} "
+                "(e.g. `openssl rand -hex 24`)")
+    return None
 
 
 def exposure_problem(host: str, tls: bool, token: bool) -> str | None:
