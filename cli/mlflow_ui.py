@@ -29,8 +29,8 @@ def resolve_uri(config: Path | None, tracking_uri: str | None) -> str:
 
 def run_ui(config: Path | None, tracking_uri: str | None, host: str, port: int) -> int:
     from fedtl.server.coordinator import port_taken
-    from fedtl.server.tracking import artifact_root_for
-    from fedtl.shared.federation_config import has_scheme
+    from fedtl.shared.config import has_scheme
+    from fedtl.shared.mlflow_models import artifact_root_for
 
     uri = resolve_uri(config, tracking_uri)
     if not has_scheme(uri):

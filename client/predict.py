@@ -11,6 +11,7 @@ value) and, for classification, ``<task>_probability``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -35,24 +36,82 @@ class PredictError(RuntimeError):
     """The site has no servable model, or its files do not fit together; says what to do."""
 
 
+@dataclass(frozen=True)
+class TaskInputs:
+    """What serving a task needs of its site.yaml entry: its name, text columns and label separator."""
+
+    name: str
+    text_columns: list[str]
+    label_separator: str = "|"
+
+    @classmethod
+    def of(cls, task: TaskConfig) -> TaskInputs:
+        return cls(task.name, list(task.text_columns), task.label_separator)
+
+
 @dataclass
 class _Task:
-    config: TaskConfig
+    config: TaskInputs
     spec: HeadSpec
     head: TaskHead
 
 
+EXPORT_META = "site_model.json"  # in an exported folder: the served model, paths relative to the folder
+EXPORT_INPUTS = "inputs.json"  # ... and the tasks' inputs and max_length
+
+
+def export_site_model(info: dict[str, Any], tasks_inputs: list[TaskInputs], max_length: int, folder: Path) -> Path:
+    """Copy the model a ``site_model.json`` entry describes into ``folder`` (new), so
+    ``SiteModel.from_folder`` rebuilds it anywhere fedtl is installed: the heads, the trained encoder
+    tensors, and the base encoder where it is a folder of the site's (``minilm`` and ``tiny`` ship
+    with fedtl). Files only, nothing loaded: cheap enough to run at the end of every round."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    info = dict(info)
+    shutil.copytree(info["heads"], folder / "heads")
+    info["heads"] = "heads"
+    if info.get("encoder_tensors"):
+        shutil.copy2(info["encoder_tensors"], folder / "encoder.safetensors")
+        info["encoder_tensors"] = "encoder.safetensors"
+    if Path(info["encoder_spec"]).is_dir():
+        shutil.copytree(info["encoder_spec"], folder / "base_encoder")
+        info.update(encoder_spec="base_encoder", encoder_in_folder=True)
+    (folder / EXPORT_META).write_text(json.dumps(info, indent=2))
+    (folder / EXPORT_INPUTS).write_text(json.dumps({"tasks": [dataclasses.asdict(t) for t in tasks_inputs],
+                                                    "max_length": max_length}, indent=2))
+    return folder
+
+
 class SiteModel:
-    def __init__(self, site: SiteConfig, encoder: TextEncoder, tasks: list[_Task], info: dict[str, Any]):
-        self.site, self.encoder, self.tasks, self.info = site, encoder, tasks, info
+    def __init__(self, tasks_inputs: list[TaskInputs], max_length: int, encoder: TextEncoder, tasks: list[_Task],
+                 info: dict[str, Any]):
+        self.inputs, self.max_length, self.encoder, self.tasks, self.info = tasks_inputs, max_length, encoder, tasks, info
 
     @classmethod
     def load(cls, site: SiteConfig) -> SiteModel:
-        meta = site.state_dir / "federated" / "site_model.json"
+        meta = site.state_dir / "federated" / EXPORT_META
         if not meta.exists():
             raise PredictError(f"{meta}: not found; site {site.name} serves a model once it has taken part in a "
                                "federated round")
-        info = json.loads(meta.read_text())
+        return cls.from_meta(json.loads(meta.read_text()), [TaskInputs.of(t) for t in site.tasks],
+                             site.training.max_length)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> SiteModel:
+        """A model ``export`` wrote: everything it needs is inside ``folder``."""
+        info = json.loads((folder / EXPORT_META).read_text())
+        inputs = json.loads((folder / EXPORT_INPUTS).read_text())
+        info["heads"] = str(folder / info["heads"])
+        if info.get("encoder_tensors"):
+            info["encoder_tensors"] = str(folder / info["encoder_tensors"])
+        if info.get("encoder_in_folder"):
+            info["encoder_spec"] = str(folder / info["encoder_spec"])
+        return cls.from_meta(info, [TaskInputs(**t) for t in inputs["tasks"]], int(inputs["max_length"]))
+
+    @classmethod
+    def from_meta(cls, info: dict[str, Any], tasks_inputs: list[TaskInputs], max_length: int) -> SiteModel:
+        """The model ``site_model.json``'s entry describes, serving ``tasks_inputs``."""
         encoder = load_encoder(info["encoder_spec"], seed=int(info.get("encoder_seed", 0)))
         if info.get("lora"):
             lora = dict(info["lora"], targets=tuple(info["lora"]["targets"]))
@@ -70,7 +129,7 @@ class SiteModel:
                     params[name].copy_(torch.from_numpy(value))
         store = HeadStore(info["heads"])
         tasks = []
-        for task in site.tasks:
+        for task in tasks_inputs:
             stored = store.load(task.name)
             if stored is None:
                 raise PredictError(f"{info['heads']}: no head for task {task.name!r}")
@@ -78,11 +137,15 @@ class SiteModel:
             head = spec.build()
             head.load_state_dict(weights)
             tasks.append(_Task(task, spec, head.eval()))
-        return cls(site, encoder.eval(), tasks, info)
+        return cls(tasks_inputs, max_length, encoder.eval(), tasks, info)
+
+    def export(self, folder: Path) -> Path:
+        """Copy this model into ``folder`` (see ``export_site_model``)."""
+        return export_site_model(self.info, self.inputs, self.max_length, folder)
 
     @torch.no_grad()
     def _features(self, texts: list[str]) -> torch.Tensor:
-        return embed_texts(self.encoder, texts, self.site.training.max_length)
+        return embed_texts(self.encoder, texts, self.max_length)
 
     @torch.no_grad()
     def predict(self, texts_by_task: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:

@@ -135,6 +135,7 @@ class SiteDaemon:
         self.stop_event = stop_event or threading.Event()
         self.superexec_poll = superexec_poll_seconds()
         self.server = None
+        self.worker: SiteWorker | None = None
         self.supernode = None
         self.fork_server: ForkServer | None = None  # set by run_sites: shared by the sites of this process
         self.socket = socket_path(config.state_dir)
@@ -145,7 +146,7 @@ class SiteDaemon:
         self._last_text = ""  # the end of what the SuperNode logged: why it exited, for the console
 
     def start_worker(self) -> SiteWorker:
-        worker = SiteWorker(self.config, self.encoder, warm=self.warm)
+        worker = self.worker = SiteWorker(self.config, self.encoder, warm=self.warm)
         self.server = serve(worker, self.socket)
         log.info("site %s: worker listening on %s", self.config.name, self.socket)
         return worker
@@ -263,6 +264,9 @@ class SiteDaemon:
             self.socket.unlink()
         except FileNotFoundError:
             pass
+        tracking = self.worker.tracking if self.worker is not None else None
+        if tracking is not None and not tracking.close(timeout=60):
+            log.warning("site %s: its MLflow did not take the last round within 60 s; not logged", self.config.name)
         log.info("site %s: stopped", self.config.name)
 
 

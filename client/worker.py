@@ -33,6 +33,8 @@ from fedtl.client.local_training import load_site_data, prepare_tasks
 from fedtl.client.loss_weighting import LossWeighting
 from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
 from fedtl.client.privacy_ledger import LEDGER, PrivacyLedger
+from fedtl.client.resources import resource_figures, start_round
+from fedtl.client.site_tracking import SiteRoundRecord, SiteTracker
 from fedtl.client.trainer import (
     LocalTrainer,
     PreparedTask,
@@ -90,6 +92,7 @@ class SiteRound:
     seconds: dict[str, float] = field(default_factory=dict)
     startup: float = float("nan")
     norm: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)  # peak memory (client/resources.py)
 
 
 class SiteWorker:
@@ -113,6 +116,7 @@ class SiteWorker:
         self.baseline: dict[str, dict[str, float]] | None = self._read_json(self.root / "baseline.json")
         self.warm = warm  # --warm-start: a pulled global encoder that stands for the coordinator's
         self._load_encoder(str(warm.folder) if warm is not None else encoder_spec or config.encoder, seed=0)
+        self.tracking = SiteTracker(config) if config.mlflow is not None else None  # the site's own MLflow
 
     # ------------------------------------------------------------ state
     @staticmethod
@@ -297,7 +301,16 @@ class SiteWorker:
         self._make_update(r)
         self._choose_and_keep(r)
         self._record(r, timing)
+        if self.tracking is not None:
+            self.tracking.round_done(self._tracking_record(r), self._read_json(self.root / "site_model.json"))
         return self._reply(r)
+
+    def _tracking_record(self, r: SiteRound) -> SiteRoundRecord:
+        return SiteRoundRecord(
+            flower_run_id=r.config.run_id, round=r.config.server_round, num_rounds=r.config.num_rounds,
+            update_mode=r.config.update_mode, served_model=r.site_model, served=r.site_metrics,
+            federated=r.served.final, baseline=self.baseline or {},
+            primary={t.name: t.spec.primary_metric for t in self.tasks}, resources=r.resources)
 
     def privacy_ledger(self) -> PrivacyLedger:
         """Every private round this site ever sent (client/privacy_ledger.py), read on first use."""
@@ -322,6 +335,7 @@ class SiteWorker:
         if (why := self._privacy_refusal(config)) is not None:
             raise ValueError(f"site {self.config.name} refuses round {config.server_round}: {why}")
         r = SiteRound(config, self._training_config(config), handled_at)
+        start_round(self.device)
         self._schedule_part = self._schedule_position(config)
         self._ensure_encoder(config)
         r.frozen = self._frozen = self._frozen_layers(UpdateMode.parse(config.update_mode))
@@ -385,11 +399,12 @@ class SiteWorker:
             r.seconds["personal"] = sum(r.personal.seconds.values())
         r.startup = r.handled_at - timing.process_started_at if timing.process_started_at else float("nan")
         r.norm = l2_norm(r.delta)  # of what is sent: with privacy on, the trained norm stays in the history
+        r.resources = resource_figures(self.device)
         self._append_history({
             "round": r.config.server_round, "run_id": r.config.run_id, "received": digest(r.global_arrays),
             "sent": digest(r.wire), "heads": self._heads_digest(), "kept": r.result.kept, "update_norm": r.norm,
             **({"privacy": r.privacy} if r.privacy is not None else {}),
-            "metrics": r.served.final, "seconds": r.seconds, "startup_seconds": r.startup,
+            "metrics": r.served.final, "seconds": r.seconds, "startup_seconds": r.startup, "resources": r.resources,
         })
 
     def _reply(self, r: SiteRound) -> RecordDict:
@@ -411,6 +426,7 @@ class SiteWorker:
             Section.VAL: r.served.final, Section.SHARED: result.final, Section.PROBE: result.metrics["probe"],
             Section.BEFORE: result.metrics["before"], Section.SERVED: r.site_metrics,
             Section.BASELINE: self.baseline or {}, Section.TRAIN_LOSS: result.train_loss, Section.SECONDS: r.seconds,
+            Section.RESOURCES: r.resources,
         })
         report[ReportKey.SITE_MODEL] = r.site_model
         return RecordDict({ARRAYS: to_record(r.wire), METRICS: metrics, REPORT: report})
@@ -426,7 +442,7 @@ class SiteWorker:
             SiteMetric.SECONDS: r.seconds["total"],
             SiteMetric.STARTUP_SECONDS: r.startup if np.isfinite(r.startup) else -1.0,
         })
-        report = self._report(r.result.kept, {Section.SECONDS: r.seconds})
+        report = self._report(r.result.kept, {Section.SECONDS: r.seconds, Section.RESOURCES: r.resources})
         report[ReportKey.SITE_MODEL] = r.site_model
         return RecordDict({ARRAYS: to_record(r.wire), METRICS: metrics, REPORT: report})
 

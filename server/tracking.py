@@ -26,6 +26,7 @@ import yaml
 from fedtl.server.history import Evaluation, RoundRecord
 from fedtl.shared.atomic import write_text_atomic
 from fedtl.shared.federation_config import redact_secrets
+from fedtl.shared.mlflow_models import training_experiment
 from fedtl.shared.protocol import ReportKey, Section, SiteMetric, parse_task_key, primary_metrics, report_value
 
 log = logging.getLogger(__name__)
@@ -35,20 +36,11 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 BATCH = 900  # MLflow accepts up to 1000 metrics per log_batch
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow's UI picks its training or GenAI views by it
-TRAINING_KIND = "custom_model_development"
 
 
 def default_tracking_uri(base: Path) -> str:
     """MLFLOW_TRACKING_URI if set, else an embedded SQLite store in ``base``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(base / 'mlflow.db').resolve()}"
-
-
-def artifact_root_for(uri: str) -> str | None:
-    """For an embedded SQLite store, keep artifacts beside the database file."""
-    if uri.startswith("sqlite:///"):
-        return str(Path(uri[len("sqlite:///"):]).parent / "mlartifacts")
-    return None
 
 
 class Journal:
@@ -111,6 +103,7 @@ class MlflowTracker:
         self.history: list[dict[str, Any]] = []
         self.baselines_logged: set[str] = set()
         self.params_logged: set[str] = set()
+        self.config: dict[str, Any] = {}  # the federation config, from start()
 
     @property
     def run_id(self) -> str | None:
@@ -130,12 +123,7 @@ class MlflowTracker:
 
     def _ensure_run(self, client) -> str:
         if self.run_id is None:
-            exp = client.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(
-                self.experiment, artifact_location=artifact_root_for(self.uri),
-                tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
-            if exp is not None and exp.tags.get(EXPERIMENT_KIND_TAG) is None:
-                client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+            exp_id = training_experiment(client, self.experiment, self.uri)
             run = client.create_run(exp_id, run_name=self.run_name, tags={"fedtl.status": "running"})
             self._save_meta(run_id=run.info.run_id, experiment_id=exp_id, tracking_uri=self.uri)
         return self.run_id
@@ -165,28 +153,32 @@ class MlflowTracker:
         elif kind == "batch":
             for inner in op["ops"]:
                 self._apply(client, run_id, inner)
-        elif kind == "register":
-            self._register(client, run_id, op["name"], op["artifact_path"])
+        elif kind == "encoder_model":
+            self._log_encoder_model(client, run_id, op)
+        elif kind == "register":  # an older fedtl's journal: its encoder folder is logged; register that
+            self._log_encoder_model(client, run_id, {"round": 0, "register": op["name"], "tags": {},
+                                                     "path": str(self._built_from_artifact(op["artifact_path"]))})
         elif kind == "terminate":
             client.set_terminated(run_id, op["status"])
         else:
             raise ValueError(f"unknown tracking operation {kind!r}")
 
-    def _register(self, client, run_id: str, name: str, artifact_path: str) -> None:
-        from mlflow.exceptions import MlflowException
+    def _log_encoder_model(self, client, run_id: str, op: dict[str, Any]) -> None:
+        """The encoder of round ``op['round']`` as a LoggedModel of the run (at that step), and where
+        ``op['register']`` names a registered model, a version of it with the provenance as tags and
+        the federation's alias."""
+        from fedtl.server.encoder_model import MODEL_NAME
+        from fedtl.shared.mlflow_models import log_model_folder, register_logged_model
 
-        try:
-            client.create_registered_model(name, description="fedtl global encoder (Hugging Face folder)")
-        except MlflowException as exc:
-            if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
-                raise
-        source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-        for existing in client.search_model_versions(f"name='{name}'"):
-            if existing.run_id == run_id and existing.source == source:
-                return  # registered before a crash; the journal sent this operation again
-        version = client.create_model_version(name, source, run_id=run_id,
-                                              description=f"global encoder after federation run {self.run_name}")
-        client.set_tag(run_id, "fedtl.registered_model", f"{name}/{version.version}")
+        tags = op.get("tags", {})
+        model_id = log_model_folder(client, self.meta["experiment_id"], run_id, MODEL_NAME, Path(op["path"]),
+                                    int(op["round"]), tags=tags, model_type="text-embedding")
+        name = op.get("register")
+        if name:
+            version = register_logged_model(
+                client, name, model_id, run_id, f"fedtl global encoder after round {op['round']} of federation "
+                f"run {self.run_name}: text in, mean-pooled embeddings out", tags=tags, alias=op.get("alias"))
+            client.set_tag(run_id, "fedtl.registered_model", f"{name}/{version.version}")
 
     def flush(self) -> bool:
         """Send pending operations in order; True when none are left."""
@@ -237,6 +229,56 @@ class MlflowTracker:
             artifact_path = f"{artifact_path}/{path.name}" if artifact_path else path.name
         return {"op": "artifact", "path": str(path), "artifact_path": artifact_path}
 
+    def _encoder_model_ops(self, checkpoint: Path, rnd: int, register: str | None = None) -> list[dict[str, Any]]:
+        """The operation that logs ``checkpoint`` as an MLflow model (built now, beside the journal, so a
+        later flush finds it); none, with a warning, where it cannot be built."""
+        from fedtl.server.encoder_model import save_encoder_model
+        from fedtl.shared.mlflow_models import alias_for
+
+        dest = self.artifacts / "models" / f"round-{rnd:04d}"
+        if not (dest / "MLmodel").exists():
+            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.rmtree(dest, ignore_errors=True)  # half of one, from a crash
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                save_encoder_model(checkpoint, tmp)  # whole, then renamed: a flush never sees half a model
+                tmp.rename(dest)
+            except Exception as exc:  # the Hugging Face folder is still logged; training is over
+                log.warning("could not build the MLflow model of %s (%s: %s); logged as files only",
+                            checkpoint, type(exc).__name__, exc)
+                return []
+        op: dict[str, Any] = {"op": "encoder_model", "path": str(dest), "round": rnd,
+                              "tags": self._provenance(checkpoint, rnd)}
+        if register:
+            op.update(register=register, alias=alias_for(self.config.get("name", self.run_name)))
+        return [op]
+
+    def _built_from_artifact(self, artifact_path: str) -> Path:
+        """The MLflow model of an encoder folder journaled as an artifact (``encoder/round-NNNN``)."""
+        from fedtl.server.encoder_model import save_encoder_model
+
+        dest = self.artifacts / "models" / Path(artifact_path).name
+        if not (dest / "MLmodel").exists():
+            save_encoder_model(self.artifacts / artifact_path, dest)
+        return dest
+
+    def _provenance(self, checkpoint: Path, rnd: int) -> dict[str, Any]:
+        """Where an encoder came from, as tags of its model and registered version."""
+        sites = sorted({site for record in self.history if record.round <= rnd for site in record.sites})
+        tags: dict[str, Any] = {"fedtl.federation": self.config.get("name", ""), "fedtl.run": self.run_name,
+                                "fedtl.round": rnd, "fedtl.sites": sites_tag(sites), "fedtl.site_count": len(sites),
+                                "fedtl.encoder": self.config.get("encoder", ""),
+                                "fedtl.update_mode": self.config.get("update_mode", ""),
+                                "fedtl.strategy": (self.config.get("strategy") or {}).get("name", "")}
+        meta = checkpoint / "fedtl.json"
+        if meta.exists():
+            tags["fedtl.digest"] = json.loads(meta.read_text()).get("digest", "")
+        privacy = next((r.privacy for r in reversed(self.history) if r.round <= rnd and r.privacy), None)
+        if privacy is not None:
+            tags["fedtl.dp_epsilon"] = round(float(privacy["epsilon"]), 4)
+        return tags
+
     def _config_artifact(self, path: Path) -> dict[str, Any]:
         """federation.yaml as the run's ``config`` artifact: the file itself, comments and all,
         unless it holds a secret; then its settings with the secrets redacted."""
@@ -264,7 +306,7 @@ class MlflowTracker:
         for record in self.history:  # what was logged before a resume is not logged again
             round_metrics(record, self.baselines_logged)
             self.params_logged.update(f"sites.{site}.tasks" for site in record.sites)
-        config = info["config"]
+        config = self.config = info["config"]
         ops: list[dict[str, Any]] = []
         if start_round == 1:
             params = flatten_params({k: v for k, v in redact_secrets(config).items() if k != "superlink"})
@@ -325,22 +367,18 @@ class MlflowTracker:
                                       "mixing"))
         ops.append(self._artifact(site_metric_plot(self.history, plots / "site_metrics.png"), "plots"))
         if record.checkpoint and self.checkpoint_every and rnd % self.checkpoint_every == 0:
-            ops.append(self._artifact(Path(record.checkpoint), "checkpoints", copy=False))
+            ops.extend(self._encoder_model_ops(Path(record.checkpoint), rnd))
         self._enqueue({"op": "batch", "round": rnd, "ops": ops})  # one line: the round is journaled whole
         self._save_meta(last_round=rnd)
         self.flush()
 
     def finish(self, status: str, summary: dict[str, Any]) -> None:
-        final = None
-        for record in reversed(self.history):
-            if record.checkpoint:
-                final = Path(record.checkpoint)
-                break
+        final = next((record for record in reversed(self.history) if record.checkpoint), None)
         if status == "completed" and final is not None:
-            self._enqueue(self._artifact(final, "encoder", copy=True))
-            if self.registered_model:
-                self._enqueue({"op": "register", "name": self.registered_model,
-                               "artifact_path": f"encoder/{final.name}"})
+            checkpoint = Path(final.checkpoint)
+            self._enqueue(self._artifact(checkpoint, "encoder", copy=True))  # the Hugging Face folder itself
+            for op in self._encoder_model_ops(checkpoint, final.round, register=self.registered_model):
+                self._enqueue(op)
         self._enqueue({"op": "tags", "tags": {"fedtl.status": status, **{f"fedtl.summary.{k}": v
                                                                          for k, v in summary.items()}}})
         self._enqueue({"op": "terminate", "status": "FINISHED" if status == "completed" else "FAILED"})
@@ -392,6 +430,10 @@ def round_metrics(record: RoundRecord, baselines_logged: set[str]) -> dict[str, 
         out[f"site/{site}/startup_seconds"] = m.get(SiteMetric.STARTUP_SECONDS, 0)
         out[f"site/{site}/bytes_down"] = entry.bytes_down  # as encoded on the wire (codec.up / codec.down)
         out[f"site/{site}/bytes_up"] = entry.bytes_up
+        for key, value in report.items():  # resources/peak_memory_mb -> site/<site>/peak_memory_mb
+            section, _, figure = str(key).partition("/")
+            if section == Section.RESOURCES and figure and "/" not in figure:
+                out[f"site/{site}/{figure}"] = value
         for task, primary in primary_metrics(report):
             first = f"{site}/{task}" not in baselines_logged
             for key, value in report.items():

@@ -6,6 +6,7 @@ folder can be moved or copied as a whole.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -45,6 +46,26 @@ def resolve_encoder_spec(value: str, info: ValidationInfo) -> str:
     if value in ("minilm", "tiny"):
         return value
     return str(_resolve(Path(value), info))
+
+
+_URI_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
+
+
+def has_scheme(uri: str) -> bool:
+    """Does an MLflow tracking URI name its scheme (``sqlite:///``, ``http://``, ``file:``, ``databricks``)?"""
+    return bool(_URI_SCHEME.match(uri)) or uri == "databricks"
+
+
+def resolve_tracking_uri(value: str, info: ValidationInfo) -> str:
+    """An MLflow tracking URI from a config file: it must name its scheme, and a relative SQLite path
+    is taken relative to the file (as every other path in it)."""
+    if not has_scheme(value):
+        raise ValueError(f"{value!r} has no scheme: use sqlite:///PATH/mlflow.db for a local store, or "
+                         "http://HOST:PORT for a tracking server")
+    prefix = "sqlite:///"
+    if value.startswith(prefix) and not value[len(prefix):].startswith("/"):
+        return prefix + str(_resolve(Path(value[len(prefix):]), info).resolve())
+    return value
 
 
 def cuda_available() -> bool:
@@ -202,6 +223,32 @@ class SitePrivacyConfig(BaseModel):
         return None
 
 
+class SiteMlflowConfig(BaseModel):
+    """The site's own MLflow (opt-in): the model it serves and its metrics, logged round by round.
+
+    This is the site's store, not the coordinator's: heads go there, and nothing from it ever
+    crosses the wire.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str = Field(description="the site's MLflow: sqlite:///PATH/mlflow.db (relative to this file) or "
+                                          "http://HOST:PORT")
+    experiment: str = Field(default="fedtl-site", min_length=1, description="the experiment the site's runs go to "
+                            "(one run per federation run)")
+    registered_model: str | None = Field(default=None, min_length=1, description="register the model served after "
+                                         "the federation's last round under this name (alias 'served'); "
+                                         "null: don't register")
+    log_models: Literal["every_round", "last_round"] = Field(
+        default="every_round", description="log the served model as an MLflow model after every round, or only "
+        "after the federation's last one (metrics are logged every round either way)")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _resolve_uri(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_tracking_uri(value, info)
+
+
 class SiteConfig(BaseModel):
     """`site.yaml`: one data owner, its private tasks and how it trains."""
 
@@ -219,6 +266,8 @@ class SiteConfig(BaseModel):
     privacy: SitePrivacyConfig = Field(default_factory=SitePrivacyConfig, description="the differential privacy this "
         "site demands before its update leaves")
     tasks: list[TaskConfig] = Field(min_length=1, description="the site's tasks: each gets a private head; all share the encoder")
+    mlflow: SiteMlflowConfig | None = Field(default=None, description="the site's own MLflow, where it logs the "
+                                            "model it serves and its metrics (off unless set)")
 
     @field_validator("state_dir")
     @classmethod

@@ -9,7 +9,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fedtl.shared.codecs import Codec
-from fedtl.shared.config import MAX_SEED, Name, _resolve, resolve_encoder_spec, resolve_state_dir
+from fedtl.shared.config import (
+    MAX_SEED,
+    Name,
+    _resolve,
+    resolve_encoder_spec,
+    resolve_state_dir,
+    resolve_tracking_uri,
+)
 from fedtl.shared.encoder_specs import encoder_folder, encoder_layers
 from fedtl.shared.lora import LoraSettings, check_targets, encoder_linear_modules
 from fedtl.shared.update_modes import UpdateMode
@@ -61,7 +68,6 @@ HUB_TOKEN_ENV = "FEDTL_HUB_TOKEN"  # hub.token when federation.yaml has none; wh
 HUB_TOKEN_MIN_LENGTH = 16
 SECRET_FIELDS = (("hub", "token"),)  # federation.yaml fields that never reach MLflow or a log
 REDACTED = "***"
-_URI_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@",
                            re.IGNORECASE)
 
@@ -92,11 +98,6 @@ def redact_secrets(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(node, dict) and node.get(path[-1]) is not None:
             node[path[-1]] = REDACTED
     return out
-
-
-def has_scheme(uri: str) -> bool:
-    """Does an MLflow tracking URI name its scheme (``sqlite:///``, ``http://``, ``file:``, ``databricks``)?"""
-    return bool(_URI_SCHEME.match(uri)) or uri == "databricks"
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -298,13 +299,7 @@ class MlflowConfig(BaseModel):
     @field_validator("tracking_uri")
     @classmethod
     def _resolve_sqlite(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and not has_scheme(value):
-            raise ValueError(f"{value!r} has no scheme: use sqlite:///PATH/mlflow.db for a local store, or "
-                             "http://HOST:PORT for a tracking server")
-        prefix = "sqlite:///"
-        if value and value.startswith(prefix) and not value[len(prefix):].startswith("/"):
-            return prefix + str(_resolve(Path(value[len(prefix):]), info).resolve())
-        return value
+        return None if value is None else resolve_tracking_uri(value, info)
 
 
 class FederationConfig(BaseModel):

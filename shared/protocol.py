@@ -168,6 +168,7 @@ class Section:
     BASELINE = "baseline"  # the site's local-only baseline (frozen pretrained encoder)
     TRAIN_LOSS = "train_loss"  # ``train_loss/task``: the task's mean training loss
     SECONDS = "seconds"        # ``seconds/phase``: embed, head, encoder, eval, total, baseline, handled
+    RESOURCES = "resources"    # ``resources/figure``: peak_memory_mb, gpu_peak_memory_mb, gpu_memory_mb
 
     TASK_METRICS = (VAL, SHARED, PROBE, BEFORE, SERVED, BASELINE)
 

@@ -273,11 +273,71 @@ def test_mlflow_run_holds_every_round_artifacts_and_a_registered_model(finished)
     assert {"config", "plots", "interference", "encoder"} <= top
     encoder_files = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.info.run_id, "encoder/round-0002")}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= encoder_files
-    [version] = client.search_model_versions("name='test-encoder'")
-    assert version.run_id == run.info.run_id and version.source.endswith("encoder/round-0002")
-    # the registered encoder is a loadable Hugging Face folder
+    # the Hugging Face folder stays a plain artifact of the run
     local = client.download_artifacts(run.info.run_id, "encoder/round-0002", str(finished.root / "dl"))
     assert load_encoder(local).hidden_size == 32
+    # the final encoder is an MLflow LoggedModel of the run at step 2, registered with its provenance
+    [output] = client.get_run(run.info.run_id).outputs.model_outputs
+    assert output.step == 2
+    model = client.get_logged_model(output.model_id)
+    assert model.name == "encoder" and model.source_run_id == run.info.run_id
+    [version] = client.search_model_versions("name='test-encoder'")
+    assert version.run_id == run.info.run_id and version.model_id == model.model_id
+    assert run.data.tags["fedtl.registered_model"] == f"test-encoder/{version.version}"
+    tags = version.tags
+    assert tags["fedtl.sites"] == "site_a,site_b" and tags["fedtl.round"] == "2" and tags["fedtl.federation"] == "test"
+    assert tags["fedtl.update_mode"] and tags["fedtl.digest"] == finished.rounds()[-1]["global_digest"]
+    assert client.get_model_version_by_alias("test-encoder", "test").version == version.version
+
+
+def test_the_registered_encoder_loads_as_a_pyfunc_model_with_the_pulled_folders_embeddings(finished):
+    """MLflow users load ``models:/<name>/<version>``; it must embed as the Hugging Face folder does
+    (mean-pooled last hidden states), to float32 rounding (1e-5)."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = ["the nurse was kind", "delivery was late again and nobody called", ""]
+    with _use_tracking_uri(finished.tracking_uri):
+        model = mlflow.pyfunc.load_model("models:/test-encoder@test")
+    assert model.metadata.signature.inputs.input_names() == ["text"]
+    embedded = model.predict(pd.DataFrame({"text": texts}))
+    folder = finished.rounds()[-1]["checkpoint"]
+    tokenizer, backbone = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        states = backbone(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        expected = ((states * mask).sum(1) / mask.sum(1).clamp(min=1e-6)).numpy()
+    assert embedded.shape == (3, 32) and embedded.dtype == "float32"
+    assert abs(embedded - expected).max() < 1e-5
+    assert MlflowClient(finished.tracking_uri).get_registered_model("test-encoder").aliases == {"test": "1"}
+
+
+def test_mlflow_models_serve_answers_with_the_registered_encoder(finished, tmp_path):
+    """``mlflow models serve -m models:/test-encoder/1 --env-manager local``, the real server process."""
+    import requests
+
+    from fedtl.shared.processes import free_port, start, stop, tool, wait_for_port
+
+    port = free_port()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=finished.tracking_uri)
+    server = start([tool("mlflow"), "models", "serve", "-m", "models:/test-encoder/1", "--env-manager", "local",
+                    "--host", "127.0.0.1", "--port", str(port)], tmp_path / "serve.log", env=env)
+    try:
+        wait_for_port("127.0.0.1", port, 180, server, "mlflow models serve", tmp_path / "serve.log")
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
+                               json={"dataframe_split": {"columns": ["text"], "data": [["kind staff"], ["late"]]}})
+        assert answer.status_code == 200, answer.text
+        predictions = answer.json()["predictions"]
+        assert len(predictions) == 2 and len(predictions[0]) == 32
+        bad = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60, json={"dataframe_split": {
+            "columns": ["wrong"], "data": [["x"]]}})
+        assert bad.status_code == 400  # the signature names the column it needs
+    finally:
+        stop(server)
 
 
 def test_a_nan_update_is_rejected_and_logged_and_the_round_goes_on(tmp_path):

@@ -25,13 +25,14 @@ from tests.unit.test_round_contract import Recorder
 
 
 def federation(tmp_path, codec: dict, rounds: int = 3, sites: int = 2, grid_wrap=None,
-               site_yaml: dict[int, str] | None = None, training: dict | None = None, **settings):
+               site_yaml: dict[int, str] | None = None, training: dict | None = None,
+               types: tuple[str, ...] = ("classification",), **settings):
     """``site_yaml[i]``: text appended to site i's site.yaml; ``training``: settings every site's
-    ``training:`` block gets."""
+    ``training:`` block gets; ``types``: every site's tasks."""
     workers = {}
     extra = "".join(f"  {key}: {json.dumps(value)}\n" for key, value in (training or {}).items())
     for i in range(sites):
-        path = make_site(tmp_path / f"s{i}", name=f"site{i}", types=("classification",), n=60, head_epochs=3)
+        path = make_site(tmp_path / f"s{i}", name=f"site{i}", types=types, n=60, head_epochs=3)
         path.write_text(path.read_text().replace("training:\n", "training:\n" + extra, 1) + (site_yaml or {}).get(i, ""))
         workers[i + 1] = SiteWorker(load_site_config(path), "tiny")
     fed = FederationConfig.model_validate({

@@ -1,7 +1,8 @@
 from pathlib import Path
 
 from fedtl.server.history import RoundRecord
-from fedtl.server.tracking import Journal, artifact_root_for, flatten_params, round_metrics
+from fedtl.server.tracking import Journal, flatten_params, round_metrics
+from fedtl.shared.mlflow_models import artifact_root_for
 
 
 def test_params_keep_every_scalar_leaf():
