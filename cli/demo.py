@@ -208,7 +208,7 @@ def run_demo(workdir: Path, sites: list[Path], federation: Path | None, rounds: 
                     raise CoordinatorError(f"site {name} exited with code {proc.returncode}; "
                                            f"see {workdir / 'logs' / (name + '.log')}")
 
-        info = follow_run(coord, fed.name, check=sites_alive)
+        info = follow_run(coord, fed.name, check=sites_alive, rounds=fed.rounds)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping every process the demo started[/]")
         coord.stop_run()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from rich.live import Live
 
 from fedtl.cli.console import console, fail, handle_stop_signals, write_json
-from fedtl.cli.reports import rounds_table, sites_table
+from fedtl.cli.reports import round_line, rounds_table, sites_table
 
 if TYPE_CHECKING:
     from fedtl.client.warm_start import WarmStartOptions
@@ -21,20 +21,39 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def follow_run(coord, title: str, check=None) -> dict:
-    """Wait for the run to finish, showing the per-round table live; ``check()`` may raise.
+def follow_run(coord, title: str, check=None, rounds: int | None = None) -> dict:
+    """Wait for the run to finish; ``check()`` may raise. In a terminal the per-round table updates
+    live; otherwise (a service's journal, a pipe, CI) one line is printed per round as it finishes,
+    then the table once.
 
     Returns Flower's last view of the run (``status``, ``status-details``, bytes).
     """
     from fedtl.server.history import read_rounds
 
-    with Live(rounds_table([], title=title), console=console, refresh_per_second=2) as live:
-        def refresh(state) -> None:
-            if check is not None:
-                check()
-            live.update(rounds_table(read_rounds(coord.state_dir), state.as_dict(), title=title))
+    if console.is_terminal:
+        with Live(rounds_table([], title=title), console=console, refresh_per_second=2) as live:
+            def refresh(state) -> None:
+                if check is not None:
+                    check()
+                live.update(rounds_table(read_rounds(coord.state_dir), state.as_dict(), title=title))
 
-        return coord.wait(on_poll=refresh).as_dict()
+            return coord.wait(on_poll=refresh).as_dict()
+
+    printed = 0
+
+    def print_new_rounds(state=None) -> None:
+        nonlocal printed
+        if check is not None and state is not None:
+            check()
+        done = read_rounds(coord.state_dir)
+        for record in done[printed:]:
+            console.print(round_line(record, rounds), soft_wrap=True, highlight=False)
+        printed = max(printed, len(done))
+
+    info = coord.wait(on_poll=print_new_rounds).as_dict()
+    print_new_rounds()
+    console.print(rounds_table(read_rounds(coord.state_dir), info, title=title))
+    return info
 
 
 def _reachable(address: str) -> str:
@@ -67,7 +86,7 @@ def run_coordinator(config: Path, resume: bool = False, tls=None, json_out: Path
             console.print(f"hub: fedtl status --coordinator {_reachable(fed.hub.address)}"
                           + (" --root-certificates CA" if tls else " --insecure"))
         coord.submit()
-        info = follow_run(coord, fed.name)
+        info = follow_run(coord, fed.name, rounds=fed.rounds)
         coord.stop_hub(linger=fed.hub.linger)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping the run and the SuperLink[/]")

@@ -233,11 +233,13 @@ def ui(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: ./mlflow.db).")] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port for the UI.")] = 5000,
+    experiment: Annotated[str | None, typer.Option(
+        help="Experiment the printed URL opens (default: --config's, else the most recently updated).")] = None,
 ) -> None:
-    """Open the MLflow UI on the federation's tracking store; prints its URL."""
+    """Open the MLflow UI on the federation's tracking store; prints the URL of its runs table."""
     from fedtl.cli.mlflow_ui import run_ui
 
-    raise typer.Exit(run_ui(config, tracking_uri, host, port))
+    raise typer.Exit(run_ui(config, tracking_uri, host, port, experiment))
 
 
 @app.command()

@@ -91,6 +91,20 @@ def rounds_table(rounds: list[RoundRecord], info: dict[str, Any] | None = None, 
     return table
 
 
+def round_line(r: RoundRecord, rounds: int | None = None) -> str:
+    """One finished round in one line, for logs and pipes: what the live table shows in a terminal."""
+    of = f"/{rounds}" if rounds else ""
+    parts = [f"round {r.round}{of} done: {r.accepted}/{r.sampled} sites accepted, {len(r.failed)} failed, "
+             f"{len(r.rejected)} rejected"]
+    score = r.metrics.get(SiteMetric.SCORE)
+    if score is not None:
+        parts.append(f"score {score:.3f}")
+    if r.privacy is not None:
+        parts.append(f"epsilon {r.privacy['epsilon']:.2f}/{r.privacy['epsilon_budget']:g}")
+    parts.append(f"{_mb(r.bytes_down)} MB down, {_mb(r.bytes_up)} MB up, {r.seconds:.1f} s")
+    return "; ".join(parts)
+
+
 @dataclass
 class SiteOutcome:
     """A site's last train report of a federation, and its final evaluation if any."""

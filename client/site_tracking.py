@@ -20,6 +20,7 @@ import queue
 import shutil
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -90,7 +91,7 @@ class SiteTracker:
     def round_done(self, record: SiteRoundRecord, site_model: dict[str, Any]) -> None:
         """Copy the served model's files now (the next round overwrites them) and queue the round."""
         if self.settings.log_models == "every_round" or record.last:
-            folder = self.staging / f"round-{record.round:04d}-{time.time_ns()}"
+            folder = self.staging / f"round-{record.round:04d}-{time.time_ns()}" / "site_model"  # its name in the model
             try:
                 record.snapshot = export_site_model(site_model, self.inputs, self.site.training.max_length, folder)
             except OSError as exc:
@@ -122,7 +123,7 @@ class SiteTracker:
                 self._warn(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
             finally:
                 if record is not None and record.snapshot is not None:
-                    shutil.rmtree(record.snapshot, ignore_errors=True)
+                    shutil.rmtree(record.snapshot.parent, ignore_errors=True)
                 self.pending.task_done()
 
     def _warn(self, why: str) -> None:
@@ -177,7 +178,7 @@ class SiteTracker:
     def _log_model(self, client, exp_id: str, run_id: str, record: SiteRoundRecord) -> None:
         from fedtl.shared.mlflow_models import log_model_folder, register_logged_model
 
-        built = record.snapshot.with_name(record.snapshot.name + "-mlflow")
+        built = record.snapshot.parent / "mlflow_model"
         shutil.rmtree(built, ignore_errors=True)
         try:
             save_site_model(record.snapshot, built, self.site)
@@ -187,7 +188,7 @@ class SiteTracker:
                                         model_type="fedtl-site-model")
             if self.settings.registered_model and record.last:
                 version_ = register_logged_model(
-                    client, self.settings.registered_model, model_id, run_id,
+                    client, self.settings.tracking_uri, self.settings.registered_model, model_id, run_id,
                     f"site {self.site.name}'s served model after round {record.round} of federation run "
                     f"{record.flower_run_id}", tags=tags, alias=SERVED_ALIAS)
                 client.set_tag(run_id, "fedtl.registered_model", f"{self.settings.registered_model}/{version_.version}")
@@ -220,6 +221,8 @@ def save_site_model(exported: Path, dest: Path, site: SiteConfig) -> Path:
     signature, columns = site_signature(site)
     example = pd.DataFrame({c: ["an example text to score"] for c in columns})
     requirements = [f"{pkg}=={version(pkg)}" for pkg in ("fedtl", "mlflow", "torch", "transformers", "pandas")]
-    mlflow.pyfunc.save_model(path=str(dest), python_model=str(SITE_CODE), artifacts={"site_model": str(exported)},
-                             signature=signature, input_example=example, pip_requirements=requirements)
+    with warnings.catch_warnings():  # MLflow suggests type hints; the explicit signature says more
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        mlflow.pyfunc.save_model(path=str(dest), python_model=str(SITE_CODE), artifacts={"site_model": str(exported)},
+                                 signature=signature, input_example=example, pip_requirements=requirements)
     return dest

@@ -301,6 +301,9 @@ class SiteWorker:
         self._make_update(r)
         self._choose_and_keep(r)
         self._record(r, timing)
+        log.info("site %s: round %d done: serves its %s model, score %.3f, update norm %.3g, %.1f s",
+                 self.config.name, r.config.server_round, r.site_model, mean_primary(r.site_metrics, self.tasks),
+                 r.norm, r.seconds["handled"])  # one line per round, for a journal or a pipe
         if self.tracking is not None:
             self.tracking.round_done(self._tracking_record(r), self._read_json(self.root / "site_model.json"))
         return self._reply(r)

@@ -9,12 +9,14 @@ and an input example. The Hugging Face folder sits inside it at ``artifacts/enco
 from __future__ import annotations
 
 import json
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 
 ENCODER_CODE = Path(__file__).with_name("encoder_pyfunc.py")
 EXAMPLE_TEXTS = ["The new treatment worked well and the staff were kind.", "Delivery was late again."]
-MODEL_NAME = "encoder"  # the LoggedModel's name in the run
+# the LoggedModel's name in the run; not "encoder": MLflow would read the run's encoder/ folder as this model
+MODEL_NAME = "global-encoder"
 
 
 def encoder_signature(hidden_size: int):
@@ -38,8 +40,10 @@ def save_encoder_model(checkpoint: Path, dest: Path, max_length: int = 128) -> P
     import pandas as pd
 
     hidden = int(json.loads((checkpoint / "config.json").read_text())["hidden_size"])
-    mlflow.pyfunc.save_model(
-        path=str(dest), python_model=str(ENCODER_CODE), artifacts={"encoder": str(checkpoint)},
-        signature=encoder_signature(hidden), input_example=pd.DataFrame({"text": EXAMPLE_TEXTS}),
-        pip_requirements=requirements(), model_config={"max_length": max_length})
+    with warnings.catch_warnings():  # MLflow suggests type hints; the explicit signature says more
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        mlflow.pyfunc.save_model(
+            path=str(dest), python_model=str(ENCODER_CODE), artifacts={"encoder": str(checkpoint)},
+            signature=encoder_signature(hidden), input_example=pd.DataFrame({"text": EXAMPLE_TEXTS}),
+            pip_requirements=requirements(), model_config={"max_length": max_length})
     return dest

@@ -59,6 +59,7 @@ def run_federation(grid: Grid, fed: FederationConfig, config_path: Path, state_d
             tracking_uri, fed.mlflow.experiment, state_dir, run_name=f"{fed.name} {time.strftime('%Y-%m-%d %H:%M')}",
             registered_model=fed.mlflow.registered_model, config_path=config_path,
             checkpoint_every=fed.mlflow.checkpoint_every, extra_params=mlflow_params,
+            system_metrics_seconds=fed.mlflow.system_metrics_seconds,
         ))
     try:
         identity = SiteIdentity(Path(site_nodes) if site_nodes else None)

@@ -86,7 +86,7 @@ class MlflowTracker:
 
     def __init__(self, tracking_uri: str, experiment: str, state_dir: Path, run_name: str,
                  registered_model: str | None, config_path: Path | None = None, checkpoint_every: int = 0,
-                 extra_params: dict[str, Any] | None = None):
+                 extra_params: dict[str, Any] | None = None, system_metrics_seconds: float = 0.0):
         self.uri = tracking_uri
         self.experiment = experiment
         self.state_dir = state_dir
@@ -104,6 +104,8 @@ class MlflowTracker:
         self.baselines_logged: set[str] = set()
         self.params_logged: set[str] = set()
         self.config: dict[str, Any] = {}  # the federation config, from start()
+        self.system_metrics_seconds = system_metrics_seconds
+        self.monitor = None  # MLflow's SystemMetricsMonitor while the run is open and the store answers
 
     @property
     def run_id(self) -> str | None:
@@ -176,7 +178,7 @@ class MlflowTracker:
         name = op.get("register")
         if name:
             version = register_logged_model(
-                client, name, model_id, run_id, f"fedtl global encoder after round {op['round']} of federation "
+                client, self.uri, name, model_id, run_id, f"fedtl global encoder after round {op['round']} of federation "
                 f"run {self.run_name}: text in, mean-pooled embeddings out", tags=tags, alias=op.get("alias"))
             client.set_tag(run_id, "fedtl.registered_model", f"{name}/{version.version}")
 
@@ -209,6 +211,29 @@ class MlflowTracker:
             log.warning("MLflow is back: %d buffered operations written", len(ops))
             self.outage_since = None
         return True
+
+    def _watch_system(self) -> None:
+        """Sample this machine's CPU, memory, disk, network (and GPU) into the run as ``system/*``
+        (MLflow's monitor, on its own thread). It stops by itself when the store stops answering;
+        the next round that reaches the store starts it again, its steps continuing."""
+        if not self.system_metrics_seconds or self.run_id is None or self.journal.pending():
+            return
+        if self.monitor is not None and self.monitor._process is not None and self.monitor._process.is_alive():
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self.monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self.system_metrics_seconds,
+                                                resume_logging=True, tracking_uri=self.uri)
+            self.monitor.start()
+        except Exception as exc:  # psutil missing, say: the federation goes on without them
+            log.info("no system metrics: %s", exc)
+            self.monitor = None
+
+    def _stop_watching_system(self) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
 
     # ------------------------------------------------------------ enqueueing
     def _enqueue(self, op: dict[str, Any]) -> None:
@@ -329,6 +354,7 @@ class MlflowTracker:
         }})
         self._enqueue({"op": "batch", "ops": ops})
         self.flush()
+        self._watch_system()
 
     def _enqueued(self, rnd: int) -> bool:
         """Has this round's batch been journaled (sent or not) already?"""
@@ -371,8 +397,10 @@ class MlflowTracker:
         self._enqueue({"op": "batch", "round": rnd, "ops": ops})  # one line: the round is journaled whole
         self._save_meta(last_round=rnd)
         self.flush()
+        self._watch_system()
 
     def finish(self, status: str, summary: dict[str, Any]) -> None:
+        self._stop_watching_system()  # its last samples go before the run is closed
         final = next((record for record in reversed(self.history) if record.checkpoint), None)
         if status == "completed" and final is not None:
             checkpoint = Path(final.checkpoint)
@@ -403,6 +431,16 @@ def flatten_params(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def resource_metrics(site: str, report: dict[str, Any]) -> dict[str, float]:
+    """``resources/peak_memory_mb`` of a site's report as ``site/<site>/peak_memory_mb``."""
+    out = {}
+    for key, value in report.items():
+        section, _, figure = str(key).partition("/")
+        if section == Section.RESOURCES and figure and "/" not in figure:
+            out[f"site/{site}/{figure}"] = value
+    return out
+
+
 def round_metrics(record: RoundRecord, baselines_logged: set[str]) -> dict[str, float]:
     """Everything MLflow charts for one round, with `/`-separated names that group in the UI."""
     out: dict[str, float] = {}
@@ -430,10 +468,7 @@ def round_metrics(record: RoundRecord, baselines_logged: set[str]) -> dict[str, 
         out[f"site/{site}/startup_seconds"] = m.get(SiteMetric.STARTUP_SECONDS, 0)
         out[f"site/{site}/bytes_down"] = entry.bytes_down  # as encoded on the wire (codec.up / codec.down)
         out[f"site/{site}/bytes_up"] = entry.bytes_up
-        for key, value in report.items():  # resources/peak_memory_mb -> site/<site>/peak_memory_mb
-            section, _, figure = str(key).partition("/")
-            if section == Section.RESOURCES and figure and "/" not in figure:
-                out[f"site/{site}/{figure}"] = value
+        out.update(resource_metrics(site, report))
         for task, primary in primary_metrics(report):
             first = f"{site}/{task}" not in baselines_logged
             for key, value in report.items():

@@ -295,6 +295,9 @@ class MlflowConfig(BaseModel):
     registered_model: str | None = Field(default="fedtl-encoder", description="register the final encoder; null: don't")
     checkpoint_every: int = Field(default=0, ge=0, le=MAX_ROUNDS,
                                   description="also log checkpoints every k rounds (0: final only)")
+    system_metrics_seconds: float = Field(default=10.0, ge=0, le=3600, description="log the coordinator's CPU, "
+                                          "memory, disk, network (and GPU) use as system/* metrics this often "
+                                          "(MLflow's system metrics; 0: off)")
 
     @field_validator("tracking_uri")
     @classmethod

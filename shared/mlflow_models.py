@@ -11,6 +11,8 @@ replayed after a crash finds the model it made before instead of making a second
 from __future__ import annotations
 
 import re
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,24 +88,35 @@ def ensure_registered_model(client, name: str, description: str) -> None:
             raise
 
 
-def register_logged_model(client, name: str, model_id: str, run_id: str, description: str,
+def register_logged_model(client, uri: str, name: str, model_id: str, run_id: str, description: str,
                           tags: dict[str, Any] | None = None, alias: str | None = None):
-    """A version of registered model ``name`` for ``model_id`` (the existing one on a replay).
-
-    The version's source is the LoggedModel's artifact location, not ``models:/<id>``: MLflow's
-    SQL registry resolves a ``models:/`` source through the process-wide tracking URI, which fedtl
-    leaves alone. The version still carries the model id, so the UI links the two.
-    """
+    """A version of registered model ``name`` for ``model_id`` (the existing one on a replay); its
+    source is ``models:/<model_id>``, which links the version to the LoggedModel in the UI."""
     ensure_registered_model(client, name, description)
-    source = client.get_logged_model(model_id).artifact_location
+    source = f"models:/{model_id}"
     version = next((v for v in client.search_model_versions(f"name='{name}'")
                     if v.run_id == run_id and v.source == source), None)
     if version is None:
-        version = client.create_model_version(name, source, run_id=run_id, description=description,
-                                              tags={k: str(v) for k, v in (tags or {}).items()}, model_id=model_id)
+        with _global_tracking_uri(uri):
+            version = client.create_model_version(name, source, run_id=run_id, description=description,
+                                                  tags={k: str(v) for k, v in (tags or {}).items()}, model_id=model_id)
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
     return version
+
+
+_GLOBAL_URI = threading.Lock()
+
+
+@contextmanager
+def _global_tracking_uri(uri: str):
+    """MLflow's SQL model registry resolves a ``models:/<id>`` source through the process-wide
+    tracking URI, not the client's (a TODO in its code); fedtl never sets that URI, so it is set
+    for the one call (under a lock: several sites may share a process) and then restored."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _GLOBAL_URI, _use_tracking_uri(uri):
+        yield
 
 
 def alias_for(name: str) -> str:

@@ -54,7 +54,8 @@ class Federation:
             "round_timeout": 120, "wait_for_sites": 120, "state_dir": str(self.state_dir),
             "superlink": {"fleet_address": self.address, "control_port": self.control_port},
             "hub": {"address": f"127.0.0.1:{self.hub_port}", "linger": 0},
-            "mlflow": {"tracking_uri": self.tracking_uri, "experiment": "tests", "registered_model": "test-encoder"},
+            "mlflow": {"tracking_uri": self.tracking_uri, "experiment": "tests", "registered_model": "test-encoder",
+                       "system_metrics_seconds": 1},
         }
         config.update(settings)
         path = self.root / "federation.yaml"

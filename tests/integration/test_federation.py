@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -23,13 +24,15 @@ from tests.integration.harness import Federation, interrupt_and_check_exit, pids
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+SITE_MLFLOW = "mlflow:\n  tracking_uri: sqlite:///own-mlflow.db\n  registered_model: site-a-model\n"
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One federation, two sites with different tasks, two rounds, run to completion."""
     fed = Federation(tmp_path_factory.mktemp("federation"))
-    fed.add_site("site_a", types=("classification",))
+    site_a = fed.add_site("site_a", types=("classification",))
+    site_a.write_text(site_a.read_text() + SITE_MLFLOW)  # site_a logs to its own MLflow too
     fed.add_site("site_b", types=("regression", "multilabel"), seed=1)
     fed.write_config(rounds=2, min_sites=2)
     capture = Capture(fed.fleet_port, fed.root / "fleet.pcap") if shutil.which("tcpdump") else nullcontext()
@@ -53,6 +56,17 @@ def test_rounds_ran_and_the_global_encoder_changed(finished):
     assert len(changed) > 10
     result = json.loads((finished.root / "result.json").read_text())
     assert result["run"]["status"] == "finished:completed"
+
+
+def test_without_a_terminal_coordinator_and_sites_log_one_line_per_round(finished):
+    """Their output goes to files here, as under a service manager: every round shows as it ends."""
+    coordinator = (finished.root / "coordinator.log").read_text()
+    assert [line.count("round 1/2 done: 2/2 sites accepted, 0 failed, 0 rejected") for line in
+            coordinator.splitlines() if "round 1/2 done" in line] == [1]
+    assert coordinator.index("round 1/2 done") < coordinator.index("round 2/2 done") < coordinator.index("per site")
+    for site in ("site_a", "site_b"):
+        text = (finished.root / f"{site}.log").read_text()
+        assert f"site {site}: round 1 done: serves its" in text and f"site {site}: round 2 done" in text
 
 
 def test_heads_live_in_each_sites_state_dir_and_changed(finished):
@@ -267,6 +281,10 @@ def test_mlflow_run_holds_every_round_artifacts_and_a_registered_model(finished)
                 "site/site_a/label/transfer_gain"):
         assert steps(key) == [1, 2], key
     assert steps("site/site_a/label/baseline_macro_f1") == [1]
+    assert steps("site/site_b/peak_memory_mb") == [1, 2]  # each site's resources, from its report
+    assert run.data.metrics["site/site_a/peak_memory_mb"] > 50
+    # MLflow's system metrics of the coordinator's machine, sampled every second here
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
     assert steps("evaluate/site_b/score/r2") == [2]
 
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -280,14 +298,43 @@ def test_mlflow_run_holds_every_round_artifacts_and_a_registered_model(finished)
     [output] = client.get_run(run.info.run_id).outputs.model_outputs
     assert output.step == 2
     model = client.get_logged_model(output.model_id)
-    assert model.name == "encoder" and model.source_run_id == run.info.run_id
+    assert model.name == "global-encoder" and model.source_run_id == run.info.run_id
     [version] = client.search_model_versions("name='test-encoder'")
-    assert version.run_id == run.info.run_id and version.model_id == model.model_id
+    assert version.run_id == run.info.run_id and version.source == f"models:/{model.model_id}"
     assert run.data.tags["fedtl.registered_model"] == f"test-encoder/{version.version}"
     tags = version.tags
     assert tags["fedtl.sites"] == "site_a,site_b" and tags["fedtl.round"] == "2" and tags["fedtl.federation"] == "test"
     assert tags["fedtl.update_mode"] and tags["fedtl.digest"] == finished.rounds()[-1]["global_digest"]
     assert client.get_model_version_by_alias("test-encoder", "test").version == version.version
+
+
+def _all_files(client, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += _all_files(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_a_sites_own_mlflow_gets_its_heads_and_the_coordinators_store_never_does(finished):
+    """site_a logs its served model (heads included) to its own store; site_b has no store; the
+    coordinator's run and models hold no head file and no site's run."""
+    from mlflow import MlflowClient
+
+    own = MlflowClient(f"sqlite:///{finished.root / 'site_a' / 'own-mlflow.db'}")
+    [version] = own.search_model_versions("name='site-a-model'")
+    folder = Path(own.get_logged_model(version.source.removeprefix("models:/")).artifact_location.removeprefix("file://"))
+    assert (folder / "artifacts" / "site_model" / "heads" / "label.safetensors").exists()
+    assert not (finished.root / "site_b" / "own-mlflow.db").exists()
+
+    coordinator = MlflowClient(finished.tracking_uri)
+    exp = coordinator.get_experiment_by_name("tests")
+    [run] = coordinator.search_runs([exp.experiment_id])
+    files = _all_files(coordinator, run.info.run_id)
+    for model in coordinator.search_logged_models([exp.experiment_id]):
+        files += [str(p) for p in Path(model.artifact_location.removeprefix("file://")).rglob("*")]
+    assert files and not [f for f in files if "heads" in f or f.endswith(("label.safetensors", "score.safetensors",
+                                                                             "tags.safetensors"))]
+    assert coordinator.get_experiment_by_name("fedtl-site") is None
 
 
 def test_the_registered_encoder_loads_as_a_pyfunc_model_with_the_pulled_folders_embeddings(finished):
@@ -313,7 +360,8 @@ def test_the_registered_encoder_loads_as_a_pyfunc_model_with_the_pulled_folders_
         expected = ((states * mask).sum(1) / mask.sum(1).clamp(min=1e-6)).numpy()
     assert embedded.shape == (3, 32) and embedded.dtype == "float32"
     assert abs(embedded - expected).max() < 1e-5
-    assert MlflowClient(finished.tracking_uri).get_registered_model("test-encoder").aliases == {"test": "1"}
+    assert {k: str(v) for k, v in MlflowClient(finished.tracking_uri).get_registered_model("test-encoder").aliases.items()} \
+        == {"test": "1"}
 
 
 def test_mlflow_models_serve_answers_with_the_registered_encoder(finished, tmp_path):
@@ -323,7 +371,9 @@ def test_mlflow_models_serve_answers_with_the_registered_encoder(finished, tmp_p
     from fedtl.shared.processes import free_port, start, stop, tool, wait_for_port
 
     port = free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=finished.tracking_uri)
+    # as in an activated environment: MLflow starts uvicorn from PATH
+    env = dict(os.environ, MLFLOW_TRACKING_URI=finished.tracking_uri,
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     server = start([tool("mlflow"), "models", "serve", "-m", "models:/test-encoder/1", "--env-manager", "local",
                     "--host", "127.0.0.1", "--port", str(port)], tmp_path / "serve.log", env=env)
     try:

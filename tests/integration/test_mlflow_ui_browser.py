@@ -7,6 +7,7 @@ missing, unless FEDTL_REQUIRE_BROWSER=1 (CI sets it), where that is a failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from fedtl.shared.processes import free_port, start, stop, wait_for_port
 from tests.integration.harness import Federation, fedtl_cmd
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
@@ -67,12 +69,20 @@ def test_mlflow_ui_shows_the_federation_run_and_its_round_charts(tmp_path):
     OUTPUT.mkdir(exist_ok=True)
     try:
         wait_for_port("127.0.0.1", port, 120, ui, "fedtl ui", tmp_path / "ui.log")
+        printed = wait_until(lambda: re.search(r"MLflow UI: (http://\S+)", (tmp_path / "ui.log").read_text()), 30,
+                             "fedtl ui to print its URL")
+        landing = printed.group(1)
+        assert f"/#/experiments/{exp.experiment_id}/runs" in landing  # the federation's experiment, its runs
         profile = tempfile.mkdtemp(prefix="chrome-profile-")
         browser = _driver(chrome, driver, profile)
         wait = WebDriverWait(browser, 90)
         base = f"http://127.0.0.1:{port}"
-        browser.get(f"{base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
+        # the URL fedtl ui prints opens the runs table in MLflow's model-training view, not its GenAI
+        # view (which a bare experiment URL opens: Observability, Evaluation runs, Prompts)
+        browser.get(landing)
         link = wait.until(EC.presence_of_element_located((By.XPATH, f"//a[contains(., '{run.info.run_name}')]")))
+        nav = browser.find_element(By.TAG_NAME, "body").text
+        assert "Model registry" in nav and "Evaluation runs" not in nav and "Observability" not in nav, nav[:800]
         browser.save_screenshot(str(tmp_path / "runs.png"))
         link.click()
         wait.until(EC.url_contains(run.info.run_id))
@@ -85,7 +95,7 @@ def test_mlflow_ui_shows_the_federation_run_and_its_round_charts(tmp_path):
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
         shutil.copy(shot, OUTPUT / "mlflow-round-metrics.png")
-        shutil.copy(tmp_path / "runs.png", OUTPUT / "mlflow-runs.png")
+        shutil.copy(tmp_path / "runs.png", OUTPUT / "mlflow-landing.png")
     finally:
         if browser is not None:
             browser.quit()
