@@ -99,7 +99,7 @@ class SiteModel:
 
     @classmethod
     def from_folder(cls, folder: Path) -> SiteModel:
-        """A model ``export`` wrote: everything it needs is inside ``folder``."""
+        """A model ``export_site_model`` wrote: everything it needs is inside ``folder``."""
         info = json.loads((folder / EXPORT_META).read_text())
         inputs = json.loads((folder / EXPORT_INPUTS).read_text())
         info["heads"] = str(folder / info["heads"])
@@ -138,10 +138,6 @@ class SiteModel:
             head.load_state_dict(weights)
             tasks.append(_Task(task, spec, head.eval()))
         return cls(tasks_inputs, max_length, encoder.eval(), tasks, info)
-
-    def export(self, folder: Path) -> Path:
-        """Copy this model into ``folder`` (see ``export_site_model``)."""
-        return export_site_model(self.info, self.inputs, self.max_length, folder)
 
     @torch.no_grad()
     def _features(self, texts: list[str]) -> torch.Tensor:

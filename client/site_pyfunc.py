@@ -1,7 +1,7 @@
 """A site's served model as an MLflow pyfunc model (MLflow "models from code").
 
 MLflow copies this file into the logged model and runs it at load time. It rebuilds the model
-``fedtl predict`` serves from the folder ``SiteModel.export`` wrote (``artifacts/site_model``)
+``fedtl predict`` serves from the folder ``export_site_model`` wrote (``artifacts/site_model``)
 and answers exactly what ``fedtl predict`` adds to each row: per task ``<task>`` (the label,
 the labels joined by the task's separator, or the value) and, for classification,
 ``<task>_probability``. Input: a DataFrame with the tasks' text columns. Needs fedtl installed.

@@ -20,7 +20,6 @@ import queue
 import shutil
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -105,7 +104,7 @@ class SiteTracker:
         return not self.thread.is_alive()
 
     def wait(self, timeout: float = 120.0) -> bool:
-        """Block until every queued round is logged (tests, and a daemon that stops)."""
+        """Block until every queued round is logged (tests; a stopping daemon calls ``close``)."""
         deadline = time.monotonic() + timeout
         while self.pending.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -215,14 +214,11 @@ def site_signature(site: SiteConfig):
 
 def save_site_model(exported: Path, dest: Path, site: SiteConfig) -> Path:
     """The pyfunc model of an exported served model (``export_site_model``), written to ``dest``."""
-    import mlflow.pyfunc
     import pandas as pd
+
+    from fedtl.shared.mlflow_models import save_pyfunc_from_code
 
     signature, columns = site_signature(site)
     example = pd.DataFrame({c: ["an example text to score"] for c in columns})
-    requirements = [f"{pkg}=={version(pkg)}" for pkg in ("fedtl", "mlflow", "torch", "transformers", "pandas")]
-    with warnings.catch_warnings():  # MLflow suggests type hints; the explicit signature says more
-        warnings.filterwarnings("ignore", message=".*type hints.*")
-        mlflow.pyfunc.save_model(path=str(dest), python_model=str(SITE_CODE), artifacts={"site_model": str(exported)},
-                                 signature=signature, input_example=example, pip_requirements=requirements)
-    return dest
+    return save_pyfunc_from_code(SITE_CODE, dest, {"site_model": str(exported)}, signature, example,
+                                 ("fedtl", "mlflow", "torch", "transformers", "pandas"))

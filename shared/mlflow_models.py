@@ -39,6 +39,24 @@ def training_experiment(client, name: str, uri: str) -> str:
     return exp.experiment_id
 
 
+def save_pyfunc_from_code(code: Path, dest: Path, artifacts: dict[str, str], signature, input_example,
+                          packages: tuple[str, ...], model_config: dict[str, Any] | None = None) -> Path:
+    """Write a pyfunc model ("models from code": ``code`` calls ``set_model``) to ``dest``, its
+    requirements pinned to the versions of ``packages`` installed here (else MLflow loads the model
+    in a subprocess to guess them, which costs as much as the logging itself)."""
+    import warnings
+    from importlib.metadata import version
+
+    import mlflow.pyfunc
+
+    with warnings.catch_warnings():  # MLflow suggests type hints; the explicit signature says more
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        mlflow.pyfunc.save_model(path=str(dest), python_model=str(code), artifacts=artifacts, signature=signature,
+                                 input_example=input_example, model_config=model_config,
+                                 pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in packages])
+    return dest
+
+
 def find_logged_model(client, experiment_id: str, run_id: str, name: str, step: int):
     """The READY LoggedModel this run logged under ``name`` for ``step``, or None."""
     found = client.search_logged_models(experiment_ids=[experiment_id],
