@@ -62,6 +62,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "fedavg": {"strategy": {"name": "fedavg"}},
     "fedavgm": {"strategy": {"name": "fedavgm", "server_momentum": 0.5}},
     "fedadam": {"strategy": {"name": "fedadam", "eta": 3e-4, "eta_l": 3e-5, "tau": 1e-6}},
+    "pcgrad": {"strategy": {"name": "fedavg", "conflicts": "pcgrad"}},
+    "pcgrad_tensor": {"strategy": {"name": "fedavg", "conflicts": "pcgrad", "conflict_scope": "tensor"}},
     "ditto": {"personalization": {"method": "ditto", "ditto_lambda": 0.01}},
     "similarity": {"personalization": {"method": "similarity", "similarity_temperature": 0.1}},
 }

@@ -523,7 +523,9 @@ class FederationRun:
         product = fed.mode.kind == "lora" and fed.lora.aggregation == "product"
         keep = (fed.personalization.method == "similarity" or fed.strategy.name not in STREAMING_STRATEGIES
                 or product)
-        aggregator = RoundAggregator(strategy, global_arrays, keep_models=keep, sketch=self._sketch, sums=self._sums)
+        conflicts = fed.strategy.conflict_scope if fed.strategy.conflicts == "pcgrad" else None
+        aggregator = RoundAggregator(strategy, global_arrays, keep_models=keep, sketch=self._sketch, sums=self._sums,
+                                     conflicts=conflicts)
         intake = ReplyIntake(grid, ex, global_arrays, aggregator, fed, self.identity,
                              NormGate(fed.norm_bound, self._norm_reference))
         verdicts = train_exchange(intake, rnd, wire, self._downlink)
