@@ -89,6 +89,7 @@ class SiteRound:
     wire: dict[str, np.ndarray] = field(default_factory=dict)  # the update as coded for the wire
     site_model: str = "federated"
     site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    site_entry: dict[str, Any] = field(default_factory=dict)  # what site_model.json now says
     seconds: dict[str, float] = field(default_factory=dict)
     startup: float = float("nan")
     norm: float = 0.0
@@ -305,7 +306,7 @@ class SiteWorker:
                  self.config.name, r.config.server_round, r.site_model, mean_primary(r.site_metrics, self.tasks),
                  r.norm, r.seconds["handled"])  # one line per round, for a journal or a pipe
         if self.tracking is not None:
-            self.tracking.round_done(self._tracking_record(r), self._read_json(self.root / "site_model.json"))
+            self.tracking.round_done(self._tracking_record(r), r.site_entry)
         return self._reply(r)
 
     def _tracking_record(self, r: SiteRound) -> SiteRoundRecord:
@@ -382,8 +383,8 @@ class SiteWorker:
         if r.config.personalization == "ditto":
             lam = r.config.ditto_lambda if r.config.ditto_lambda is not None else 0.0
             r.served = r.personal = self.ditto.round(self.tasks, r.training, set(names), r.global_arrays, lam)
-        r.site_model, r.site_metrics = self._choose_site_model(r.served.final, r.config.server_round,
-                                                               r.personal is not None)
+        r.site_model, r.site_metrics, r.site_entry = self._choose_site_model(r.served.final, r.config.server_round,
+                                                                             r.personal is not None)
         if r.site_model == "federated" and r.personal is None and r.training.serve_all_rows:
             r.seconds["serve_fit"] = r.trainer.fit_heads_on_all_rows()
         for task in self.tasks:
@@ -469,7 +470,7 @@ class SiteWorker:
             entry.update(heads=str(self.root / "baseline"), encoder_tensors=None, encoder=f"pretrained {self.encoder_spec}",
                          lora=None)
         write_json_atomic(self.root / "site_model.json", entry)
-        return chosen, metrics
+        return chosen, metrics, entry
 
     def evaluate(self, content: RecordDict) -> RecordDict:
         """Score the global encoder here: heads refitted on its frozen features (copies)."""
