@@ -191,7 +191,8 @@ class Collector:
         self.rounds.append({"round": record.round, "seconds": time.perf_counter() - self.started, "sites": sites,
                             "update_norms": record.update_norms,
                             "train_loss": {s: e.metrics.get("train_loss") for s, e in record.sites.items()},
-                            "cosine": record.update_cosine})
+                            "cosine": record.update_cosine,
+                            "aggregate": {k: v for k, v in record.metrics.items() if k.startswith("conflict_")}})
 
     def finish(self, status, summary):
         pass

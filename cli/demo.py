@@ -22,16 +22,11 @@ from fedtl.server.history import RoundRecord
 from fedtl.shared.processes import become_subreaper, child_env, free_port, start, stop_many, tool
 from fedtl.shared.protocol import Section
 
+# Only what a demo needs otherwise; encoder, update mode, rounds and steps are federation.yaml's
+# own defaults (shared/federation_config.py), so the demo runs what a copied federation.yaml runs.
 DEMO_DEFAULTS: dict[str, Any] = {
     "name": "demo",
-    "encoder": "minilm",
-    "update_mode": "last:2",
-    "rounds": 3,
-    "round_timeout": 900,
     "wait_for_sites": 300,
-    "evaluate_every": 0,
-    "final_evaluate": True,
-    "max_steps": 12,
 }
 
 
@@ -75,6 +70,7 @@ def check_flags(base: dict[str, Any], source: str, encoder: str | None, update: 
     """Refuse bad --encoder / --update / --codec before anything starts, naming the flag (or the file) at fault."""
     from fedtl.shared.codecs import Codec
     from fedtl.shared.encoder_specs import EncoderError, encoder_folder, encoder_layers
+    from fedtl.shared.federation_config import FederationConfig
     from fedtl.shared.update_modes import UpdateMode
 
     if codec is not None:
@@ -93,8 +89,9 @@ def check_flags(base: dict[str, Any], source: str, encoder: str | None, update: 
             encoder_folder(encoder)
         except EncoderError as exc:
             fail(f"--encoder: {exc}")
-    spec = encoder or base.get("encoder") or DEMO_DEFAULTS["encoder"]
-    mode = UpdateMode.parse(update or base.get("update_mode") or DEMO_DEFAULTS["update_mode"])
+    defaults = FederationConfig.model_fields
+    spec = encoder or base.get("encoder") or defaults["encoder"].default
+    mode = UpdateMode.parse(update or base.get("update_mode") or defaults["update_mode"].default)
     if mode.kind == "last" and mode.layers > (layers := encoder_layers(spec)):
         where = "--update" if update else (f"update_mode in {source}" if "update_mode" in base else "the default")
         fail(f"{where} {mode} trains the last {mode.layers} layers, but encoder {spec!r} has {layers}; "

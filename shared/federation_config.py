@@ -321,8 +321,9 @@ class FederationConfig(BaseModel):
 
     name: Name = Field(default="fedtl", description="the federation's name: its MLflow run, checkpoints and registered model")
     encoder: str = Field(default="minilm", description="minilm | tiny | path to a Hugging Face model folder")
-    update_mode: str = Field(default="full", description="full | last:N | bias | lora (see lora:)")
-    rounds: int = Field(default=3, ge=1, le=MAX_ROUNDS, description="federated rounds to run")
+    # update_mode, rounds and max_steps: the shape every learning benchmark ran (benchmarks/README.md)
+    update_mode: str = Field(default="last:2", description="full | last:N | bias | lora (see lora:)")
+    rounds: int = Field(default=4, ge=1, le=MAX_ROUNDS, description="federated rounds to run")
     min_sites: int = Field(default=2, ge=1, le=MAX_SITES, description="sites needed to start and to aggregate a round")
     min_available_sites: int | None = Field(
         default=None, ge=1, le=MAX_SITES,
@@ -347,7 +348,8 @@ class FederationConfig(BaseModel):
         default=1_000_000, ge=1, le=10**12, description="cap on the example count a site reports, which weights "
         "its update in aggregation: no site can claim all the weight by reporting 2^62")
     encoder_epochs: int | None = Field(default=None, ge=0, le=1000, description="override the sites' encoder epochs per round")
-    max_steps: int | None = Field(default=None, ge=1, le=10**7, description="cap on a site's encoder steps per round")
+    max_steps: int | None = Field(default=12, ge=1, le=10**7, description="cap on a site's encoder steps per round "
+                                  "(null: the sites' encoder_epochs decide)")
     seed: int = Field(default=0, ge=0, le=MAX_SEED, description="seed of the coordinator's sampling and "
                       "initialisation")
     state_dir: Path = Field(default=Path("coordinator"), description="checkpoints and round history")

@@ -108,6 +108,25 @@ def test_the_readmes_config_examples_load_as_written(tmp_path):
     assert loaded >= 3
 
 
+def test_the_readmes_federation_yaml_shows_the_defaults_the_demo_and_benchmarks_run(tmp_path):
+    """One set of defaults: the shape of a round is federation.yaml's default, the README's example, and
+    what `fedtl demo` writes (it takes them from FederationConfig)."""
+    import re
+
+    import yaml
+
+    from fedtl.cli.demo import demo_federation
+    from fedtl.shared.federation_config import FederationConfig
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (Path(__file__).parents[2] / "README.md").read_text(), re.DOTALL)
+    shown = yaml.safe_load(next(b for b in blocks if b.startswith("name: my-federation")))
+    written = yaml.safe_load(demo_federation(tmp_path, 2, {}, {}).read_text())
+    for key in ("encoder", "update_mode", "rounds", "max_steps", "encoder_epochs"):
+        default = FederationConfig.model_fields[key].default
+        assert shown[key] == default, f"README shows {key}: {shown[key]}, the default is {default}"
+        assert written.get(key, default) == default, f"fedtl demo writes {key}: {written[key]}"
+
+
 def test_every_setting_of_site_yaml_and_federation_yaml_says_what_it_does():
     """Each field's description is what --help, errors and the docs show a user."""
     import inspect
