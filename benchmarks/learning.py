@@ -62,8 +62,6 @@ METHODS: dict[str, dict[str, Any]] = {
     "fedavg": {"strategy": {"name": "fedavg"}},
     "fedavgm": {"strategy": {"name": "fedavgm", "server_momentum": 0.5}},
     "fedadam": {"strategy": {"name": "fedadam", "eta": 3e-4, "eta_l": 3e-5, "tau": 1e-6}},
-    "pcgrad": {"strategy": {"name": "fedavg", "conflicts": "pcgrad"}},
-    "pcgrad_tensor": {"strategy": {"name": "fedavg", "conflicts": "pcgrad", "conflict_scope": "tensor"}},
     "ditto": {"personalization": {"method": "ditto", "ditto_lambda": 0.01}},
     "similarity": {"personalization": {"method": "similarity", "similarity_temperature": 0.1}},
 }
@@ -191,8 +189,7 @@ class Collector:
         self.rounds.append({"round": record.round, "seconds": time.perf_counter() - self.started, "sites": sites,
                             "update_norms": record.update_norms,
                             "train_loss": {s: e.metrics.get("train_loss") for s, e in record.sites.items()},
-                            "cosine": record.update_cosine,
-                            "aggregate": {k: v for k, v in record.metrics.items() if k.startswith("conflict_")}})
+                            "cosine": record.update_cosine})
 
     def finish(self, status, summary):
         pass

@@ -10,8 +10,6 @@ Robust strategies (``trimmed_mean``, ``median``) need every update at once, and 
 ``similarity`` personalization (each site's mixture of all models): for those the
 aggregator keeps every model, and memory grows with the number of sites.
 
-``conflicts`` (PCGrad on the updates, ``server/conflicts.py``) also needs every update at once.
-
 The interference heatmap (pairwise cosine of the sites' updates) needs every pair; a count
 sketch (Charikar, Chen & Farach-Colton 2002) of each update, 8,192 numbers, estimates it
 without keeping the updates: exact when the update has no more values than the sketch,
@@ -27,7 +25,6 @@ import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 from scipy.linalg.blas import saxpy
 
-from fedtl.server.conflicts import ConflictScope, project_conflicts
 from fedtl.server.similarity import cosine_matrix
 from fedtl.server.validation import Verdict
 from fedtl.shared.protocol import ARRAYS, METRICS, SiteMetric
@@ -131,17 +128,14 @@ class RoundAggregator:
 
     ``keep_models``: keep every site's trained model (robust strategies, similarity); else
     only running sums, and each reply's tensors are released once folded in. ``sketch`` and
-    ``sums`` may be shared from round to round (their buffers are reused). ``conflicts``: project
-    out conflicting components of the updates first (``server/conflicts.py``; keeps every model).
+    ``sums`` may be shared from round to round (their buffers are reused).
     """
 
     def __init__(self, strategy, global_arrays: Mapping[str, np.ndarray], keep_models: bool,
-                 sketch: CountSketch | None = None, sums: RunningSum | None = None,
-                 conflicts: ConflictScope | None = None):
+                 sketch: CountSketch | None = None, sums: RunningSum | None = None):
         self.strategy = strategy
         self.global_arrays = global_arrays
-        self.keep_models = keep_models or conflicts is not None
-        self.conflicts = conflicts
+        self.keep_models = keep_models
         self.sketch = sketch or CountSketch()
         self.sum = sums or RunningSum()
         self.sum.reset()
@@ -180,14 +174,6 @@ class RoundAggregator:
         """The strategy's new global tensors (None if it produced none) and its aggregated metrics."""
         if not self.accepted:
             return None, {}
-        extra: dict[str, float] = {}
-        if self.conflicts is not None and len(self.deltas) >= 2:
-            projection = project_conflicts(self.deltas, self.conflicts, seed=rnd)
-            for site, projected in projection.deltas.items():
-                model, delta = self.models[site], self.deltas[site]
-                self.models[site] = {n: model[n] - delta[n] + projected[n] for n in model}
-            extra = {"conflict_share": projection.conflicting / max(projection.pairs, 1),
-                     "conflict_norm_removed": projection.norm_removed}
         if self.keep_models:
             replies = []
             for msg, verdict in self.accepted:  # strategies aggregate full tensors: what the site ended with
@@ -197,11 +183,11 @@ class RoundAggregator:
             replies = [self._mean_reply()]
         new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
         if new_arrays is None:
-            return None, {**(metrics or {}), **extra}
+            return None, dict(metrics or {})
         merged = dict(self.global_arrays)
         for name, value in new_arrays.items():
             merged[name] = np.asarray(value.numpy(), dtype=self.global_arrays[name].dtype)
-        return merged, {**(metrics or {}), **extra}
+        return merged, dict(metrics or {})
 
     def _mean_reply(self) -> Message:
         """One reply that stands for all: the weighted mean model and the weighted mean metrics."""

@@ -523,9 +523,7 @@ class FederationRun:
         product = fed.mode.kind == "lora" and fed.lora.aggregation == "product"
         keep = (fed.personalization.method == "similarity" or fed.strategy.name not in STREAMING_STRATEGIES
                 or product)
-        conflicts = fed.strategy.conflict_scope if fed.strategy.conflicts == "pcgrad" else None
-        aggregator = RoundAggregator(strategy, global_arrays, keep_models=keep, sketch=self._sketch, sums=self._sums,
-                                     conflicts=conflicts)
+        aggregator = RoundAggregator(strategy, global_arrays, keep_models=keep, sketch=self._sketch, sums=self._sums)
         intake = ReplyIntake(grid, ex, global_arrays, aggregator, fed, self.identity,
                              NormGate(fed.norm_bound, self._norm_reference))
         verdicts = train_exchange(intake, rnd, wire, self._downlink)

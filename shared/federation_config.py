@@ -23,7 +23,6 @@ from fedtl.shared.update_modes import UpdateMode
 from fedtl.shared.yamlconfig import FieldError, load_model
 
 StrategyName = Literal["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "trimmed_mean", "median"]
-UNIVERSAL_STRATEGY_OPTIONS = frozenset({"name", "conflicts", "conflict_scope"})  # read whatever the strategy
 
 
 class StrategyConfig(BaseModel):
@@ -42,18 +41,10 @@ class StrategyConfig(BaseModel):
     trim_beta: float = Field(default=0.2, gt=0, lt=0.5, description="trimmed_mean: fraction cut at each end")
     server_learning_rate: float = Field(default=1.0, gt=0, description="fedavgm: server step on the averaged update")
     server_momentum: float = Field(default=0.9, ge=0, lt=1, description="fedavgm: server momentum")
-    conflicts: Literal["none", "pcgrad"] = Field(default="none", description="pcgrad: before the strategy "
-        "aggregates, remove from each site's update its component along any other site's update it conflicts "
-        "with (negative dot product); the coordinator then holds every update of a round")
-    conflict_scope: Literal["update", "tensor"] = Field(default="update", description="pcgrad: compare whole "
-        "updates, or each tensor on its own")
 
     @model_validator(mode="after")
     def _options_of_this_strategy(self) -> StrategyConfig:
-        if "conflict_scope" in self.model_fields_set and self.conflicts == "none":
-            raise FieldError("conflict_scope", "conflict_scope is an option of conflicts: pcgrad; remove it, or "
-                                               "set strategy.conflicts: pcgrad")
-        for option in sorted(self.model_fields_set - UNIVERSAL_STRATEGY_OPTIONS):
+        for option in sorted(self.model_fields_set - {"name"}):
             users = STRATEGY_OPTIONS[option]
             if self.name not in users:
                 raise FieldError(option, f"{option} is an option of strategy {' / '.join(users)}, not "

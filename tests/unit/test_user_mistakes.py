@@ -163,7 +163,6 @@ CANNOT_APPLY = [
     ("rounds: 10000\n", 5, "rounds", "less than or equal to 9999"),
     ("strategy: {name: fedavg, proximal_mu: 0.1}\n", 5, "strategy.proximal_mu", "fedprox"),
     ("strategy:\n  name: fedprox\n  trim_beta: 0.1\n", 7, "strategy.trim_beta", "trimmed_mean"),
-    ("strategy: {name: fedavg, conflict_scope: tensor}\n", 5, "strategy.conflict_scope", "conflicts: pcgrad"),
     ("update_mode: full\nlora: {rank: 4}\n", 6, "lora", "update_mode lora"),
     ("personalization: {method: fedrep, ditto_lambda: 0.5}\n", 5, "personalization.ditto_lambda", "ditto"),
     ("privacy: {epsilon: 2.0}\n", 5, "privacy.epsilon", "privacy.enabled"),
