@@ -73,11 +73,14 @@ CENTRAL_GAIN_FLOOR = 0.005
 
 
 # ---------------------------------------------------------------- the arms
-def site_configs(paths: list[Path], seed: int, root: Path, span: str = "federation") -> list[SiteConfig]:
+def site_configs(paths: list[Path], seed: int, root: Path, span: str = "federation",
+                 schedule: str | None = None) -> list[SiteConfig]:
+    """The sites' configs with this seed, lr schedule span and (``schedule``) lr schedule; state under ``root``."""
     configs = []
     for path in paths:
         cfg = load_site_config(path)
-        training = cfg.training.model_copy(update={"seed": seed, "lr_schedule_span": span})
+        training = cfg.training.model_copy(update={"seed": seed, "lr_schedule_span": span,
+                                                   **({"lr_schedule": schedule} if schedule else {})})
         configs.append(cfg.model_copy(update={"state_dir": root / cfg.name, "training": training}))
     return configs
 
@@ -218,6 +221,7 @@ class RunPlan:
     rounds: int
     steps: int  # encoder steps per site and round
     lr_schedule_span: str = "federation"
+    lr_schedule: str | None = None  # the sites' own (linear decay) unless set
 
 
 def reseed(seed: int) -> None:
@@ -235,7 +239,7 @@ def run_seed(held: list[HeldOutSite], seed: int, plan: RunPlan, methods: dict[st
     reseed(seed)
     run: dict[str, Any] = {"seed": seed, "federated": {}, "seconds": {},
                            "test": {"sklearn": {}, "federated": {}}}
-    cfgs = site_configs(paths, seed, work / "local")
+    cfgs = site_configs(paths, seed, work / "local", schedule=plan.lr_schedule)
     tests = {cfg.name: h.tests for cfg, h in zip(cfgs, held)}
     run["primary"] = {cfg.name: {d.task.name: PRIMARY_METRIC[d.task.type] for d in load_site_data(cfg)}
                       for cfg in cfgs}
@@ -262,7 +266,7 @@ def run_seed(held: list[HeldOutSite], seed: int, plan: RunPlan, methods: dict[st
         t0 = time.perf_counter()
         root = work / name
         reseed(seed)  # Flower samples the sites with Python's random: the same order, the same sums
-        sites = site_configs(paths, seed, root / "sites", plan.lr_schedule_span)
+        sites = site_configs(paths, seed, root / "sites", plan.lr_schedule_span, plan.lr_schedule)
         collector = federated(sites, plan.encoder, plan.update, plan.rounds, plan.steps, settings, root)
         run["seconds"][name] = time.perf_counter() - t0
         run["federated"][name] = {"rounds": collector.rounds, "settings": settings}
@@ -408,7 +412,8 @@ def markdown(summary: dict[str, Any], methods: list[str], meta: dict[str, Any]) 
     lines = [f"{sites}Seeds {meta['seeds']}, encoder `{meta['encoder']}`, update mode `{meta['update']}`, "
              f"{meta['rounds']} rounds x {meta['steps']} encoder steps per site (local and centralized: "
              f"{meta['rounds'] * meta['steps']} steps), sites' lr schedule spanning "
-             f"{'all rounds' if meta.get('lr_schedule_span', 'round') == 'federation' else 'one round'}, "
+             f"{'all rounds' if meta.get('lr_schedule_span', 'round') == 'federation' else 'one round'}"
+             f"{' (' + meta['lr_schedule'] + ')' if meta.get('lr_schedule') else ''}, "
              f"{meta['machine']}."
              + (f" Before anything ran, {meta['test_share']:.0%} of each site's rows were held out as its test "
                 "split; training and validation share the rest in each site's configured ratio."
@@ -501,6 +506,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--readme", type=Path, default=Path(__file__).with_name("README.md"),
                         help="write the table into this file between the learning markers")
+    parser.add_argument("--lr-schedule", choices=["linear", "constant"], help="the sites' lr schedule after "
+                        "warm-up, in every arm (default: what each site.yaml says)")
     parser.add_argument("--lr-schedule-span", choices=["federation", "round"], default="federation",
                         help="the sites' lr schedule: one over all rounds, or a fresh one each round")
     parser.add_argument("--test-share", type=float, default=0.3, help="share of every site's rows held out as its "
@@ -534,6 +541,7 @@ def main() -> None:
     # a finished seed is kept only by a run of the same configuration
     plan = {"encoder": args.encoder, "update": args.update, "rounds": args.rounds, "steps": args.steps,
             "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
+            "lr_schedule": args.lr_schedule,
             "lexicon_tasks": args.lexicon_tasks, "train_rows": args.train_rows, "sites": [str(p) for p in args.site or []],
             "wordnet": args.wordnet, "rows": args.rows,
             "test_share": args.test_share}
@@ -548,7 +556,8 @@ def main() -> None:
             continue
         held = hold_out(paths, work / f"seed{seed}" / "held-out", seed, args.test_share)
         results.append(run_seed(held, seed, RunPlan(args.encoder, args.update, args.rounds, args.steps,
-                                                    args.lr_schedule_span), methods, work / f"seed{seed}"))
+                                                    args.lr_schedule_span, args.lr_schedule), methods,
+                                work / f"seed{seed}"))
         shutil.rmtree(work / f"seed{seed}", ignore_errors=True)
         args.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(partial, json.dumps({"plan": plan, "runs": results}, default=float))
@@ -556,7 +565,8 @@ def main() -> None:
 
     meta = {"seeds": args.seeds, "encoder": args.encoder, "update": args.update, "rounds": args.rounds,
             "steps": args.steps, "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
-            "lexicon_tasks": args.lexicon_tasks, "train_rows": args.train_rows, "test_share": args.test_share,
+            "lr_schedule": args.lr_schedule, "lexicon_tasks": args.lexicon_tasks, "train_rows": args.train_rows,
+            "test_share": args.test_share,
             "wordnet": args.wordnet, "rows": args.rows,
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     report(results, meta, args.out, args.readme)
