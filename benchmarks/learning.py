@@ -563,11 +563,7 @@ def main() -> None:
         write_text_atomic(partial, json.dumps({"plan": plan, "runs": results}, default=float))
     import platform
 
-    meta = {"seeds": args.seeds, "encoder": args.encoder, "update": args.update, "rounds": args.rounds,
-            "steps": args.steps, "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
-            "lr_schedule": args.lr_schedule, "lexicon_tasks": args.lexicon_tasks, "train_rows": args.train_rows,
-            "test_share": args.test_share,
-            "wordnet": args.wordnet, "rows": args.rows,
+    meta = {"seeds": args.seeds, **plan,
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     report(results, meta, args.out, args.readme)
 

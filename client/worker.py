@@ -87,13 +87,21 @@ class SiteRound:
     delta: dict[str, np.ndarray] = field(default_factory=dict)
     privacy: dict[str, float] | None = None
     wire: dict[str, np.ndarray] = field(default_factory=dict)  # the update as coded for the wire
-    site_model: str = "federated"
-    site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     site_entry: dict[str, Any] = field(default_factory=dict)  # what site_model.json now says
     seconds: dict[str, float] = field(default_factory=dict)
     startup: float = float("nan")
     norm: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # peak memory (client/resources.py)
+
+    @property
+    def site_model(self) -> str:
+        """Which model the site serves: "federated" or "baseline"."""
+        return self.site_entry.get("model", "federated")
+
+    @property
+    def site_metrics(self) -> dict[str, dict[str, float]]:
+        """The served model's validation metrics."""
+        return self.site_entry.get("metrics", {})
 
 
 class SiteWorker:
@@ -383,8 +391,7 @@ class SiteWorker:
         if r.config.personalization == "ditto":
             lam = r.config.ditto_lambda if r.config.ditto_lambda is not None else 0.0
             r.served = r.personal = self.ditto.round(self.tasks, r.training, set(names), r.global_arrays, lam)
-        r.site_model, r.site_metrics, r.site_entry = self._choose_site_model(r.served.final, r.config.server_round,
-                                                                             r.personal is not None)
+        r.site_entry = self._choose_site_model(r.served.final, r.config.server_round, r.personal is not None)
         if r.site_model == "federated" and r.personal is None and r.training.serve_all_rows:
             r.seconds["serve_fit"] = r.trainer.fit_heads_on_all_rows()
         for task in self.tasks:
@@ -450,11 +457,13 @@ class SiteWorker:
         report[ReportKey.SITE_MODEL] = r.site_model
         return RecordDict({ARRAYS: to_record(r.wire), METRICS: metrics, REPORT: report})
 
-    def _choose_site_model(self, federated: dict[str, dict[str, float]], round_: int, personal: bool = False):
+    def _choose_site_model(self, federated: dict[str, dict[str, float]], round_: int,
+                           personal: bool = False) -> dict[str, Any]:
         """The model this site should serve: the federated one, unless its baseline validates better.
 
-        site_model.json says where it is: the pretrained encoder with the baseline heads, or the
-        encoder's trained tensors (``encoder.safetensors``, over the global encoder) with their heads.
+        Returns the entry written to site_model.json, which says where it is: the pretrained encoder
+        with the baseline heads, or the encoder's trained tensors (``encoder.safetensors``, over the
+        global encoder) with their heads.
         """
         chosen, metrics = "federated", federated
         if self.baseline is not None and mean_primary(self.baseline, self.tasks) > mean_primary(federated, self.tasks):
@@ -470,7 +479,7 @@ class SiteWorker:
             entry.update(heads=str(self.root / "baseline"), encoder_tensors=None, encoder=f"pretrained {self.encoder_spec}",
                          lora=None)
         write_json_atomic(self.root / "site_model.json", entry)
-        return chosen, metrics, entry
+        return entry
 
     def evaluate(self, content: RecordDict) -> RecordDict:
         """Score the global encoder here: heads refitted on its frozen features (copies)."""
