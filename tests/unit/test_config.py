@@ -174,3 +174,21 @@ def test_the_readmes_config_blocks_name_every_setting():
         keys = set(re.findall(r"^\s*#?\s*-?\s*([a-z0-9_]+):", block, re.MULTILINE))
         missing = [f for f in _model_fields(model) if f.rsplit(".", 1)[-1] not in keys]
         assert not missing, f"README's {model.__name__} block lacks {missing}"
+
+
+def test_the_readmes_guidance_table_is_the_one_benchmarks_guidance_builds_from_the_results():
+    """The README's round-shape table is generated from benchmarks/results/*/results.json, and its
+    "(default)" column from FederationConfig and TrainingConfig: a hand edit, a rerun without
+    regenerating, or a changed default without its benchmark fails here."""
+    import re
+    import sys
+
+    root = Path(__file__).parents[2]
+    sys.path.insert(0, str(root / "benchmarks"))
+    import guidance
+
+    shown = re.search(r"<!-- guidance:start -->\n(.*?)\n<!-- guidance:end -->", (root / "README.md").read_text(),
+                      re.DOTALL)
+    assert shown is not None, "README.md lost its guidance markers"
+    assert shown.group(1) == guidance.table(), "run: python benchmarks/guidance.py"
+    assert "(default)" in shown.group(1), "no benchmark ran today's defaults"
