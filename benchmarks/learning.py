@@ -29,7 +29,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -555,9 +555,8 @@ def main() -> None:
             results.append(done[seed])
             continue
         held = hold_out(paths, work / f"seed{seed}" / "held-out", seed, args.test_share)
-        results.append(run_seed(held, seed, RunPlan(args.encoder, args.update, args.rounds, args.steps,
-                                                    args.lr_schedule_span, args.lr_schedule), methods,
-                                work / f"seed{seed}"))
+        run_plan = RunPlan(**{f.name: plan[f.name] for f in fields(RunPlan)})
+        results.append(run_seed(held, seed, run_plan, methods, work / f"seed{seed}"))
         shutil.rmtree(work / f"seed{seed}", ignore_errors=True)
         args.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(partial, json.dumps({"plan": plan, "runs": results}, default=float))
