@@ -59,7 +59,8 @@ def runs_defaults(meta: dict[str, Any]) -> bool:
     federation, training = FederationConfig(), TrainingConfig()
     return (meta["update"] == federation.update_mode and meta["rounds"] == federation.rounds
             and meta["steps"] == federation.max_steps
-            and (meta.get("lr_schedule") or training.lr_schedule) == training.lr_schedule
+            # runs from before learning.py recorded the schedule ran the sites' default then: linear
+            and (meta.get("lr_schedule") or "linear") == training.lr_schedule
             and meta.get("lr_schedule_span", "federation") == training.lr_schedule_span)
 
 

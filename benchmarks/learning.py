@@ -29,7 +29,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from fedtl.client.worker import SiteWorker
 from fedtl.harness.grid import worker_grid
 from fedtl.server.rounds import FederationRun
 from fedtl.shared.atomic import write_text_atomic
-from fedtl.shared.config import SiteConfig, load_site_config
+from fedtl.shared.config import SiteConfig, TrainingConfig, load_site_config
 from fedtl.shared.encoders import load_encoder
 from fedtl.shared.examples import copy_examples
 from fedtl.shared.federation_config import FederationConfig
@@ -74,14 +74,16 @@ CENTRAL_GAIN_FLOOR = 0.005
 
 # ---------------------------------------------------------------- the arms
 def site_configs(paths: list[Path], seed: int, root: Path, span: str = "federation",
-                 schedule: str | None = None) -> list[SiteConfig]:
-    """The sites' configs with this seed, lr schedule span and (``schedule``) lr schedule; state under ``root``."""
+                 schedule: str | None = None, training: dict[str, Any] | None = None) -> list[SiteConfig]:
+    """The sites' configs with this seed, lr schedule span, (``schedule``) lr schedule and ``training``
+    settings over their own; state under ``root``."""
     configs = []
     for path in paths:
         cfg = load_site_config(path)
-        training = cfg.training.model_copy(update={"seed": seed, "lr_schedule_span": span,
-                                                   **({"lr_schedule": schedule} if schedule else {})})
-        configs.append(cfg.model_copy(update={"state_dir": root / cfg.name, "training": training}))
+        settings = {**cfg.training.model_dump(), **(training or {}), "seed": seed, "lr_schedule_span": span,
+                    **({"lr_schedule": schedule} if schedule else {})}
+        training_cfg = type(cfg.training).model_validate(settings)
+        configs.append(cfg.model_copy(update={"state_dir": root / cfg.name, "training": training_cfg}))
     return configs
 
 
@@ -221,7 +223,8 @@ class RunPlan:
     rounds: int
     steps: int  # encoder steps per site and round
     lr_schedule_span: str = "federation"
-    lr_schedule: str | None = None  # the sites' own (linear decay) unless set
+    lr_schedule: str | None = None  # the sites' own unless set
+    training: dict[str, Any] = field(default_factory=dict)  # site training settings over the sites' own
 
 
 def reseed(seed: int) -> None:
@@ -239,7 +242,7 @@ def run_seed(held: list[HeldOutSite], seed: int, plan: RunPlan, methods: dict[st
     reseed(seed)
     run: dict[str, Any] = {"seed": seed, "federated": {}, "seconds": {},
                            "test": {"sklearn": {}, "federated": {}}}
-    cfgs = site_configs(paths, seed, work / "local", schedule=plan.lr_schedule)
+    cfgs = site_configs(paths, seed, work / "local", schedule=plan.lr_schedule, training=plan.training)
     tests = {cfg.name: h.tests for cfg, h in zip(cfgs, held)}
     run["primary"] = {cfg.name: {d.task.name: PRIMARY_METRIC[d.task.type] for d in load_site_data(cfg)}
                       for cfg in cfgs}
@@ -266,7 +269,7 @@ def run_seed(held: list[HeldOutSite], seed: int, plan: RunPlan, methods: dict[st
         t0 = time.perf_counter()
         root = work / name
         reseed(seed)  # Flower samples the sites with Python's random: the same order, the same sums
-        sites = site_configs(paths, seed, root / "sites", plan.lr_schedule_span, plan.lr_schedule)
+        sites = site_configs(paths, seed, root / "sites", plan.lr_schedule_span, plan.lr_schedule, plan.training)
         collector = federated(sites, plan.encoder, plan.update, plan.rounds, plan.steps, settings, root)
         run["seconds"][name] = time.perf_counter() - t0
         run["federated"][name] = {"rounds": collector.rounds, "settings": settings}
@@ -414,7 +417,8 @@ def markdown(summary: dict[str, Any], methods: list[str], meta: dict[str, Any]) 
              f"{meta['rounds'] * meta['steps']} steps), sites' lr schedule spanning "
              f"{'all rounds' if meta.get('lr_schedule_span', 'round') == 'federation' else 'one round'}"
              f"{' (' + meta['lr_schedule'] + ')' if meta.get('lr_schedule') else ''}, "
-             f"{meta['machine']}."
+             + "".join(f"{key} {value}, " for key, value in meta.get("training", {}).items())
+             + f"{meta['machine']}."
              + (f" Before anything ran, {meta['test_share']:.0%} of each site's rows were held out as its test "
                 "split; training and validation share the rest in each site's configured ratio."
                 if meta.get("test_share") else ""), ""]
@@ -477,6 +481,15 @@ def plot(results: list[dict[str, Any]], methods: list[str], path: Path) -> None:
 
 
 # ---------------------------------------------------------------- main
+def parse_setting(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON where it parses (numbers, true, null), else as a string."""
+    key, _, value = item.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Seeds, round plan, encoder and update mode: what every learning benchmark is run with."""
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -506,8 +519,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--readme", type=Path, default=Path(__file__).with_name("README.md"),
                         help="write the table into this file between the learning markers")
-    parser.add_argument("--lr-schedule", choices=["linear", "constant"], help="the sites' lr schedule after "
-                        "warm-up, in every arm (default: what each site.yaml says)")
+    parser.add_argument("--lr-schedule", choices=["linear", "constant"], default=TrainingConfig().lr_schedule,
+                        help="the sites' lr schedule after warm-up, in every arm (default: site.yaml's default, "
+                        "%(default)s; recorded in results.json)")
+    parser.add_argument("--training", action="append", default=[], metavar="KEY=VALUE",
+                        help="a site training setting over the sites' own, in every arm, e.g. encoder_lr=3e-4")
     parser.add_argument("--lr-schedule-span", choices=["federation", "round"], default="federation",
                         help="the sites' lr schedule: one over all rounds, or a fresh one each round")
     parser.add_argument("--test-share", type=float, default=0.3, help="share of every site's rows held out as its "
@@ -541,7 +557,7 @@ def main() -> None:
     # a finished seed is kept only by a run of the same configuration
     plan = {"encoder": args.encoder, "update": args.update, "rounds": args.rounds, "steps": args.steps,
             "methods": methods, "lr_schedule_span": args.lr_schedule_span, "split": args.split,
-            "lr_schedule": args.lr_schedule,
+            "lr_schedule": args.lr_schedule, "training": dict(parse_setting(item) for item in args.training),
             "lexicon_tasks": args.lexicon_tasks, "train_rows": args.train_rows, "sites": [str(p) for p in args.site or []],
             "wordnet": args.wordnet, "rows": args.rows,
             "test_share": args.test_share}

@@ -63,6 +63,7 @@ def site_config(workdir: Path, site: str, steps: int, device: str = "cpu", preci
     config["device"], config["precision"] = device, precision
     config["training"]["encoder_epochs"] = 1000  # max_steps decides
     config["training"]["max_steps"] = steps
+    config["training"]["lr_schedule"] = "linear"  # the bare loop's schedule
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

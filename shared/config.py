@@ -156,7 +156,8 @@ class TrainingConfig(BaseModel):
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="share of the schedule's steps spent warming the "
         "learning rate up from 0")
     lr_schedule: Literal["linear", "constant"] = Field(
-        default="linear", description="after warm-up: linear decay to 0, or constant")
+        default="constant", description="after warm-up: constant (the default: with linear decay over the "
+        "federation its last rounds barely move the encoder; benchmarks/README.md), or linear decay to 0")
     lr_schedule_span: Literal["federation", "round"] = Field(
         default="federation", description="federation: one warm-up and decay over all rounds, each round "
         "continuing where the last one stopped (as one long local run would); round: a fresh one every round")
@@ -171,6 +172,10 @@ class TrainingConfig(BaseModel):
     keep_best: bool = Field(
         default=True, description="never end worse on validation than the frozen-encoder probe"
     )
+    baseline: Literal["probe", "finetuned"] = Field(
+        default="probe", description="the local-only model a site serves while the federation's validates worse: "
+        "heads on the pretrained encoder (probe), or the encoder fine-tuned alone on the federation's whole step "
+        "budget in round 1 (finetuned: what the site would train without joining, at the cost of one local run)")
     head_fit: Literal["converged", "sgd"] = Field(
         default="converged", description="heads on frozen features: fitted to convergence (ridge by GCV for "
                                          "regression, L-BFGS logistic regression with a cross-validated penalty "
