@@ -286,15 +286,24 @@ class SiteWorker:
     def _frozen_layers(self, mode: UpdateMode) -> int:
         return frozen_prefix_layers(self.encoder, set(exchanged_names(self.param_names, mode)))
 
-    def _ensure_baseline(self, training, frozen_layers: int = 0) -> dict[str, dict[str, float]]:
-        """Local-only baseline: heads fitted on the frozen *pretrained* encoder, once per site.
+    def _ensure_baseline(self, training, frozen_layers: int = 0, rounds: int = 1,
+                         trainable: set[str] | None = None) -> dict[str, dict[str, float]]:
+        """Local-only baseline, once per site: heads fitted on the frozen *pretrained* encoder, or
+        (``training.baseline: finetuned``) the encoder fine-tuned alone on the federation's budget.
 
-        Its heads are kept under ``baseline/``: if the federation ever serves this site worse
-        than that, the site keeps the baseline model (pretrained encoder + these heads).
+        Its heads (and fine-tuned tensors) are kept under ``baseline/``: while the federation
+        serves this site worse than that on validation, the site keeps serving the baseline model.
         """
         if self.baseline is None:
             t0 = time.perf_counter()
-            self.baseline, heads = self._probe(training, frozen_layers, serve=True)
+            if self.config.training.baseline == "finetuned" and trainable and self.adapters is None:
+                self.baseline, heads = self._finetuned_baseline(training, frozen_layers, rounds, trainable)
+            else:
+                if self.config.training.baseline == "finetuned":
+                    log.warning("site %s: baseline: finetuned needs an update mode without adapters; "
+                                "keeping the probe as the baseline", self.config.name)
+                self.baseline, heads = self._probe(training, frozen_layers, serve=True)
+                (self.root / "baseline" / "encoder.safetensors").unlink(missing_ok=True)  # a fine-tuned one's
             store = HeadStore(self.root / "baseline")
             for task in heads:
                 store.save(task.spec, task.head.state_dict(), {"metrics": self.baseline[task.name],
@@ -302,6 +311,29 @@ class SiteWorker:
             write_json_atomic(self.root / "baseline.json", self.baseline)
             log.info("site %s: local-only baseline recorded in %.1fs", self.config.name, time.perf_counter() - t0)
         return self.baseline
+
+    def _finetuned_baseline(self, training, frozen_layers: int, rounds: int,
+                            trainable: set[str]) -> tuple[dict[str, dict[str, float]], list[PreparedTask]]:
+        """What this site would train without joining: a copy of the pretrained encoder fine-tuned
+        alone for ``rounds`` rounds' steps in one schedule (keep-best may return to the probe), heads
+        refit on every row; its trained tensors are written to ``baseline/encoder.safetensors``."""
+        encoder = copy.deepcopy(self.encoder)
+        copies = [replace(t, head=copy.deepcopy(t.head)) for t in self.tasks]
+        budget = training.model_copy(update={
+            "max_steps": training.max_steps * rounds if training.max_steps else None,
+            "encoder_epochs": training.encoder_epochs * rounds})
+        trainer = LocalTrainer(encoder, copies, budget, TrainerOptions(
+            self.device, self.autocast, encoder_trainable=trainable.__contains__, optimizer_state={},
+            frozen_layers=frozen_layers, prefix_cache=self.prefix_cache))
+        result = trainer.fit()
+        if training.serve_all_rows:
+            trainer.fit_heads_on_all_rows()
+        params = dict(encoder.named_parameters())
+        (self.root / "baseline").mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.root / "baseline" / "encoder.safetensors",
+                           save_arrays({n: params[n].detach().float().cpu().numpy() for n in sorted(trainable)}))
+        log.info("site %s: baseline fine-tuned alone (%s kept by validation)", self.config.name, result.kept)
+        return result.final, copies
 
     def train(self, content: RecordDict, timing: Timing) -> RecordDict:
         """One round at this site, step by step; each step fills in the round's ``SiteRound``."""
@@ -351,8 +383,9 @@ class SiteWorker:
         self._schedule_part = self._schedule_position(config)
         self._ensure_encoder(config)
         r.frozen = self._frozen = self._frozen_layers(UpdateMode.parse(config.update_mode))
-        if self.baseline is None and self.rounds_done == 0:
-            self._ensure_baseline(r.training, r.frozen)  # the encoder is still the pretrained one here
+        if self.baseline is None and self.rounds_done == 0:  # the encoder is still the pretrained one here
+            self._ensure_baseline(r.training, r.frozen, rounds=config.num_rounds or 1,
+                                  trainable=set(exchanged_names(self.param_names, UpdateMode.parse(config.update_mode))))
             r.seconds["baseline"] = time.time() - handled_at
         mode, r.global_arrays = self._apply_global(config, content, train=True)
         log.info("site %s: round %d: training (%s)", self.config.name, config.server_round, mode)
@@ -476,8 +509,10 @@ class SiteWorker:
                  "encoder_spec": self.encoder_spec, "encoder_seed": self.encoder_seed,
                  "lora": dataclasses.asdict(self.adapters) if self.adapters is not None else None}
         if chosen == "baseline":
-            entry.update(heads=str(self.root / "baseline"), encoder_tensors=None, encoder=f"pretrained {self.encoder_spec}",
-                         lora=None)
+            tuned = self.root / "baseline" / "encoder.safetensors"  # baseline: finetuned
+            entry.update(heads=str(self.root / "baseline"), encoder_tensors=str(tuned) if tuned.exists() else None,
+                         encoder=f"{self.encoder_spec} fine-tuned alone" if tuned.exists()
+                         else f"pretrained {self.encoder_spec}", lora=None)
         write_json_atomic(self.root / "site_model.json", entry)
         return entry
 

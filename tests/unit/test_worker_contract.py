@@ -95,3 +95,47 @@ def test_a_round_knows_its_place_in_the_federations_lr_schedule(worker):
         assert worker._schedule_position(config) == (0, 1)
     finally:
         worker.config.training = own
+
+
+def test_a_finetuned_baseline_is_trained_alone_on_the_federations_budget_and_served_from_its_own_tensors(
+        tmp_path, monkeypatch):
+    """training.baseline: finetuned: in round 1 the site fine-tunes a copy of the pretrained encoder
+    alone (rounds x steps in one schedule), keeps its tensors and heads under baseline/, leaves the
+    federated encoder untouched, and serves them whenever they validate better than the federation's."""
+    from safetensors.numpy import load_file
+
+    from fedtl.client.predict import SiteModel
+    from fedtl.client.trainer import LocalTrainer
+    from tests.conftest import make_site
+
+    cfg = load_site_config(make_site(tmp_path / "site", name="clinic", types=("classification", "regression"),
+                                     n=80, head_epochs=5))
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"baseline": "finetuned"})})
+    worker = SiteWorker(cfg, "tiny")
+    names = exchanged_names(worker.param_names, UpdateMode.parse("last:1"))
+    pretrained = {n: p.detach().numpy().copy() for n, p in worker.encoder.named_parameters()}
+    steps: list[int] = []
+    fit = LocalTrainer.fit
+
+    def counting_fit(trainer):
+        result = fit(trainer)
+        steps.append(result.steps.get("encoder", 0))
+        return result
+
+    monkeypatch.setattr(LocalTrainer, "fit", counting_fit)
+    config = RoundConfig(update_mode="last:1", encoder="tiny", server_round=1, num_rounds=3, max_steps=2)
+    arrays = {n: pretrained[n] for n in names}
+    worker.handle("train", RecordDict({ARRAYS: to_record(arrays), CONFIG: config.to_record()}), Timing())
+    assert steps == [6, 2]  # the baseline alone: 3 rounds x 2 steps in one run; then the round's 2
+    tuned = load_file(worker.root / "baseline" / "encoder.safetensors")
+    assert sorted(tuned) == sorted(names)
+    frozen = [n for n in worker.param_names if n not in names]
+    params = dict(worker.encoder.named_parameters())
+    assert all(np.array_equal(params[n].detach().numpy(), pretrained[n]) for n in frozen)  # the copy trained
+    # a federation that validates worse: the site serves its fine-tuned baseline, from its own tensors
+    worse = {task: {metric: -1e9 for metric in metrics} for task, metrics in worker.baseline.items()}
+    entry = worker._choose_site_model(worse, 1)
+    assert entry["model"] == "baseline" and entry["encoder_tensors"] == str(worker.root / "baseline" / "encoder.safetensors")
+    served = SiteModel.load(cfg)
+    loaded = dict(served.encoder.named_parameters())
+    assert all(np.array_equal(loaded[n].detach().numpy(), tuned[n]) for n in names)
