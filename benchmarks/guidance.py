@@ -38,6 +38,7 @@ class Column:
 COLUMNS = [
     Column("`last:2`, 4 x 12, linear lr", ""),
     Column("`last:2`, 4 x 12, constant lr", "-constant-lr"),
+    Column("`last:2`, 4 x 12, constant lr, `baseline: finetuned`", "-finetuned-baseline"),
     Column("`full`, 12 x 4, linear lr", "-full-12x4"),
 ]
 SCENARIOS = [  # label, run folder of the first column
@@ -61,7 +62,8 @@ def runs_defaults(meta: dict[str, Any]) -> bool:
             and meta["steps"] == federation.max_steps
             # runs from before learning.py recorded the schedule ran the sites' default then: linear
             and (meta.get("lr_schedule") or "linear") == training.lr_schedule
-            and meta.get("lr_schedule_span", "federation") == training.lr_schedule_span)
+            and meta.get("lr_schedule_span", "federation") == training.lr_schedule_span
+            and all(getattr(training, key) == value for key, value in meta.get("training", {}).items()))
 
 
 def verdict(saved: dict[str, Any], method: str = "fedavg") -> dict[str, Any]:

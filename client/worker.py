@@ -510,7 +510,8 @@ class SiteWorker:
                  "lora": dataclasses.asdict(self.adapters) if self.adapters is not None else None}
         if chosen == "baseline":
             tuned = self.root / "baseline" / "encoder.safetensors"  # baseline: finetuned
-            entry.update(heads=str(self.root / "baseline"), encoder_tensors=str(tuned) if tuned.exists() else None,
+            entry.update(heads=str(self.root / "baseline"), personalized=False,
+                         encoder_tensors=str(tuned) if tuned.exists() else None,
                          encoder=f"{self.encoder_spec} fine-tuned alone" if tuned.exists()
                          else f"pretrained {self.encoder_spec}", lora=None)
         write_json_atomic(self.root / "site_model.json", entry)

@@ -172,10 +172,11 @@ class TrainingConfig(BaseModel):
     keep_best: bool = Field(
         default=True, description="never end worse on validation than the frozen-encoder probe"
     )
-    baseline: Literal["probe", "finetuned"] = Field(
-        default="probe", description="the local-only model a site serves while the federation's validates worse: "
-        "heads on the pretrained encoder (probe), or the encoder fine-tuned alone on the federation's whole step "
-        "budget in round 1 (finetuned: what the site would train without joining, at the cost of one local run)")
+    baseline: Literal["finetuned", "probe"] = Field(
+        default="finetuned", description="the local-only model a site serves while the federation's validates "
+        "worse: the encoder fine-tuned alone on the federation's whole step budget in round 1 (finetuned, the "
+        "default: what the site would train without joining, at the cost of one local run), or heads on the "
+        "pretrained encoder (probe: cheaper; benchmarks/README.md)")
     head_fit: Literal["converged", "sgd"] = Field(
         default="converged", description="heads on frozen features: fitted to convergence (ridge by GCV for "
                                          "regression, L-BFGS logistic regression with a cross-validated penalty "

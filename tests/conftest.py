@@ -67,13 +67,17 @@ TASK_BLOCKS = {
 
 
 def make_site(root: Path, name: str = "site_a", types=("classification",), n: int = 120,
-              head_epochs: int = 30, encoder_epochs: int = 1, seed: int = 0) -> Path:
-    """A site folder with data.csv and site.yaml; returns the config path."""
+              head_epochs: int = 30, encoder_epochs: int = 1, seed: int = 0, baseline: str | None = None) -> Path:
+    """A site folder with data.csv and site.yaml; returns the config path. ``baseline``: the site's
+    fallback model (training.baseline), when not the default."""
     root.mkdir(parents=True, exist_ok=True)
     write_csv(root / "data.csv", synthetic_rows(n, seed))
     tasks = "\n".join(TASK_BLOCKS[t].format() for t in types)
     path = root / "site.yaml"
-    path.write_text(SITE_YAML.format(name=name, head_epochs=head_epochs, encoder_epochs=encoder_epochs, tasks=tasks))
+    text = SITE_YAML.format(name=name, head_epochs=head_epochs, encoder_epochs=encoder_epochs, tasks=tasks)
+    if baseline is not None:
+        text = text.replace("training:\n", f"training:\n  baseline: {baseline}\n", 1)
+    path.write_text(text)
     return path
 
 

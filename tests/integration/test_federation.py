@@ -553,7 +553,7 @@ def test_personalized_federations_serve_each_site_its_own_model(tmp_path, person
     fed = Federation(tmp_path)
     sites = {"north": ("classification",), "south": ("regression",), "east": ("multilabel",)}
     for i, (name, types) in enumerate(sites.items()):
-        fed.add_site(name, types=types, seed=10 + i)
+        fed.add_site(name, types=types, seed=10 + i, baseline="probe")  # the personal model, not a local one
     fed.write_config(rounds=2, min_sites=3, final_evaluate=False, update_mode="last:1",
                      personalization=personalization)
     fed.run_to_completion(*sites, timeout=400)

@@ -69,7 +69,8 @@ def test_similarity_sends_each_site_its_own_model_and_logs_the_mixing(tmp_path):
 # ---------------------------------------------------------------- Ditto at the site
 @pytest.fixture(scope="module")
 def site_dir(tmp_path_factory):
-    return make_site(tmp_path_factory.mktemp("ditto") / "site", name="clinic", n=60, head_epochs=3).parent
+    return make_site(tmp_path_factory.mktemp("ditto") / "site", name="clinic", n=60, head_epochs=3,
+                     baseline="probe").parent  # the personal model against the probe, as these tests read it
 
 
 def worker_at(path):
