@@ -113,9 +113,9 @@ def embed(encoder, texts: list[str], max_length: int) -> torch.Tensor:
 @torch.no_grad()
 def score_model(encoder, heads: dict[str, tuple[HeadSpec, TaskHead]], site: SiteConfig,
                 tests: dict[str, Path]) -> dict[str, dict[str, float]]:
-    """Each task's metrics on its test rows, for a trained encoder and heads (after training ended)."""
+    """Each task's metrics on its test rows, for a trained encoder and the heads given (after training ended)."""
     out = {}
-    for task in site.tasks:
+    for task in (t for t in site.tasks if t.name in heads):
         spec, head = heads[task.name]
         rows = load_held_out(task, [tests[task.name]], spec.labels)
         head.eval()

@@ -173,7 +173,10 @@ def served_on_test(cfg: SiteConfig, tests: dict[str, Path]) -> dict[str, float]:
     """The model the site serves after the federation (site_model.json, as `fedtl predict` loads it)
     on its test rows: its primary metric per task."""
     model = SiteModel.load(cfg)
-    scores = score_model(model.encoder, {t.config.name: (t.spec, t.head) for t in model.tasks}, cfg, tests)
+    scores: dict[str, dict[str, float]] = {}
+    for encoder in {id(t.encoder): t.encoder for t in model.tasks}.values():  # a part at a time
+        scores.update(score_model(encoder, {t.config.name: (t.spec, t.head) for t in model.tasks
+                                            if t.encoder is encoder}, cfg, tests))
     return {t.config.name: scores[t.config.name][t.spec.primary_metric] for t in model.tasks}
 
 

@@ -1,11 +1,12 @@
 """Predict with the model a site serves (``site_model.json``): every task, for a file of texts.
 
-The site worker writes ``state_dir/federated/site_model.json`` after each round: the encoder
-(pretrained spec and seed, the site's trained tensors over it, LoRA adapters where used) and
-the heads it serves, the federated ones or its local baseline's, whichever validated better.
-``SiteModel`` rebuilds exactly that and runs it; ``predict_file`` keeps every input column
-and adds, per task: ``<task>`` (the label, the labels joined by the task's separator, or the
-value) and, for classification, ``<task>_probability``.
+The site worker writes ``state_dir/federated/site_model.json`` after each round: task by task,
+the model it serves, the federated one or its local baseline, whichever validated better; each
+of the entry's ``parts`` is one encoder (pretrained spec and seed, trained tensors over it, LoRA
+adapters where used) with the heads of its tasks. ``SiteModel`` rebuilds exactly that and runs
+it; ``predict_file`` keeps every input column and adds, per task: ``<task>`` (the label, the
+labels joined by the task's separator, or the value) and, for classification,
+``<task>_probability``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ class _Task:
     config: TaskInputs
     spec: HeadSpec
     head: TaskHead
+    encoder: TextEncoder  # the encoder of its part: tasks of one part share it
+
+
+def served_parts(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entry's parts, each one encoder and the heads of its ``tasks`` (None: every task); an
+    entry written before sites chose task by task is one part of its own keys."""
+    if "parts" in info:
+        return [dict(part) for part in info["parts"]]
+    return [{"model": info.get("model"), "tasks": None, "heads": info["heads"],
+             "encoder_tensors": info.get("encoder_tensors"), "lora": info.get("lora")}]
 
 
 EXPORT_META = "site_model.json"  # in an exported folder: the served model, paths relative to the folder
@@ -68,12 +79,14 @@ def export_site_model(info: dict[str, Any], tasks_inputs: list[TaskInputs], max_
     import shutil
 
     folder.mkdir(parents=True)
-    info = dict(info)
-    shutil.copytree(info["heads"], folder / "heads")
-    info["heads"] = "heads"
-    if info.get("encoder_tensors"):
-        shutil.copy2(info["encoder_tensors"], folder / "encoder.safetensors")
-        info["encoder_tensors"] = "encoder.safetensors"
+    info = dict(info, parts=served_parts(info))
+    for i, part in enumerate(info["parts"]):
+        into = f"part-{i}"
+        shutil.copytree(part["heads"], folder / into / "heads", ignore=shutil.ignore_patterns("encoder.safetensors"))
+        part["heads"] = f"{into}/heads"
+        if part.get("encoder_tensors"):
+            shutil.copy2(part["encoder_tensors"], folder / into / "encoder.safetensors")
+            part["encoder_tensors"] = f"{into}/encoder.safetensors"
     if Path(info["encoder_spec"]).is_dir():
         shutil.copytree(info["encoder_spec"], folder / "base_encoder")
         info.update(encoder_spec="base_encoder", encoder_in_folder=True)
@@ -84,9 +97,8 @@ def export_site_model(info: dict[str, Any], tasks_inputs: list[TaskInputs], max_
 
 
 class SiteModel:
-    def __init__(self, tasks_inputs: list[TaskInputs], max_length: int, encoder: TextEncoder, tasks: list[_Task],
-                 info: dict[str, Any]):
-        self.inputs, self.max_length, self.encoder, self.tasks, self.info = tasks_inputs, max_length, encoder, tasks, info
+    def __init__(self, tasks_inputs: list[TaskInputs], max_length: int, tasks: list[_Task], info: dict[str, Any]):
+        self.inputs, self.max_length, self.tasks, self.info = tasks_inputs, max_length, tasks, info
 
     @classmethod
     def load(cls, site: SiteConfig) -> SiteModel:
@@ -102,9 +114,11 @@ class SiteModel:
         """A model ``export_site_model`` wrote: everything it needs is inside ``folder``."""
         info = json.loads((folder / EXPORT_META).read_text())
         inputs = json.loads((folder / EXPORT_INPUTS).read_text())
-        info["heads"] = str(folder / info["heads"])
-        if info.get("encoder_tensors"):
-            info["encoder_tensors"] = str(folder / info["encoder_tensors"])
+        info["parts"] = served_parts(info)
+        for part in info["parts"]:
+            part["heads"] = str(folder / part["heads"])
+            if part.get("encoder_tensors"):
+                part["encoder_tensors"] = str(folder / part["encoder_tensors"])
         if info.get("encoder_in_folder"):
             info["encoder_spec"] = str(folder / info["encoder_spec"])
         return cls.from_meta(info, [TaskInputs(**t) for t in inputs["tasks"]], int(inputs["max_length"]))
@@ -112,43 +126,57 @@ class SiteModel:
     @classmethod
     def from_meta(cls, info: dict[str, Any], tasks_inputs: list[TaskInputs], max_length: int) -> SiteModel:
         """The model ``site_model.json``'s entry describes, serving ``tasks_inputs``."""
-        encoder = load_encoder(info["encoder_spec"], seed=int(info.get("encoder_seed", 0)))
-        if info.get("lora"):
-            lora = dict(info["lora"], targets=tuple(info["lora"]["targets"]))
-            add_adapters(encoder, LoraSettings(**lora), seed=int(info.get("encoder_seed", 0)))
-        if info.get("encoder_tensors"):
+        by_name: dict[str, _Task] = {}
+        for part in served_parts(info):
+            wanted = [t for t in tasks_inputs if part["tasks"] is None or t.name in part["tasks"]]
+            if wanted:
+                encoder = cls._part_encoder(info, part)
+                by_name.update((t.name, cls._task(part, t, encoder)) for t in wanted)
+        missing = [t.name for t in tasks_inputs if t.name not in by_name]
+        if missing:
+            raise PredictError(f"the served model has no part for task(s) {missing}: run a federated round again")
+        return cls(tasks_inputs, max_length, [by_name[t.name] for t in tasks_inputs], info)
+
+    @staticmethod
+    def _part_encoder(info: dict[str, Any], part: dict[str, Any]) -> TextEncoder:
+        """A part's encoder: the pretrained one, its adapters, its trained tensors over it."""
+        seed = int(info.get("encoder_seed", 0))
+        encoder = load_encoder(info["encoder_spec"], seed=seed)
+        if part.get("lora"):
+            add_adapters(encoder, LoraSettings(**dict(part["lora"], targets=tuple(part["lora"]["targets"]))), seed=seed)
+        if part.get("encoder_tensors"):
             from safetensors.numpy import load_file
 
-            tensors = load_file(info["encoder_tensors"])
+            tensors = load_file(part["encoder_tensors"])
             params = dict(encoder.named_parameters())
             unknown = sorted(set(tensors) - set(params))
             if unknown:
-                raise PredictError(f"{info['encoder_tensors']}: tensors the encoder lacks: {unknown[:3]}")
+                raise PredictError(f"{part['encoder_tensors']}: tensors the encoder lacks: {unknown[:3]}")
             with torch.no_grad():
                 for name, value in tensors.items():
                     params[name].copy_(torch.from_numpy(value))
-        store = HeadStore(info["heads"])
-        tasks = []
-        for task in tasks_inputs:
-            stored = store.load(task.name)
-            if stored is None:
-                raise PredictError(f"{info['heads']}: no head for task {task.name!r}")
-            spec, weights, _ = stored
-            head = spec.build()
-            head.load_state_dict(weights)
-            tasks.append(_Task(task, spec, head.eval()))
-        return cls(tasks_inputs, max_length, encoder.eval(), tasks, info)
+        return encoder.eval()
+
+    @staticmethod
+    def _task(part: dict[str, Any], task: TaskInputs, encoder: TextEncoder) -> _Task:
+        stored = HeadStore(part["heads"]).load(task.name)
+        if stored is None:
+            raise PredictError(f"{part['heads']}: no head for task {task.name!r}")
+        spec, weights, _ = stored
+        head = spec.build()
+        head.load_state_dict(weights)
+        return _Task(task, spec, head.eval(), encoder)
 
     @torch.no_grad()
-    def _features(self, texts: list[str]) -> torch.Tensor:
-        return embed_texts(self.encoder, texts, self.max_length)
+    def _features(self, task: _Task, texts: list[str]) -> torch.Tensor:
+        return embed_texts(task.encoder, texts, self.max_length)
 
     @torch.no_grad()
     def predict(self, texts_by_task: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
         """Per task, one result per text: ``label`` + ``probability`` | ``labels`` | ``value``."""
         results: dict[str, list[dict[str, Any]]] = {}
         for task in self.tasks:
-            outputs = task.head(self._features(texts_by_task[task.config.name])).float()
+            outputs = task.head(self._features(task, texts_by_task[task.config.name])).float()
             spec = task.spec
             if spec.type == TaskType.classification:
                 probs = torch.softmax(outputs, -1)

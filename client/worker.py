@@ -95,7 +95,7 @@ class SiteRound:
 
     @property
     def site_model(self) -> str:
-        """Which model the site serves: "federated" or "baseline"."""
+        """Which model the site serves: "federated", "baseline" or "mixed" (some tasks each)."""
         return self.site_entry.get("model", "federated")
 
     @property
@@ -112,6 +112,8 @@ class SiteWorker:
         self.root = config.state_dir / "federated"
         self._ledger: PrivacyLedger | None = None
         self.store = HeadStore(self.root / "heads")
+        self.baseline_store = HeadStore(self.root / "baseline")  # the local-only baseline's heads ...
+        self.baseline_tensors = self.root / "baseline" / "encoder.safetensors"  # ... and, fine-tuned, its tensors
         self.device = resolve_device(config.device)
         self.autocast = resolve_precision(self.device, config.precision)
         self.datas = load_site_data(config)
@@ -255,10 +257,12 @@ class SiteWorker:
             updates["encoder_lr"] = self.config.training.encoder_lr * config.lora_lr_scale
         return self.config.training.model_copy(update=updates)
 
-    def _trainer(self, tasks: list[PreparedTask], training, frozen_layers: int, **kwargs) -> LocalTrainer:
-        return LocalTrainer(self.encoder, tasks, training, TrainerOptions(
-            self.device, self.autocast, frozen_layers=frozen_layers, prefix_cache=self.prefix_cache,
-            schedule_part=self._schedule_part, **kwargs))
+    def _trainer(self, tasks: list[PreparedTask], training, frozen_layers: int, encoder: torch.nn.Module | None = None,
+                 **kwargs) -> LocalTrainer:
+        """A trainer of ``encoder`` (default: the worker's) and ``tasks``, in this round's place of the schedule."""
+        options = {"schedule_part": self._schedule_part, **kwargs}
+        return LocalTrainer(encoder if encoder is not None else self.encoder, tasks, training, TrainerOptions(
+            self.device, self.autocast, frozen_layers=frozen_layers, prefix_cache=self.prefix_cache, **options))
 
     def _schedule_position(self, config: RoundConfig) -> tuple[int, int]:
         """Where this round sits in the site's lr schedule: round k of n, or a schedule of its own.
@@ -271,16 +275,21 @@ class SiteWorker:
             return (0, 1)
         return (min(config.server_round, config.num_rounds) - 1, config.num_rounds)
 
-    def _probe(self, training, frozen_layers: int = 0,
-               serve: bool = False) -> tuple[dict[str, dict[str, float]], list[PreparedTask]]:
-        """Heads fitted on frozen features of the current encoder, on copies of the heads; ``serve``:
-        then refit on every row for serving (the metrics stay the training-only fit's)."""
+    def _fit_copies(self, training, frozen_layers: int, serve: bool = False,
+                    **kwargs) -> tuple[TrainResult, list[PreparedTask]]:
+        """Train copies of the heads (the site's own stay as they are) with ``_trainer(**kwargs)``;
+        ``serve``: then refit them on every row for serving (the metrics stay the training-only fit's)."""
         copies = [replace(t, head=copy.deepcopy(t.head)) for t in self.tasks]
-        cfg = training.model_copy(update={"encoder_epochs": 0})
-        trainer = self._trainer(copies, cfg, frozen_layers)
+        trainer = self._trainer(copies, training, frozen_layers, **kwargs)
         result = trainer.fit()
         if serve and training.serve_all_rows:
             trainer.fit_heads_on_all_rows()
+        return result, copies
+
+    def _probe(self, training, frozen_layers: int = 0,
+               serve: bool = False) -> tuple[dict[str, dict[str, float]], list[PreparedTask]]:
+        """Heads fitted on frozen features of the current encoder, on copies of the heads."""
+        result, copies = self._fit_copies(training.model_copy(update={"encoder_epochs": 0}), frozen_layers, serve)
         return result.metrics["probe"], copies
 
     def _frozen_layers(self, mode: UpdateMode) -> int:
@@ -303,10 +312,9 @@ class SiteWorker:
                     log.warning("site %s: baseline: finetuned needs an update mode without adapters; "
                                 "keeping the probe as the baseline", self.config.name)
                 self.baseline, heads = self._probe(training, frozen_layers, serve=True)
-                (self.root / "baseline" / "encoder.safetensors").unlink(missing_ok=True)  # a fine-tuned one's
-            store = HeadStore(self.root / "baseline")
+                self.baseline_tensors.unlink(missing_ok=True)  # a fine-tuned one's
             for task in heads:
-                store.save(task.spec, task.head.state_dict(), {"metrics": self.baseline[task.name],
+                self.baseline_store.save(task.spec, task.head.state_dict(), {"metrics": self.baseline[task.name],
                                                                "mode": "baseline", "encoder": self.encoder_spec})
             write_json_atomic(self.root / "baseline.json", self.baseline)
             log.info("site %s: local-only baseline recorded in %.1fs", self.config.name, time.perf_counter() - t0)
@@ -318,19 +326,14 @@ class SiteWorker:
         alone for ``rounds`` rounds' steps in one schedule (keep-best may return to the probe), heads
         refit on every row; its trained tensors are written to ``baseline/encoder.safetensors``."""
         encoder = copy.deepcopy(self.encoder)
-        copies = [replace(t, head=copy.deepcopy(t.head)) for t in self.tasks]
         budget = training.model_copy(update={
             "max_steps": training.max_steps * rounds if training.max_steps else None,
             "encoder_epochs": training.encoder_epochs * rounds})
-        trainer = LocalTrainer(encoder, copies, budget, TrainerOptions(
-            self.device, self.autocast, encoder_trainable=trainable.__contains__, optimizer_state={},
-            frozen_layers=frozen_layers, prefix_cache=self.prefix_cache))
-        result = trainer.fit()
-        if training.serve_all_rows:
-            trainer.fit_heads_on_all_rows()
+        result, copies = self._fit_copies(budget, frozen_layers, serve=True, encoder=encoder, schedule_part=(0, 1),
+                                          encoder_trainable=trainable.__contains__, optimizer_state={})
         params = dict(encoder.named_parameters())
-        (self.root / "baseline").mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(self.root / "baseline" / "encoder.safetensors",
+        self.baseline_tensors.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.baseline_tensors,
                            save_arrays({n: params[n].detach().float().cpu().numpy() for n in sorted(trainable)}))
         log.info("site %s: baseline fine-tuned alone (%s kept by validation)", self.config.name, result.kept)
         return result.final, copies
@@ -382,10 +385,10 @@ class SiteWorker:
         start_round(self.device)
         self._schedule_part = self._schedule_position(config)
         self._ensure_encoder(config)
-        r.frozen = self._frozen = self._frozen_layers(UpdateMode.parse(config.update_mode))
+        trainable = set(exchanged_names(self.param_names, UpdateMode.parse(config.update_mode)))
+        r.frozen = self._frozen = frozen_prefix_layers(self.encoder, trainable)
         if self.baseline is None and self.rounds_done == 0:  # the encoder is still the pretrained one here
-            self._ensure_baseline(r.training, r.frozen, rounds=config.num_rounds or 1,
-                                  trainable=set(exchanged_names(self.param_names, UpdateMode.parse(config.update_mode))))
+            self._ensure_baseline(r.training, r.frozen, rounds=config.num_rounds or 1, trainable=trainable)
             r.seconds["baseline"] = time.time() - handled_at
         mode, r.global_arrays = self._apply_global(config, content, train=True)
         log.info("site %s: round %d: training (%s)", self.config.name, config.server_round, mode)
@@ -425,7 +428,7 @@ class SiteWorker:
             lam = r.config.ditto_lambda if r.config.ditto_lambda is not None else 0.0
             r.served = r.personal = self.ditto.round(self.tasks, r.training, set(names), r.global_arrays, lam)
         r.site_entry = self._choose_site_model(r.served.final, r.config.server_round, r.personal is not None)
-        if r.site_model == "federated" and r.personal is None and r.training.serve_all_rows:
+        if r.site_model != "baseline" and r.personal is None and r.training.serve_all_rows:
             r.seconds["serve_fit"] = r.trainer.fit_heads_on_all_rows()
         for task in self.tasks:
             self.store.save(task.spec, task.head.state_dict(),
@@ -492,28 +495,39 @@ class SiteWorker:
 
     def _choose_site_model(self, federated: dict[str, dict[str, float]], round_: int,
                            personal: bool = False) -> dict[str, Any]:
-        """The model this site should serve: the federated one, unless its baseline validates better.
+        """The model this site should serve, task by task: the federated one, unless the local-only
+        baseline validates better on that task (a site's tasks may gain from joining unequally).
 
-        Returns the entry written to site_model.json, which says where it is: the pretrained encoder
-        with the baseline heads, or the encoder's trained tensors (``encoder.safetensors``, over the
-        global encoder) with their heads.
+        Returns the entry written to site_model.json (client/predict.py reads it): ``model`` is
+        "federated", "baseline" or "mixed"; each of its ``parts`` names the tasks it serves and where
+        their encoder and heads are: the encoder's trained tensors over the global encoder
+        (``encoder.safetensors``) with their heads, or the baseline's heads over the pretrained
+        encoder or, fine-tuned alone, over its own tensors.
         """
-        chosen, metrics = "federated", federated
-        if self.baseline is not None and mean_primary(self.baseline, self.tasks) > mean_primary(federated, self.tasks):
-            chosen, metrics = "baseline", self.baseline
-        folder = self.ditto.root if personal else self.root
-        entry = {"model": chosen, "round": round_, "metrics": metrics, "personalized": personal,
-                 "heads": str(folder / "heads"), "encoder_tensors": str(folder / "encoder.safetensors"),
-                 "encoder": f"{self.encoder_spec} with encoder_tensors over it",
-                 # what client/predict.py rebuilds the served model from
-                 "encoder_spec": self.encoder_spec, "encoder_seed": self.encoder_seed,
-                 "lora": dataclasses.asdict(self.adapters) if self.adapters is not None else None}
-        if chosen == "baseline":
-            tuned = self.root / "baseline" / "encoder.safetensors"  # baseline: finetuned
-            entry.update(heads=str(self.root / "baseline"), personalized=False,
-                         encoder_tensors=str(tuned) if tuned.exists() else None,
-                         encoder=f"{self.encoder_spec} fine-tuned alone" if tuned.exists()
-                         else f"pretrained {self.encoder_spec}", lora=None)
+        def better_alone(task: PreparedTask) -> bool:
+            metric = task.spec.primary_metric
+            return self.baseline is not None and self.baseline[task.name][metric] > federated[task.name][metric]
+
+        alone = [t.name for t in self.tasks if better_alone(t)]
+        joined = [t.name for t in self.tasks if t.name not in alone]
+        folder = self.ditto.root if personal and joined else self.root
+        parts = []
+        if joined:
+            parts.append({"model": "federated", "tasks": joined, "heads": str(folder / "heads"),
+                          "encoder_tensors": str(folder / "encoder.safetensors"),
+                          "encoder": f"{self.encoder_spec} with encoder_tensors over it",
+                          "lora": dataclasses.asdict(self.adapters) if self.adapters is not None else None})
+        if alone:
+            tuned = self.baseline_tensors.exists()  # baseline: finetuned
+            parts.append({"model": "baseline", "tasks": alone, "heads": str(self.baseline_store.root),
+                          "encoder_tensors": str(self.baseline_tensors) if tuned else None,
+                          "encoder": f"{self.encoder_spec} fine-tuned alone" if tuned else f"pretrained {self.encoder_spec}",
+                          "lora": None})
+        entry = {"model": parts[0]["model"] if len(parts) == 1 else "mixed", "round": round_,
+                 "metrics": {t.name: (self.baseline if t.name in alone else federated)[t.name] for t in self.tasks},
+                 "personalized": bool(personal and joined), "parts": parts,
+                 # what client/predict.py rebuilds every part's encoder from
+                 "encoder_spec": self.encoder_spec, "encoder_seed": self.encoder_seed}
         write_json_atomic(self.root / "site_model.json", entry)
         return entry
 

@@ -173,8 +173,8 @@ class TrainingConfig(BaseModel):
         default=True, description="never end worse on validation than the frozen-encoder probe"
     )
     baseline: Literal["finetuned", "probe"] = Field(
-        default="finetuned", description="the local-only model a site serves while the federation's validates "
-        "worse: the encoder fine-tuned alone on the federation's whole step budget in round 1 (finetuned, the "
+        default="finetuned", description="the local-only model a site serves for each task the federation's model "
+        "validates worse on: the encoder fine-tuned alone on the federation's whole step budget in round 1 (finetuned, the "
         "default: what the site would train without joining, at the cost of one local run), or heads on the "
         "pretrained encoder (probe: cheaper; benchmarks/README.md)")
     head_fit: Literal["converged", "sgd"] = Field(

@@ -153,7 +153,7 @@ class ReportKey:
     DEVICE = "device"
     ENCODER = "encoder"
     KEPT = "kept"              # "finetuned" or "probe": what the round's training kept
-    SITE_MODEL = "site_model"  # "federated" or "baseline": the model the site serves
+    SITE_MODEL = "site_model"  # "federated", "baseline" or "mixed" (task by task): the model the site serves
 
 
 class Section:

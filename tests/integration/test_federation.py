@@ -564,7 +564,7 @@ def test_personalized_federations_serve_each_site_its_own_model(tmp_path, person
         info = json.loads((fed.root / name / "state" / "federated" / "site_model.json").read_text())
         assert info["round"] == 2
         if info["model"] == "federated":
-            served[name] = load_file(info["encoder_tensors"])
+            served[name] = load_file(info["parts"][0]["encoder_tensors"])
     if personalization["method"] == "similarity":
         mixing = rounds[0]["mixing"]
         assert set(mixing) == set(sites) and all(abs(sum(row.values()) - 1) < 1e-9 for row in mixing.values())
@@ -574,7 +574,7 @@ def test_personalized_federations_serve_each_site_its_own_model(tmp_path, person
     else:
         for name in sites:
             info = json.loads((fed.root / name / "state" / "federated" / "site_model.json").read_text())
-            assert info["personalized"] and "personal" in info["encoder_tensors"]
+            assert info["personalized"] and "personal" in info["parts"][0]["encoder_tensors"]
             assert (fed.root / name / "state" / "federated" / "personal" / "heads").is_dir()
     # the personalized models differ from site to site
     tensors = list(served.values())

@@ -96,7 +96,7 @@ def test_ditto_with_infinite_lambda_serves_the_global_encoder(site_dir, tmp_path
     for name, value in from_record(content[ARRAYS]).items():
         np.testing.assert_array_equal(personal[name], value)
     served = json.loads((tmp_path / "s" / "state" / "federated" / "site_model.json").read_text())
-    assert served["personalized"] and served["encoder_tensors"].endswith("personal/encoder.safetensors")
+    assert served["personalized"] and served["parts"][0]["encoder_tensors"].endswith("personal/encoder.safetensors")
     assert task_key(Section.SHARED, "label", "macro_f1") in reply[REPORT]
 
 

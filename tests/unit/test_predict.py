@@ -43,7 +43,7 @@ def test_predictions_reproduce_the_served_models_validation_score(tmp_path, upda
     predicted = [rows[n - 1]["label"] == source[n - 1]["label"] for n in val_rows]
     assert sum(predicted) / len(predicted) == pytest.approx(served["metrics"]["label"]["accuracy"], abs=1e-9)
     if update_mode == "lora" and served["model"] == "federated":
-        assert served["lora"]["rank"] == LoraSettings().rank
+        assert served["parts"][0]["lora"]["rank"] == LoraSettings().rank
     for suffix in (".jsonl", ".parquet"):  # the same predictions in the other formats
         import pandas as pd
 

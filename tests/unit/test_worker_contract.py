@@ -97,14 +97,14 @@ def test_a_round_knows_its_place_in_the_federations_lr_schedule(worker):
         worker.config.training = own
 
 
-def test_a_finetuned_baseline_is_trained_alone_on_the_federations_budget_and_served_from_its_own_tensors(
+def test_a_finetuned_baseline_is_trained_alone_on_the_federations_budget_and_served_task_by_task_from_its_own_tensors(
         tmp_path, monkeypatch):
     """training.baseline: finetuned: in round 1 the site fine-tunes a copy of the pretrained encoder
     alone (rounds x steps in one schedule), keeps its tensors and heads under baseline/, leaves the
-    federated encoder untouched, and serves them whenever they validate better than the federation's."""
+    federated encoder untouched, and serves them for every task they validate better on than the federation's."""
     from safetensors.numpy import load_file
 
-    from fedtl.client.predict import SiteModel
+    from fedtl.client.predict import SiteModel, TaskInputs, export_site_model
     from fedtl.client.trainer import LocalTrainer
     from tests.conftest import make_site
 
@@ -132,10 +132,29 @@ def test_a_finetuned_baseline_is_trained_alone_on_the_federations_budget_and_ser
     frozen = [n for n in worker.param_names if n not in names]
     params = dict(worker.encoder.named_parameters())
     assert all(np.array_equal(params[n].detach().numpy(), pretrained[n]) for n in frozen)  # the copy trained
-    # a federation that validates worse: the site serves its fine-tuned baseline, from its own tensors
+    # a federation that validates worse at every task: the site serves its fine-tuned baseline, from its own tensors
     worse = {task: {metric: -1e9 for metric in metrics} for task, metrics in worker.baseline.items()}
     entry = worker._choose_site_model(worse, 1)
-    assert entry["model"] == "baseline" and entry["encoder_tensors"] == str(worker.root / "baseline" / "encoder.safetensors")
+    assert entry["model"] == "baseline"
+    assert [p["encoder_tensors"] for p in entry["parts"]] == [str(worker.root / "baseline" / "encoder.safetensors")]
     served = SiteModel.load(cfg)
-    loaded = dict(served.encoder.named_parameters())
-    assert all(np.array_equal(loaded[n].detach().numpy(), tuned[n]) for n in names)
+    for task in served.tasks:
+        loaded = dict(task.encoder.named_parameters())
+        assert all(np.array_equal(loaded[n].detach().numpy(), tuned[n]) for n in names)
+    # worse at one task only: that task keeps the baseline, the other is served the federation's model
+    alone, joined = (t.name for t in worker.tasks)
+    mixed = dict(worse, **{joined: {metric: 1e9 for metric in worker.baseline[joined]}})
+    entry = worker._choose_site_model(mixed, 1)
+    assert entry["model"] == "mixed"
+    assert {p["model"]: p["tasks"] for p in entry["parts"]} == {"federated": [joined], "baseline": [alone]}
+    assert entry["metrics"] == {alone: worker.baseline[alone], joined: mixed[joined]}
+    served = SiteModel.load(cfg)
+    encoders = {t.config.name: dict(t.encoder.named_parameters()) for t in served.tasks}
+    federated = load_file(worker.root / "encoder.safetensors")
+    assert any(not np.array_equal(federated[n], tuned[n]) for n in names)  # two encoders to tell apart
+    assert all(np.array_equal(encoders[alone][n].detach().numpy(), tuned[n]) for n in names)
+    assert all(np.array_equal(encoders[joined][n].detach().numpy(), federated[n]) for n in names)
+    # exported (the site's MLflow model), the mixed model predicts what the site serves
+    folder = export_site_model(entry, [TaskInputs.of(t) for t in cfg.tasks], cfg.training.max_length, tmp_path / "out")
+    texts = {t.name: ["a first text to score", "and a second"] for t in cfg.tasks}
+    assert SiteModel.from_folder(folder).predict(texts) == served.predict(texts)
