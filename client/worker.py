@@ -114,6 +114,7 @@ class SiteWorker:
         self.store = HeadStore(self.root / "heads")
         self.baseline_store = HeadStore(self.root / "baseline")  # the local-only baseline's heads ...
         self.baseline_tensors = self.root / "baseline" / "encoder.safetensors"  # ... and, fine-tuned, its tensors
+        self.baseline_tuned_path = self.root / "baseline" / "tuned_tasks.json"  # the tasks served over those
         self.device = resolve_device(config.device)
         self.autocast = resolve_precision(self.device, config.precision)
         self.datas = load_site_data(config)
@@ -298,10 +299,11 @@ class SiteWorker:
     def _ensure_baseline(self, training, frozen_layers: int = 0, rounds: int = 1,
                          trainable: set[str] | None = None) -> dict[str, dict[str, float]]:
         """Local-only baseline, once per site: heads fitted on the frozen *pretrained* encoder, or
-        (``training.baseline: finetuned``) the encoder fine-tuned alone on the federation's budget.
+        (``training.baseline: finetuned``) for each task the better on validation of that and the
+        encoder fine-tuned alone on the federation's budget.
 
-        Its heads (and fine-tuned tensors) are kept under ``baseline/``: while the federation
-        serves this site worse than that on validation, the site keeps serving the baseline model.
+        Its heads (and fine-tuned tensors) are kept under ``baseline/``: for each task the federation
+        serves worse than that on validation, the site keeps serving the baseline model.
         """
         if self.baseline is None:
             t0 = time.perf_counter()
@@ -312,7 +314,7 @@ class SiteWorker:
                     log.warning("site %s: baseline: finetuned needs an update mode without adapters; "
                                 "keeping the probe as the baseline", self.config.name)
                 self.baseline, heads = self._probe(training, frozen_layers, serve=True)
-                self.baseline_tensors.unlink(missing_ok=True)  # a fine-tuned one's
+                self._keep_baseline_tensors([], {})
             for task in heads:
                 self.baseline_store.save(task.spec, task.head.state_dict(), {"metrics": self.baseline[task.name],
                                                                "mode": "baseline", "encoder": self.encoder_spec})
@@ -322,21 +324,45 @@ class SiteWorker:
 
     def _finetuned_baseline(self, training, frozen_layers: int, rounds: int,
                             trainable: set[str]) -> tuple[dict[str, dict[str, float]], list[PreparedTask]]:
-        """What this site would train without joining: a copy of the pretrained encoder fine-tuned
-        alone for ``rounds`` rounds' steps in one schedule (keep-best may return to the probe), heads
-        refit on every row; its trained tensors are written to ``baseline/encoder.safetensors``."""
+        """What this site would train without joining, task by task: a copy of the pretrained encoder
+        fine-tuned alone for ``rounds`` rounds' steps in one schedule, heads refit on every row; a task
+        that validates better on the probe (heads on the pretrained encoder) keeps the probe, as a site
+        training alone would serve it: one task's fine-tuning may cost another (keep-best per task)."""
         encoder = copy.deepcopy(self.encoder)
         budget = training.model_copy(update={
             "max_steps": training.max_steps * rounds if training.max_steps else None,
-            "encoder_epochs": training.encoder_epochs * rounds})
-        result, copies = self._fit_copies(budget, frozen_layers, serve=True, encoder=encoder, schedule_part=(0, 1),
-                                          encoder_trainable=trainable.__contains__, optimizer_state={})
+            "encoder_epochs": training.encoder_epochs * rounds, "keep_best": False})
+        result, heads = self._fit_copies(budget, frozen_layers, serve=True, encoder=encoder, schedule_part=(0, 1),
+                                         encoder_trainable=trainable.__contains__, optimizer_state={})
+        tuned = result.metrics.get("finetuned", result.metrics["probe"])
+        primary = {t.name: t.spec.primary_metric for t in self.tasks}
+        tuned_tasks = [t.name for t in self.tasks if "finetuned" in result.metrics
+                       and tuned[t.name][primary[t.name]] >= result.metrics["probe"][t.name][primary[t.name]]]
+        metrics = {name: tuned[name] for name in tuned_tasks}
+        if len(tuned_tasks) < len(self.tasks):  # those tasks keep heads on the pretrained encoder
+            probe, probe_heads = self._probe(training, frozen_layers, serve=True)
+            heads = [h if h.name in tuned_tasks else p for h, p in zip(heads, probe_heads)]
+            metrics.update((t.name, probe[t.name]) for t in self.tasks if t.name not in tuned_tasks)
         params = dict(encoder.named_parameters())
-        self.baseline_tensors.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(self.baseline_tensors,
-                           save_arrays({n: params[n].detach().float().cpu().numpy() for n in sorted(trainable)}))
-        log.info("site %s: baseline fine-tuned alone (%s kept by validation)", self.config.name, result.kept)
-        return result.final, copies
+        self._keep_baseline_tensors(tuned_tasks, {n: params[n].detach().float().cpu().numpy() for n in sorted(trainable)})
+        log.info("site %s: baseline fine-tuned alone; tasks served over it: %s", self.config.name, tuned_tasks or "none")
+        return {t.name: metrics[t.name] for t in self.tasks}, heads
+
+    def _keep_baseline_tensors(self, tasks: list[str], tensors: dict[str, np.ndarray]) -> None:
+        """The fine-tuned baseline's tensors and the tasks served over them (none: no tensors kept)."""
+        self.baseline_tuned_path.parent.mkdir(parents=True, exist_ok=True)
+        if tasks:
+            write_bytes_atomic(self.baseline_tensors, save_arrays(tensors))
+        else:
+            self.baseline_tensors.unlink(missing_ok=True)
+        write_json_atomic(self.baseline_tuned_path, tasks)
+
+    def _baseline_tuned_tasks(self) -> set[str]:
+        """The tasks whose baseline is served over its fine-tuned tensors (a state written before
+        the choice was per task: every task, where the tensors exist)."""
+        if self.baseline_tuned_path.exists():
+            return set(json.loads(self.baseline_tuned_path.read_text()))
+        return {t.name for t in self.tasks} if self.baseline_tensors.exists() else set()
 
     def train(self, content: RecordDict, timing: Timing) -> RecordDict:
         """One round at this site, step by step; each step fills in the round's ``SiteRound``."""
@@ -517,13 +543,15 @@ class SiteWorker:
                           "encoder_tensors": str(folder / "encoder.safetensors"),
                           "encoder": f"{self.encoder_spec} with encoder_tensors over it",
                           "lora": dataclasses.asdict(self.adapters) if self.adapters is not None else None})
-        if alone:
-            tuned = self.baseline_tensors.exists()  # baseline: finetuned
-            parts.append({"model": "baseline", "tasks": alone, "heads": str(self.baseline_store.root),
-                          "encoder_tensors": str(self.baseline_tensors) if tuned else None,
-                          "encoder": f"{self.encoder_spec} fine-tuned alone" if tuned else f"pretrained {self.encoder_spec}",
-                          "lora": None})
-        entry = {"model": parts[0]["model"] if len(parts) == 1 else "mixed", "round": round_,
+        tuned = self._baseline_tuned_tasks()
+        for over_tuned in (True, False):  # the baseline's tasks over its fine-tuned tensors, then the pretrained
+            tasks = [name for name in alone if (name in tuned) == over_tuned]
+            if tasks:
+                parts.append({"model": "baseline", "tasks": tasks, "heads": str(self.baseline_store.root),
+                              "encoder_tensors": str(self.baseline_tensors) if over_tuned else None,
+                              "encoder": f"{self.encoder_spec} fine-tuned alone" if over_tuned
+                              else f"pretrained {self.encoder_spec}", "lora": None})
+        entry = {"model": "mixed" if alone and joined else parts[0]["model"], "round": round_,
                  "metrics": {t.name: (self.baseline if t.name in alone else federated)[t.name] for t in self.tasks},
                  "personalized": bool(personal and joined), "parts": parts,
                  # what client/predict.py rebuilds every part's encoder from

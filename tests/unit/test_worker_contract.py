@@ -97,11 +97,11 @@ def test_a_round_knows_its_place_in_the_federations_lr_schedule(worker):
         worker.config.training = own
 
 
-def test_a_finetuned_baseline_is_trained_alone_on_the_federations_budget_and_served_task_by_task_from_its_own_tensors(
-        tmp_path, monkeypatch):
+def test_a_finetuned_baseline_is_trained_alone_on_the_federations_budget_and_served_task_by_task(tmp_path, monkeypatch):
     """training.baseline: finetuned: in round 1 the site fine-tunes a copy of the pretrained encoder
-    alone (rounds x steps in one schedule), keeps its tensors and heads under baseline/, leaves the
-    federated encoder untouched, and serves them for every task they validate better on than the federation's."""
+    alone (rounds x steps in one schedule), leaving the federated encoder untouched; each task keeps
+    that or, where it validates better, the probe on the pretrained encoder (tensors and heads under
+    baseline/); the site serves the baseline for every task it validates better on than the federation's."""
     from safetensors.numpy import load_file
 
     from fedtl.client.predict import SiteModel, TaskInputs, export_site_model
@@ -112,48 +112,58 @@ def test_a_finetuned_baseline_is_trained_alone_on_the_federations_budget_and_ser
                                      n=80, head_epochs=5))
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"baseline": "finetuned"})})
     worker = SiteWorker(cfg, "tiny")
+    tuned_task, probe_task = (t.name for t in worker.tasks)
+    primary = {t.name: t.spec.primary_metric for t in worker.tasks}
     names = exchanged_names(worker.param_names, UpdateMode.parse("last:1"))
     pretrained = {n: p.detach().numpy().copy() for n, p in worker.encoder.named_parameters()}
     steps: list[int] = []
     fit = LocalTrainer.fit
 
-    def counting_fit(trainer):
+    def steering_fit(trainer):
+        """Counts encoder steps; the baseline's fine-tuning validates best on one task, worst on the other."""
         result = fit(trainer)
         steps.append(result.steps.get("encoder", 0))
+        if steps[-1] == 6:
+            result.metrics["finetuned"][tuned_task][primary[tuned_task]] = 1e9
+            result.metrics["finetuned"][probe_task][primary[probe_task]] = -1e9
         return result
 
-    monkeypatch.setattr(LocalTrainer, "fit", counting_fit)
+    monkeypatch.setattr(LocalTrainer, "fit", steering_fit)
     config = RoundConfig(update_mode="last:1", encoder="tiny", server_round=1, num_rounds=3, max_steps=2)
     arrays = {n: pretrained[n] for n in names}
     worker.handle("train", RecordDict({ARRAYS: to_record(arrays), CONFIG: config.to_record()}), Timing())
-    assert steps == [6, 2]  # the baseline alone: 3 rounds x 2 steps in one run; then the round's 2
+    # the baseline alone: 3 rounds x 2 steps in one run, the probe for the task it hurt; then the round's 2
+    assert steps == [6, 0, 2]
+    assert worker.baseline[tuned_task][primary[tuned_task]] == 1e9
+    assert worker.baseline[probe_task][primary[probe_task]] > -1e9  # the probe's score, not the fine-tuned one's
     tuned = load_file(worker.root / "baseline" / "encoder.safetensors")
     assert sorted(tuned) == sorted(names)
     frozen = [n for n in worker.param_names if n not in names]
     params = dict(worker.encoder.named_parameters())
     assert all(np.array_equal(params[n].detach().numpy(), pretrained[n]) for n in frozen)  # the copy trained
-    # a federation that validates worse at every task: the site serves its fine-tuned baseline, from its own tensors
+    # a federation that validates worse at every task: the baseline everywhere, task by task over its encoder
     worse = {task: {metric: -1e9 for metric in metrics} for task, metrics in worker.baseline.items()}
     entry = worker._choose_site_model(worse, 1)
     assert entry["model"] == "baseline"
-    assert [p["encoder_tensors"] for p in entry["parts"]] == [str(worker.root / "baseline" / "encoder.safetensors")]
+    assert [(p["tasks"], p["encoder_tensors"]) for p in entry["parts"]] == [
+        ([tuned_task], str(worker.root / "baseline" / "encoder.safetensors")), ([probe_task], None)]
     served = SiteModel.load(cfg)
-    for task in served.tasks:
-        loaded = dict(task.encoder.named_parameters())
-        assert all(np.array_equal(loaded[n].detach().numpy(), tuned[n]) for n in names)
-    # worse at one task only: that task keeps the baseline, the other is served the federation's model
-    alone, joined = (t.name for t in worker.tasks)
-    mixed = dict(worse, **{joined: {metric: 1e9 for metric in worker.baseline[joined]}})
+    encoders = {t.config.name: dict(t.encoder.named_parameters()) for t in served.tasks}
+    assert any(not np.array_equal(pretrained[n], tuned[n]) for n in names)  # two encoders to tell apart
+    assert all(np.array_equal(encoders[tuned_task][n].detach().numpy(), tuned[n]) for n in names)
+    assert all(np.array_equal(encoders[probe_task][n].detach().numpy(), pretrained[n]) for n in names)
+    # better than the baseline at one task only: that task is served the federation's model
+    mixed = dict(worse, **{probe_task: {metric: 1e9 for metric in worker.baseline[probe_task]}})
     entry = worker._choose_site_model(mixed, 1)
     assert entry["model"] == "mixed"
-    assert {p["model"]: p["tasks"] for p in entry["parts"]} == {"federated": [joined], "baseline": [alone]}
-    assert entry["metrics"] == {alone: worker.baseline[alone], joined: mixed[joined]}
+    assert {p["model"]: p["tasks"] for p in entry["parts"]} == {"federated": [probe_task], "baseline": [tuned_task]}
+    assert entry["metrics"] == {tuned_task: worker.baseline[tuned_task], probe_task: mixed[probe_task]}
     served = SiteModel.load(cfg)
     encoders = {t.config.name: dict(t.encoder.named_parameters()) for t in served.tasks}
     federated = load_file(worker.root / "encoder.safetensors")
-    assert any(not np.array_equal(federated[n], tuned[n]) for n in names)  # two encoders to tell apart
-    assert all(np.array_equal(encoders[alone][n].detach().numpy(), tuned[n]) for n in names)
-    assert all(np.array_equal(encoders[joined][n].detach().numpy(), federated[n]) for n in names)
+    assert any(not np.array_equal(federated[n], tuned[n]) for n in names)
+    assert all(np.array_equal(encoders[tuned_task][n].detach().numpy(), tuned[n]) for n in names)
+    assert all(np.array_equal(encoders[probe_task][n].detach().numpy(), federated[n]) for n in names)
     # exported (the site's MLflow model), the mixed model predicts what the site serves
     folder = export_site_model(entry, [TaskInputs.of(t) for t in cfg.tasks], cfg.training.max_length, tmp_path / "out")
     texts = {t.name: ["a first text to score", "and a second"] for t in cfg.tasks}
