@@ -20,7 +20,7 @@ from typing import Any
 from readme_block import write_block
 
 from fedtl.shared.config import TrainingConfig
-from fedtl.shared.federation_config import FederationConfig
+from fedtl.shared.federation_config import FederationConfig, StrategyConfig
 
 RESULTS = Path(__file__).with_name("results")
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -29,16 +29,19 @@ TOLERANCE = 0.005  # learning.py's: a served model this close below the best alo
 
 @dataclass(frozen=True)
 class Column:
-    """One round shape: its heading, and the run folder suffix its results carry."""
+    """One round shape: its heading, the run folder suffix its results carry, and the method read."""
 
     heading: str
     suffix: str
+    method: str = "fedavg"
 
 
 COLUMNS = [
     Column("`last:2`, 4 x 12, linear lr", ""),
     Column("`last:2`, 4 x 12, constant lr", "-constant-lr"),
     Column("`last:2`, 4 x 12, constant lr, `baseline: finetuned`", "-finetuned-baseline"),
+    Column("`last:2`, 4 x 12, constant lr, `baseline: finetuned`, server step 2", "-slr2", "fedavgm"),
+    Column("`last:2`, 4 x 12, constant lr, `baseline: finetuned`, FedExP", "-fedexp", "fedexp"),
     Column("`full`, 12 x 4, linear lr", "-full-12x4"),
 ]
 SCENARIOS = [  # label, run folder of the first column
@@ -55,10 +58,21 @@ def load(run: str, results: Path = RESULTS) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def runs_defaults(meta: dict[str, Any]) -> bool:
-    """Did this run use what a new federation gets: the update mode, round plan and lr schedule?"""
+def aggregation(strategy: StrategyConfig) -> tuple[str, float, float]:
+    """What a strategy does with the updates: fedavg and fedavgm are one rule, a server step with momentum."""
+    if strategy.name in ("fedavg", "fedavgm"):
+        return ("mean", strategy.server_learning_rate,
+                strategy.server_momentum if strategy.name == "fedavgm" else 0.0)
+    return (strategy.name, strategy.max_server_step if strategy.name == "fedexp" else 0.0, 0.0)
+
+
+def runs_defaults(meta: dict[str, Any], method: str = "fedavg") -> bool:
+    """Did this run's ``method`` use what a new federation gets: the update mode, round plan, lr schedule
+    and aggregation?"""
     federation, training = FederationConfig(), TrainingConfig()
+    ran = aggregation(StrategyConfig(**meta["methods"][method].get("strategy", {})))
     return (meta["update"] == federation.update_mode and meta["rounds"] == federation.rounds
+            and ran == aggregation(federation.strategy)
             and meta["steps"] == federation.max_steps
             # runs from before learning.py recorded the schedule ran the sites' default then: linear
             and (meta.get("lr_schedule") or "linear") == training.lr_schedule
@@ -93,8 +107,8 @@ def table(results: Path = RESULTS) -> str:
         cells = []
         for i, column in enumerate(COLUMNS):
             saved = load(run + column.suffix, results)
-            cells.append(verdict(saved) if saved is not None else None)
-            if saved is not None and runs_defaults(saved["meta"]):
+            cells.append(verdict(saved, column.method) if saved is not None else None)
+            if saved is not None and runs_defaults(saved["meta"], column.method):
                 default_column = i
         n = next((v["site_tasks"] for v in cells if v is not None), 0)
         grid[label] = cells

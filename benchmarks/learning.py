@@ -61,6 +61,7 @@ from fedtl.shared.update_modes import UpdateMode, exchanged_names
 METHODS: dict[str, dict[str, Any]] = {
     "fedavg": {"strategy": {"name": "fedavg"}},
     "fedavgm": {"strategy": {"name": "fedavgm", "server_momentum": 0.5}},
+    "fedexp": {"strategy": {"name": "fedexp"}},
     "fedadam": {"strategy": {"name": "fedadam", "eta": 3e-4, "eta_l": 3e-5, "tau": 1e-6}},
     "ditto": {"personalization": {"method": "ditto", "ditto_lambda": 0.01}},
     "similarity": {"personalization": {"method": "similarity", "similarity_temperature": 0.1}},

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
@@ -31,7 +32,7 @@ from fedtl.shared.protocol import ARRAYS, METRICS, SiteMetric
 from fedtl.shared.records import tensor_record
 
 # Strategies whose aggregate is linear in the replies: a running weighted sum computes them exactly.
-STREAMING_STRATEGIES = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"})
+STREAMING_STRATEGIES = frozenset({"fedavg", "fedexp", "fedprox", "fedavgm", "fedadam", "fedyogi"})
 SKETCH_SIZE = 1 << 13  # 32 KiB per site
 COSINE_MAX_SITES = 200  # sites up to which a round records their pairwise update cosine
 
@@ -123,6 +124,27 @@ def sketch_cosine(sketches: Mapping[str, np.ndarray]) -> dict[str, dict[str, flo
     return out
 
 
+@dataclass(frozen=True)
+class Extrapolation:
+    """FedExP (Jhunjhunwala et al., ICLR 2023): the server steps past the sites' mean update by
+    max(1, sum_i p_i ||d_i||^2 / (2 ||mean d||^2)) (p_i: example weights). About 1 where the
+    updates agree; where they are close to orthogonal (sites with different tasks) their mean
+    hands each one a fraction of its own step, and the step grows to K/2 for K sites. Capped at
+    ``max_step``: a mean near zero (updates that cancel) would ask for an unbounded one."""
+
+    max_step: float
+
+    def step(self, spread: float, mean_square: float) -> float:
+        """The step for ``spread`` (sum_i p_i ||d_i||^2) and ``mean_square`` (||mean d||^2)."""
+        if not mean_square > 0 or not np.isfinite(spread):
+            return 1.0
+        return float(min(self.max_step, max(1.0, spread / (2.0 * mean_square))))
+
+
+def squared_norm(arrays: Mapping[str, np.ndarray]) -> float:
+    return float(sum(np.vdot(a, a) for a in arrays.values()))
+
+
 class RoundAggregator:
     """Accepted replies in, one at a time; the strategy's new global tensors out.
 
@@ -132,8 +154,11 @@ class RoundAggregator:
     """
 
     def __init__(self, strategy, global_arrays: Mapping[str, np.ndarray], keep_models: bool,
-                 sketch: CountSketch | None = None, sums: RunningSum | None = None):
+                 sketch: CountSketch | None = None, sums: RunningSum | None = None,
+                 extrapolation: Extrapolation | None = None):
         self.strategy = strategy
+        self.extrapolation = extrapolation
+        self.spread, self.weight = 0.0, 0  # sum_i w_i ||d_i||^2 and sum_i w_i over the accepted updates
         self.global_arrays = global_arrays
         self.keep_models = keep_models
         self.sketch = sketch or CountSketch()
@@ -149,6 +174,11 @@ class RoundAggregator:
         delta = verdict.delta
         assert delta is not None
         weight = int(msg.content[METRICS][SiteMetric.NUM_EXAMPLES])
+        if self.extrapolation is not None:  # the update relative to the global tensors, as the mean sees it
+            relative = delta if base is self.global_arrays else {n: base[n] - self.global_arrays[n] + d
+                                                                 for n, d in delta.items()}
+            self.spread += weight * squared_norm(relative)
+            self.weight += weight
         if self.keep_models:
             self.models[verdict.site] = {n: base[n] + d for n, d in delta.items()}
             self.deltas[verdict.site] = delta
@@ -187,7 +217,14 @@ class RoundAggregator:
         merged = dict(self.global_arrays)
         for name, value in new_arrays.items():
             merged[name] = np.asarray(value.numpy(), dtype=self.global_arrays[name].dtype)
-        return merged, dict(metrics or {})
+        metrics = dict(metrics or {})
+        if self.extrapolation is not None and self.weight > 0:
+            mean = {name: merged[name] - self.global_arrays[name] for name in new_arrays}
+            step = self.extrapolation.step(self.spread / self.weight, squared_norm(mean))
+            for name, update in mean.items():
+                merged[name] = (self.global_arrays[name] + step * update).astype(self.global_arrays[name].dtype)
+            metrics["server_step"] = step
+        return merged, metrics
 
     def _mean_reply(self) -> Message:
         """One reply that stands for all: the weighted mean model and the weighted mean metrics."""

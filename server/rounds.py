@@ -48,7 +48,7 @@ from fedtl.server.lora_aggregation import product_mean
 from fedtl.server.norm_bound import NormGate, lower_median
 from fedtl.server.resume import ResumePoint, load_resume_point, restore_strategy, save_resume_point, strategy_state
 from fedtl.server.similarity import cosine_matrix, mix, mixing_weights
-from fedtl.server.strategies import build_strategy, strategy_settings
+from fedtl.server.strategies import build_strategy, extrapolation, strategy_settings
 from fedtl.server.validation import Verdict, check_evaluation, check_update, site_name
 from fedtl.server.wire_log import WireLog
 from fedtl.shared.codecs import Codec, CodecError, decode
@@ -523,7 +523,8 @@ class FederationRun:
         product = fed.mode.kind == "lora" and fed.lora.aggregation == "product"
         keep = (fed.personalization.method == "similarity" or fed.strategy.name not in STREAMING_STRATEGIES
                 or product)
-        aggregator = RoundAggregator(strategy, global_arrays, keep_models=keep, sketch=self._sketch, sums=self._sums)
+        aggregator = RoundAggregator(strategy, global_arrays, keep_models=keep, sketch=self._sketch, sums=self._sums,
+                                     extrapolation=extrapolation(fed))
         intake = ReplyIntake(grid, ex, global_arrays, aggregator, fed, self.identity,
                              NormGate(fed.norm_bound, self._norm_reference))
         verdicts = train_exchange(intake, rnd, wire, self._downlink)

@@ -2,7 +2,9 @@
 
 fedtl drives the rounds itself (one exchange per round, evaluation only when asked) and
 uses the strategy for what it is good at: sampling sites (``configure_train``, which also
-adds FedProx's ``proximal-mu``) and aggregating replies (``aggregate_train``).
+adds FedProx's ``proximal-mu``) and aggregating replies (``aggregate_train``). FedAvg with a
+server step other than 1 is Flower's FedAvgM without momentum; FedExP is FedAvg's mean, which
+the round's aggregator then extrapolates (``server/aggregation.py``).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import inspect
 
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Strategy
 
+from fedtl.server.aggregation import Extrapolation
 from fedtl.shared.federation_config import FederationConfig
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
+    "fedexp": FedAvg,  # the mean, extrapolated by the aggregator (Extrapolation)
     "fedavgm": FedAvgM,
     "fedprox": FedProx,
     "fedadam": FedAdam,
@@ -41,11 +45,23 @@ def strategy_settings(fed: FederationConfig) -> dict[str, object]:
         "tau": s.tau,
         "beta": s.trim_beta,
         "server_learning_rate": s.server_learning_rate,
-        "server_momentum": s.server_momentum,
+        "server_momentum": s.server_momentum if s.name == "fedavgm" else 0.0,
     }
-    accepted = inspect.signature(STRATEGIES[s.name].__init__).parameters
+    accepted = inspect.signature(strategy_class(fed).__init__).parameters
     return {k: v for k, v in settings.items() if k in accepted}
 
 
+def strategy_class(fed: FederationConfig) -> type[Strategy]:
+    """The Flower strategy of ``strategy.name``; fedavg with a server step is FedAvgM without momentum."""
+    if fed.strategy.name == "fedavg" and fed.strategy.server_learning_rate != 1.0:
+        return FedAvgM
+    return STRATEGIES[fed.strategy.name]
+
+
+def extrapolation(fed: FederationConfig) -> Extrapolation | None:
+    """fedexp: the server step the aggregator chooses each round; other strategies: none."""
+    return Extrapolation(fed.strategy.max_server_step) if fed.strategy.name == "fedexp" else None
+
+
 def build_strategy(fed: FederationConfig) -> Strategy:
-    return STRATEGIES[fed.strategy.name](**strategy_settings(fed))
+    return strategy_class(fed)(**strategy_settings(fed))

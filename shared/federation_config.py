@@ -22,7 +22,7 @@ from fedtl.shared.lora import LoraSettings, check_targets, encoder_linear_module
 from fedtl.shared.update_modes import UpdateMode
 from fedtl.shared.yamlconfig import FieldError, load_model
 
-StrategyName = Literal["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "trimmed_mean", "median"]
+StrategyName = Literal["fedavg", "fedexp", "fedavgm", "fedprox", "fedadam", "fedyogi", "trimmed_mean", "median"]
 
 
 class StrategyConfig(BaseModel):
@@ -39,8 +39,11 @@ class StrategyConfig(BaseModel):
     beta_2: float = Field(default=0.99, ge=0, lt=1, description="fedadam/fedyogi: the server optimizer's second-moment decay")
     tau: float = Field(default=1e-9, gt=0, description="fedadam/fedyogi: adaptivity")
     trim_beta: float = Field(default=0.2, gt=0, lt=0.5, description="trimmed_mean: fraction cut at each end")
-    server_learning_rate: float = Field(default=1.0, gt=0, description="fedavgm: server step on the averaged update")
+    server_learning_rate: float = Field(default=1.0, gt=0, description="fedavg/fedavgm: the server's step on the "
+                                        "averaged update (global + lr x (mean - global))")
     server_momentum: float = Field(default=0.9, ge=0, lt=1, description="fedavgm: server momentum")
+    max_server_step: float = Field(default=2.0, ge=1, le=100, description="fedexp: cap on the step it chooses "
+                                   "each round (a mean update near zero would ask for an unbounded one)")
 
     @model_validator(mode="after")
     def _options_of_this_strategy(self) -> StrategyConfig:
@@ -56,7 +59,9 @@ STRATEGY_OPTIONS: dict[str, tuple[str, ...]] = {  # each strategy setting, and t
     "proximal_mu": ("fedprox",),
     **dict.fromkeys(("eta", "eta_l", "beta_1", "beta_2", "tau"), ("fedadam", "fedyogi")),
     "trim_beta": ("trimmed_mean",),
-    **dict.fromkeys(("server_learning_rate", "server_momentum"), ("fedavgm",)),
+    "server_learning_rate": ("fedavg", "fedavgm"),
+    "server_momentum": ("fedavgm",),
+    "max_server_step": ("fedexp",),
 }
 
 

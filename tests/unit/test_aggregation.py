@@ -131,3 +131,71 @@ def test_kept_models_give_exact_cosine_and_the_strategy_every_reply():
     for name in SHAPES:
         expected = global_arrays[name] + (deltas["a"][name] + deltas["b"][name]) / 2
         np.testing.assert_allclose(got[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def _aggregated(strategy: dict, global_arrays, deltas):
+    """The new global tensors and metrics of the configured strategy, given (delta, examples) replies."""
+    from fedtl.server.strategies import build_strategy, extrapolation
+    from fedtl.shared.federation_config import FederationConfig
+
+    fed = FederationConfig(strategy=strategy)
+    built = build_strategy(fed)
+    sent = _round(built, global_arrays)
+    agg = RoundAggregator(built, global_arrays, keep_models=False, extrapolation=extrapolation(fed))
+    for node, (delta, examples) in enumerate(deltas, start=1):
+        agg.add(_reply(sent, node, delta, examples, 0.0), Verdict(node, f"s{node}", "accepted", delta=dict(delta)),
+                global_arrays)
+    return agg.aggregate(1)
+
+
+@pytest.mark.parametrize("strategy, step", [({}, 1.0), ({"server_learning_rate": 2.0}, 2.0),
+                                            ({"name": "fedavgm", "server_momentum": 0.0, "server_learning_rate": 1.5},
+                                             1.5)], ids=["default", "fedavg-step-2", "fedavgm-no-momentum"])
+def test_the_configured_strategy_steps_the_global_encoder_along_the_weighted_mean_update(strategy, step):
+    """strategy.server_learning_rate: the new global is global + step x (weighted mean update)."""
+    rng = np.random.default_rng(2)
+    global_arrays = _arrays(rng)
+    deltas = [(_arrays(rng, 0.01), 10), (_arrays(rng, 0.01), 30)]
+    got, _ = _aggregated(strategy, global_arrays, deltas)
+    for name in SHAPES:
+        mean = (10 * deltas[0][0][name] + 30 * deltas[1][0][name]) / 40
+        np.testing.assert_allclose(got[name], global_arrays[name] + step * mean, rtol=1e-5, atol=1e-6)
+
+
+def _disjoint(rng, sites: int) -> list[dict[str, np.ndarray]]:
+    """Updates of equal norm on disjoint coordinates: pairwise orthogonal, as sites with unrelated tasks."""
+    whole = _arrays(rng, 0.01)
+    parts = [{n: np.zeros_like(v) for n, v in whole.items()} for _ in range(sites)]
+    for name, value in whole.items():
+        flat = value.ravel()
+        size = flat.size // sites
+        for i, part in enumerate(parts):
+            piece = part[name].ravel()
+            piece[i * size:(i + 1) * size] = flat[:size]
+    return parts
+
+
+@pytest.mark.parametrize("sites, agree, expected", [(4, False, 2.0), (3, False, 1.5), (8, False, 3.0),
+                                                    (4, True, 1.0)],
+                         ids=["4-orthogonal", "3-orthogonal", "8-orthogonal-capped", "4-identical"])
+def test_fedexp_steps_past_the_mean_as_far_as_the_updates_are_orthogonal(sites, agree, expected):
+    """fedexp: step max(1, mean ||d_i||^2 / (2 ||mean d||^2)), capped (max_server_step: 3 here): K/2 for K
+    orthogonal updates of equal norm, 1 for updates that agree; logged as the round's server_step."""
+    rng = np.random.default_rng(3)
+    global_arrays = _arrays(rng)
+    updates = [_arrays(rng, 0.01)] * sites if agree else _disjoint(rng, sites)
+    got, metrics = _aggregated({"name": "fedexp", "max_server_step": 3.0}, global_arrays,
+                               [(u, 20) for u in updates])
+    assert metrics["server_step"] == pytest.approx(expected, rel=1e-4)
+    for name in SHAPES:
+        mean = sum(u[name] for u in updates) / sites
+        np.testing.assert_allclose(got[name], global_arrays[name] + expected * mean, rtol=1e-4, atol=1e-6)
+
+
+def test_a_server_step_is_refused_where_the_strategy_would_ignore_it():
+    from fedtl.shared.federation_config import FederationConfig
+
+    with pytest.raises(ValueError, match="server_learning_rate is an option of strategy fedavg / fedavgm"):
+        FederationConfig(strategy={"name": "median", "server_learning_rate": 2.0})
+    with pytest.raises(ValueError, match="max_server_step is an option of strategy fedexp"):
+        FederationConfig(strategy={"max_server_step": 3.0})
