@@ -524,7 +524,7 @@ class FederationRun:
         keep = (fed.personalization.method == "similarity" or fed.strategy.name not in STREAMING_STRATEGIES
                 or product)
         aggregator = RoundAggregator(strategy, global_arrays, keep_models=keep, sketch=self._sketch, sums=self._sums,
-                                     extrapolation=extrapolation(fed))
+                                     extrapolation=None if product else extrapolation(fed))
         intake = ReplyIntake(grid, ex, global_arrays, aggregator, fed, self.identity,
                              NormGate(fed.norm_bound, self._norm_reference))
         verdicts = train_exchange(intake, rnd, wire, self._downlink)

@@ -30,8 +30,9 @@ class StrategyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: StrategyName = Field(default="fedavg", description="how the sites' encoder updates are aggregated (Flower's "
-        "strategies)")
+    name: StrategyName = Field(default="fedexp", description="how the sites' encoder updates are aggregated: "
+        "fedexp (the default: FedAvg's mean, extrapolated as far as the updates are orthogonal; benchmarks/README.md) "
+        "or one of Flower's strategies")
     proximal_mu: float = Field(default=0.01, ge=0, description="fedprox: weight of the proximal term at sites")
     eta: float = Field(default=0.01, gt=0, description="fedadam/fedyogi: server learning rate")
     eta_l: float = Field(default=0.01, gt=0, description="fedadam/fedyogi: client learning rate (informational)")
@@ -391,9 +392,10 @@ class FederationConfig(BaseModel):
             check_targets(encoder_linear_modules(self.encoder), self.lora.targets)
         except ValueError as exc:
             raise FieldError("lora.targets", str(exc)) from None
-        if self.lora.aggregation == "product" and self.strategy.name != "fedavg":
+        if self.lora.aggregation == "product" and self.strategy.name not in ("fedavg", "fedexp"):
             raise FieldError("lora.aggregation", "lora.aggregation product replaces the strategy's average of the "
-                                                 f"adapters; it works with strategy fedavg, not {self.strategy.name}")
+                                                 "adapters (its mean, not extrapolated); it works with strategy fedavg "
+                                                 f"or fedexp, not {self.strategy.name}")
         return self
 
     @model_validator(mode="after")

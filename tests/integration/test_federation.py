@@ -272,7 +272,7 @@ def test_mlflow_run_holds_every_round_artifacts_and_a_registered_model(finished)
     # MLflow's UI opens the model-training views for this experiment, and the run says what it is
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.info.run_name.startswith("test 20")  # federation name + start time
-    assert run.data.params["encoder"] == "tiny" and run.data.params["strategy.name"] == "fedavg"
+    assert run.data.params["encoder"] == "tiny" and run.data.params["strategy.name"] == "fedexp"
     assert "version.flwr" in run.data.params and run.data.tags["fedtl.sites"] == "site_a,site_b"
     steps = lambda key: [m.step for m in client.get_metric_history(run.info.run_id, key)]  # noqa: E731
     for key in ("federation/train_loss_mean", "federation/sites_answered", "federation/bytes_up",
