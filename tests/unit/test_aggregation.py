@@ -148,9 +148,9 @@ def _aggregated(strategy: dict, global_arrays, deltas):
     return agg.aggregate(1)
 
 
-@pytest.mark.parametrize("strategy, step", [({}, 1.0), ({"server_learning_rate": 2.0}, 2.0),
+@pytest.mark.parametrize("strategy, step", [({"name": "fedavg"}, 1.0), ({"name": "fedavg", "server_learning_rate": 2.0}, 2.0),
                                             ({"name": "fedavgm", "server_momentum": 0.0, "server_learning_rate": 1.5},
-                                             1.5)], ids=["default", "fedavg-step-2", "fedavgm-no-momentum"])
+                                             1.5)], ids=["fedavg", "fedavg-step-2", "fedavgm-no-momentum"])
 def test_the_configured_strategy_steps_the_global_encoder_along_the_weighted_mean_update(strategy, step):
     """strategy.server_learning_rate: the new global is global + step x (weighted mean update)."""
     rng = np.random.default_rng(2)
@@ -198,4 +198,5 @@ def test_a_server_step_is_refused_where_the_strategy_would_ignore_it():
     with pytest.raises(ValueError, match="server_learning_rate is an option of strategy fedavg / fedavgm"):
         FederationConfig(strategy={"name": "median", "server_learning_rate": 2.0})
     with pytest.raises(ValueError, match="max_server_step is an option of strategy fedexp"):
-        FederationConfig(strategy={"max_server_step": 3.0})
+        FederationConfig(strategy={"name": "fedavg", "max_server_step": 3.0})
+    assert FederationConfig().strategy.name == "fedexp"  # the default (benchmarks/README.md)

@@ -53,7 +53,7 @@ def run(tmp_path, nodes, latency=None, resume=False, identity=None, **settings):
 
 def test_fedavg_averages_deltas_weighted_by_examples(tmp_path):
     a, b = HonestSite("a", examples=10, seed=1), HonestSite("b", examples=30, seed=2)
-    recorder, grid = run(tmp_path, {1: a, 2: b})
+    recorder, grid = run(tmp_path, {1: a, 2: b}, strategy={"name": "fedavg"})
     [record] = recorder.rounds()
     assert record["accepted"] == 2 and record["aggregated"] and not record["failed"] and not record["rejected"]
     sent = from_record(grid.sent[0].content["arrays"])
@@ -64,6 +64,24 @@ def test_fedavg_averages_deltas_weighted_by_examples(tmp_path):
     assert record["global_digest"] == digest(point.arrays)
     # every site got the round config the protocol promises
     assert a.configs[0].server_round == 1 and a.configs[0].update_mode == "last:1" and a.configs[0].encoder == "tiny"
+
+
+def test_the_default_fedexp_steps_past_the_mean_update_as_far_as_the_sites_updates_are_orthogonal(tmp_path):
+    """strategy fedexp (the default): global + step x mean, step = max(1, mean ||d_i||^2 / (2 ||mean d||^2))
+    capped at max_server_step; four random (near-orthogonal) updates ask for about 2; the round logs it."""
+    sites = {n: HonestSite(f"s{n}", examples=20, seed=n) for n in range(1, 5)}
+    recorder, grid = run(tmp_path, sites, strategy={"max_server_step": 5.0})
+    [record] = recorder.rounds()
+    assert record["accepted"] == 4 and record["aggregated"]
+    sent = from_record(grid.sent[0].content["arrays"])
+    deltas = [site.deltas[0] for site in sites.values()]
+    mean = {n: sum(d[n] for d in deltas) / 4 for n in sent}
+    square = lambda arrays: sum(float(np.vdot(v, v)) for v in arrays.values())  # noqa: E731
+    step = max(1.0, sum(square(d) for d in deltas) / 4 / (2 * square(mean)))
+    assert 1.5 < step < 5.0 and record["metrics"]["server_step"] == pytest.approx(step, rel=1e-4)
+    point = load_resume_point(tmp_path / "coordinator")
+    for name, before in sent.items():
+        np.testing.assert_allclose(point.arrays[name], before + step * mean[name], rtol=1e-4, atol=1e-6)
 
 
 def test_dropped_late_and_failed_sites_do_not_stop_the_round(tmp_path):
