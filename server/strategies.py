@@ -59,8 +59,12 @@ def strategy_class(fed: FederationConfig) -> type[Strategy]:
 
 
 def extrapolation(fed: FederationConfig) -> Extrapolation | None:
-    """fedexp: the server step the aggregator chooses each round; other strategies: none."""
-    return Extrapolation(fed.strategy.max_server_step) if fed.strategy.name == "fedexp" else None
+    """fedexp: the server step the aggregator chooses each round; other strategies: none. Nor with
+    privacy on: the sites' noise is orthogonal by construction and would read as disagreement
+    worth stepping along (the step would scale the noise with it)."""
+    if fed.strategy.name != "fedexp" or fed.privacy.enabled:
+        return None
+    return Extrapolation(fed.strategy.max_server_step)
 
 
 def build_strategy(fed: FederationConfig) -> Strategy:

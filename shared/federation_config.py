@@ -44,7 +44,8 @@ class StrategyConfig(BaseModel):
                                         "averaged update (global + lr x (mean - global))")
     server_momentum: float = Field(default=0.9, ge=0, lt=1, description="fedavgm: server momentum")
     max_server_step: float = Field(default=2.0, ge=1, le=100, description="fedexp: cap on the step it chooses "
-                                   "each round (a mean update near zero would ask for an unbounded one)")
+                                   "each round (a mean update near zero would ask for an unbounded one); with "
+                                   "privacy on, fedexp takes the plain mean (the sites' noise is no signal)")
 
     @model_validator(mode="after")
     def _options_of_this_strategy(self) -> StrategyConfig:

@@ -8,7 +8,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedtl.server.aggregation import CountSketch, RoundAggregator, RunningSum, sketch_cosine
+from fedtl.server.aggregation import CountSketch, Extrapolation, RoundAggregator, RunningSum, sketch_cosine
 from fedtl.server.similarity import cosine_matrix
 from fedtl.server.validation import Verdict
 from fedtl.shared.protocol import ARRAYS, METRICS, SiteMetric
@@ -200,3 +200,12 @@ def test_a_server_step_is_refused_where_the_strategy_would_ignore_it():
     with pytest.raises(ValueError, match="max_server_step is an option of strategy fedexp"):
         FederationConfig(strategy={"name": "fedavg", "max_server_step": 3.0})
     assert FederationConfig().strategy.name == "fedexp"  # the default (benchmarks/README.md)
+
+
+def test_fedexp_takes_the_plain_mean_when_the_updates_carry_privacy_noise():
+    from fedtl.server.strategies import extrapolation
+    from fedtl.shared.federation_config import FederationConfig
+
+    assert extrapolation(FederationConfig()) == Extrapolation(2.0)
+    assert extrapolation(FederationConfig(privacy={"enabled": True})) is None
+    assert extrapolation(FederationConfig(strategy={"name": "fedavg"})) is None
