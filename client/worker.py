@@ -536,7 +536,7 @@ class SiteWorker:
 
         alone = [t.name for t in self.tasks if better_alone(t)]
         joined = [t.name for t in self.tasks if t.name not in alone]
-        folder = self.ditto.root if personal and joined else self.root
+        folder = self.ditto.root if personal else self.root
         parts = []
         if joined:
             parts.append({"model": "federated", "tasks": joined, "heads": str(folder / "heads"),

@@ -174,18 +174,17 @@ class RoundAggregator:
         delta = verdict.delta
         assert delta is not None
         weight = int(msg.content[METRICS][SiteMetric.NUM_EXAMPLES])
-        if self.extrapolation is not None:  # the update relative to the global tensors, as the mean sees it
-            relative = delta if base is self.global_arrays else {n: base[n] - self.global_arrays[n] + d
-                                                                 for n, d in delta.items()}
+        relative = delta  # the update relative to the global tensors, as the mean sees it
+        if base is not self.global_arrays and (self.extrapolation is not None or not self.keep_models):
+            relative = {n: base[n] - self.global_arrays[n] + d for n, d in delta.items()}
+        if self.extrapolation is not None:
             self.spread += weight * squared_norm(relative)
             self.weight += weight
         if self.keep_models:
             self.models[verdict.site] = {n: base[n] + d for n, d in delta.items()}
             self.deltas[verdict.site] = delta
         else:
-            if base is not self.global_arrays:  # the sums hold models relative to the global tensors
-                delta = {n: base[n] - self.global_arrays[n] + d for n, d in delta.items()}
-            self.sum.add(delta, weight)
+            self.sum.add(relative, weight)  # the sums hold models relative to the global tensors
             self.sketches[verdict.site] = self.sketch(verdict.delta)
             verdict.delta = None
             msg.content = RecordDict({k: v for k, v in msg.content.items() if k != ARRAYS})
