@@ -43,7 +43,7 @@ from wordnet_tasks import SCENARIOS as WORDNET_SCENARIOS
 from wordnet_tasks import wordnet_task_sites
 
 from fedtl.client.local_training import load_site_data, prepare_tasks
-from fedtl.client.predict import SiteModel
+from fedtl.client.predict import SiteModel, TaskInputs
 from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
 from fedtl.client.trainer import LocalTrainer, PreparedTask, TrainerOptions
 from fedtl.client.worker import SiteWorker
@@ -181,6 +181,26 @@ def served_on_test(cfg: SiteConfig, tests: dict[str, Path]) -> dict[str, float]:
     return {t.config.name: scores[t.config.name][t.spec.primary_metric] for t in model.tasks}
 
 
+def candidates_on_test(cfg: SiteConfig, tests: dict[str, Path]) -> dict[str, dict[str, dict[str, float]]]:
+    """Every model the site weighed at its last choice (site_model.json's ``candidates``), on its
+    validation rows (as the site saw them) and its test rows: candidate -> task -> {val, test}.
+    What another choice rule would have served can be read from these (benchmarks/choice.py)."""
+    info = json.loads((cfg.state_dir / "federated" / "site_model.json").read_text())
+    inputs = [TaskInputs.of(t) for t in cfg.tasks]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, candidate in info.get("candidates", {}).items():
+        tasks = [t for t in inputs if t.name in candidate["metrics"]]
+        if not tasks:
+            continue
+        meta = {"parts": [dict(candidate["part"], tasks=[t.name for t in tasks])],
+                "encoder_spec": info["encoder_spec"], "encoder_seed": info.get("encoder_seed", 0)}
+        model = SiteModel.from_meta(meta, tasks, cfg.training.max_length)
+        scores = score_model(model.tasks[0].encoder, {t.config.name: (t.spec, t.head) for t in model.tasks}, cfg, tests)
+        out[name] = {t.config.name: {"val": candidate["metrics"][t.config.name][t.spec.primary_metric],
+                                     "test": scores[t.config.name][t.spec.primary_metric]} for t in model.tasks}
+    return out
+
+
 class Collector:
     """Observer: each site's served validation metric per round, with wall seconds."""
 
@@ -278,6 +298,7 @@ def run_seed(held: list[HeldOutSite], seed: int, plan: RunPlan, methods: dict[st
         run["seconds"][name] = time.perf_counter() - t0
         run["federated"][name] = {"rounds": collector.rounds, "settings": settings}
         run["test"]["federated"][name] = {cfg.name: served_on_test(cfg, tests[cfg.name]) for cfg in sites}
+        run.setdefault("candidates", {})[name] = {cfg.name: candidates_on_test(cfg, tests[cfg.name]) for cfg in sites}
         last = run["test"]["federated"][name]
         print(f"seed {seed}: {name} in {run['seconds'][name]:.0f}s; served, on test: "
               + ", ".join(f"{s}/{t} {v:.3f}" for s, tasks in last.items() for t, v in tasks.items()), flush=True)
