@@ -1,0 +1,140 @@
+"""What other choice rules would have served, read from learning.py runs that recorded the
+sites' candidates (site_model.json's ``candidates``: validation and test scores of every model a
+site weighed at its last choice).
+
+A site chooses, task by task, among the federation's model, its own fallback (fine-tuned alone or
+the probe) and, with ``training.interpolate``, the mean of the two encoders. The choice reads
+validation only, so any rule over the recorded validation scores is what a site running that
+rule would have served, and its test score is the candidate's: several rules compare side by side
+on the same seeds, splits and trained models.
+
+    python benchmarks/choice.py benchmarks/results/learning-test-*-interpolate --out benchmarks/results/choice
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from readme_block import write_block
+
+Candidates = dict[str, dict[str, float]]  # candidate -> {"val": ..., "test": ...} for one task
+Rule = Callable[[Candidates], str]
+
+
+def fallback(c: Candidates) -> str:
+    return "baseline-tuned" if "baseline-tuned" in c else "baseline"
+
+
+def by_validation(names: tuple[str, ...]) -> Rule:
+    """The best on validation among ``names`` (ties: the first listed)."""
+    def rule(c: Candidates) -> str:
+        present = [n if n != "fallback" else fallback(c) for n in names]
+        present = [n for n in present if n in c]
+        return max(present, key=lambda n: (c[n]["val"], -present.index(n)))
+    return rule
+
+
+def with_margin(margin: float) -> Rule:
+    """The federation's model only where it validates better than the fallback by ``margin``."""
+    def rule(c: Candidates) -> str:
+        return "federated" if c["federated"]["val"] > c[fallback(c)]["val"] + margin else fallback(c)
+    return rule
+
+
+def always(name: str) -> Rule:
+    return lambda c: name if name in c else fallback(c)
+
+
+def oracle(c: Candidates) -> str:
+    return max(c, key=lambda n: c[n]["test"])
+
+
+RULES: dict[str, Rule] = {
+    "federated or fallback (validation)": by_validation(("federated", "fallback")),
+    "+ interpolated (validation)": by_validation(("federated", "interpolated", "fallback")),
+    "interpolated or fallback (validation)": by_validation(("interpolated", "fallback")),
+    "federated, margin 0.01": with_margin(0.01),
+    "federated, margin 0.02": with_margin(0.02),
+    "always interpolated": always("interpolated"),
+    "always federated": always("federated"),
+    "best on test (oracle)": oracle,
+}
+
+
+def rule_scores(results: dict[str, Any], method: str, rule: Rule) -> dict[tuple[str, str], list[float]]:
+    """(site, task) -> the test score the rule serves, per seed."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for run in results["runs"]:
+        for site, tasks in run["candidates"][method].items():
+            by_task: dict[str, Candidates] = {}
+            for name, scores in tasks.items():
+                for task, pair in scores.items():
+                    by_task.setdefault(task, {})[name] = pair
+            for task, candidates in by_task.items():
+                out.setdefault((site, task), []).append(candidates[rule(candidates)]["test"])
+    return out
+
+
+def evaluate(results: dict[str, Any], method: str) -> dict[str, dict[str, Any]]:
+    rows = {(r["site"], r["task"]): r for r in results["test_summary"]["rows"]}
+    out = {}
+    for name, rule in RULES.items():
+        served = {k: statistics.fmean(v) for k, v in rule_scores(results, method, rule).items()}
+        gaps = {k: served[k] - rows[k]["best_alone"][0] for k in served}
+        pays = [k for k in served if rows[k]["pooling_pays"]]
+        recovered = [gaps[k] / (rows[k]["central"][0] - rows[k]["best_alone"][0]) for k in pays]
+        out[name] = {"gaps": gaps, "mean_gain": statistics.fmean(gaps.values()),
+                     "below": sum(g < -0.005 for g in gaps.values()), "worst": min(gaps.values()),
+                     "gain_where_pays": statistics.fmean([gaps[k] for k in pays]) if pays else None,
+                     "min_recovered": min(recovered) if recovered else None, "site_tasks": len(gaps)}
+    return out
+
+
+def markdown(per_run: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """One row per rule: over every scenario, then the scenario means."""
+    scenarios = list(per_run)
+    lines = ["| rule | site-tasks > 0.005 below best alone | worst gap | mean gain | gain where pooling pays "
+             "| min % of centralized gain | " + " | ".join(f"{s} mean gain" for s in scenarios) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(scenarios)]
+    for rule in RULES:
+        gaps = [g for s in scenarios for g in per_run[s][rule]["gaps"].values()]
+        pays = [per_run[s][rule]["gain_where_pays"] for s in scenarios if per_run[s][rule]["gain_where_pays"] is not None]
+        recovered = [per_run[s][rule]["min_recovered"] for s in scenarios
+                     if per_run[s][rule]["min_recovered"] is not None]
+        total = sum(per_run[s][rule]["site_tasks"] for s in scenarios)
+        pays_cell = f"{statistics.fmean(pays):+.3f}" if pays else "n/a"
+        rec_cell = f"{min(recovered):.0%}" if recovered else "n/a"
+        lines.append(f"| {rule} | {sum(g < -0.005 for g in gaps)} of {total} | {min(gaps):+.3f} "
+                     f"| {statistics.fmean(gaps):+.3f} | {pays_cell} | {rec_cell} | "
+                     + " | ".join(f"{per_run[s][rule]['mean_gain']:+.3f}" for s in scenarios) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="learning.py result folders with recorded candidates")
+    parser.add_argument("--method", default="fedexp")
+    parser.add_argument("--out", type=Path, help="write choice.md here and the table into the README block")
+    parser.add_argument("--readme", type=Path, default=Path(__file__).with_name("README.md"))
+    args = parser.parse_args()
+    per_run = {}
+    for folder in args.runs:
+        results = json.loads((folder / "results.json").read_text())
+        if not all("candidates" in run for run in results["runs"]):
+            raise SystemExit(f"{folder}: no candidates recorded (a learning.py run before they were)")
+        per_run[folder.name.removeprefix("learning-test-")] = evaluate(results, args.method)
+    table = markdown(per_run)
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "choice.md").write_text(table + "\n")
+        write_block(args.out.name, table, args.readme)
+
+
+if __name__ == "__main__":
+    main()
