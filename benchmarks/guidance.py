@@ -19,6 +19,7 @@ from typing import Any
 
 from readme_block import write_block
 
+from fedtl.server.strategies import update_rule
 from fedtl.shared.config import TrainingConfig
 from fedtl.shared.federation_config import FederationConfig, StrategyConfig
 
@@ -58,21 +59,13 @@ def load(run: str, results: Path = RESULTS) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def aggregation(strategy: StrategyConfig) -> tuple[str, float, float]:
-    """What a strategy does with the updates: fedavg and fedavgm are one rule, a server step with momentum."""
-    if strategy.name in ("fedavg", "fedavgm"):
-        return ("mean", strategy.server_learning_rate,
-                strategy.server_momentum if strategy.name == "fedavgm" else 0.0)
-    return (strategy.name, strategy.max_server_step if strategy.name == "fedexp" else 0.0, 0.0)
-
-
 def runs_defaults(meta: dict[str, Any], method: str = "fedavg") -> bool:
     """Did this run's ``method`` use what a new federation gets: the update mode, round plan, lr schedule
     and aggregation?"""
     federation, training = FederationConfig(), TrainingConfig()
-    ran = aggregation(StrategyConfig(**meta["methods"][method].get("strategy", {})))
+    ran = update_rule(StrategyConfig(**meta["methods"][method].get("strategy", {})))
     return (meta["update"] == federation.update_mode and meta["rounds"] == federation.rounds
-            and ran == aggregation(federation.strategy)
+            and ran == update_rule(federation.strategy)
             and meta["steps"] == federation.max_steps
             # runs from before learning.py recorded the schedule ran the sites' default then: linear
             and (meta.get("lr_schedule") or "linear") == training.lr_schedule

@@ -335,15 +335,15 @@ class SiteWorker:
             "encoder_epochs": training.encoder_epochs * rounds, "keep_best": False})
         result, heads = self._fit_copies(budget, frozen_layers, serve=True, encoder=encoder, schedule_part=(0, 1),
                                          encoder_trainable=trainable.__contains__, optimizer_state={})
-        tuned = result.metrics.get("finetuned", result.metrics["probe"])
+        probe, tuned = result.metrics["probe"], result.metrics.get("finetuned", {})  # none: no encoder step ran
         primary = {t.name: t.spec.primary_metric for t in self.tasks}
-        tuned_tasks = [t.name for t in self.tasks if "finetuned" in result.metrics
-                       and tuned[t.name][primary[t.name]] >= result.metrics["probe"][t.name][primary[t.name]]]
+        tuned_tasks = [t.name for t in self.tasks
+                       if t.name in tuned and tuned[t.name][primary[t.name]] >= probe[t.name][primary[t.name]]]
         metrics = {name: tuned[name] for name in tuned_tasks}
         if len(tuned_tasks) < len(self.tasks):  # those tasks keep heads on the pretrained encoder
-            probe, probe_heads = self._probe(training, frozen_layers, serve=True)
+            probe_metrics, probe_heads = self._probe(training, frozen_layers, serve=True)
             heads = [h if h.name in tuned_tasks else p for h, p in zip(heads, probe_heads)]
-            metrics.update((t.name, probe[t.name]) for t in self.tasks if t.name not in tuned_tasks)
+            metrics.update((t.name, probe_metrics[t.name]) for t in self.tasks if t.name not in tuned_tasks)
         params = dict(encoder.named_parameters())
         self._keep_baseline_tensors(tuned_tasks, {n: params[n].detach().float().cpu().numpy() for n in sorted(trainable)})
         log.info("site %s: baseline fine-tuned alone; tasks served over it: %s", self.config.name, tuned_tasks or "none")

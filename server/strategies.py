@@ -14,7 +14,7 @@ import inspect
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Strategy
 
 from fedtl.server.aggregation import Extrapolation
-from fedtl.shared.federation_config import FederationConfig
+from fedtl.shared.federation_config import FederationConfig, StrategyConfig
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
@@ -56,6 +56,14 @@ def strategy_class(fed: FederationConfig) -> type[Strategy]:
     if fed.strategy.name == "fedavg" and fed.strategy.server_learning_rate != 1.0:
         return FedAvgM
     return STRATEGIES[fed.strategy.name]
+
+
+def update_rule(strategy: StrategyConfig) -> tuple[str, float, float]:
+    """What a strategy does with the sites' updates, as (rule, server step, momentum): fedavg with a
+    server step is FedAvgM without momentum (``strategy_class``), so the two compare as one rule."""
+    if strategy.name in ("fedavg", "fedavgm"):
+        return "mean", strategy.server_learning_rate, strategy.server_momentum if strategy.name == "fedavgm" else 0.0
+    return strategy.name, strategy.max_server_step if strategy.name == "fedexp" else 0.0, 0.0
 
 
 def extrapolation(fed: FederationConfig) -> Extrapolation | None:

@@ -397,6 +397,10 @@ class FederationConfig(BaseModel):
             raise FieldError("lora.aggregation", "lora.aggregation product replaces the strategy's average of the "
                                                  "adapters (its mean, not extrapolated); it works with strategy fedavg "
                                                  f"or fedexp, not {self.strategy.name}")
+        if self.lora.aggregation == "product" and self.strategy.server_learning_rate != 1.0:
+            raise FieldError("lora.aggregation", "lora.aggregation product takes the plain mean of the adapters' "
+                                                 "products: set strategy.server_learning_rate to 1 (it is "
+                                                 f"{self.strategy.server_learning_rate}) or aggregate the factors")
         return self
 
     @model_validator(mode="after")

@@ -21,6 +21,10 @@ def test_a_target_that_matches_nothing_names_the_modules_there_are(tmp_path):
     with pytest.raises(ValueError, match="works with strategy fedavg"):
         FederationConfig.model_validate({"encoder": "tiny", "update_mode": "lora", "state_dir": tmp_path,
                                          "lora": {"aggregation": "product"}, "strategy": {"name": "fedadam"}})
+    with pytest.raises(ValueError, match="set strategy.server_learning_rate to 1"):  # not a step silently dropped
+        FederationConfig.model_validate({"encoder": "tiny", "update_mode": "lora", "state_dir": tmp_path,
+                                         "lora": {"aggregation": "product"},
+                                         "strategy": {"name": "fedavg", "server_learning_rate": 2.0}})
 
 
 @pytest.fixture(scope="module")
