@@ -22,32 +22,23 @@ from typing import Any
 
 from readme_block import write_block
 
+from fedtl.client.site_choice import OWN, choose
+
 Candidates = dict[str, dict[str, float]]  # candidate -> {"val": ..., "test": ...} for one task
 Rule = Callable[[Candidates], str]
 
 
-def fallback(c: Candidates) -> str:
-    return "baseline-tuned" if "baseline-tuned" in c else "baseline"
-
-
-def by_validation(names: tuple[str, ...]) -> Rule:
-    """The best on validation among ``names`` (ties: the first listed)."""
+def by_validation(names: tuple[str, ...], margin: float = 0.0) -> Rule:
+    """What a site weighing the candidates ``names`` (``own``: its fallback) serves with ``margin``:
+    client/site_choice.py's rule itself."""
     def rule(c: Candidates) -> str:
-        present = [n if n != "fallback" else fallback(c) for n in names]
-        present = [n for n in present if n in c]
-        return max(present, key=lambda n: (c[n]["val"], -present.index(n)))
-    return rule
-
-
-def with_margin(margin: float) -> Rule:
-    """The federation's model only where it validates better than the fallback by ``margin``."""
-    def rule(c: Candidates) -> str:
-        return "federated" if c["federated"]["val"] > c[fallback(c)]["val"] + margin else fallback(c)
+        weighed = {n: c[n]["val"] for n in c if n in names or (n in OWN and "own" in names)}
+        return choose(weighed, margin)
     return rule
 
 
 def always(name: str) -> Rule:
-    return lambda c: name if name in c else fallback(c)
+    return lambda c: name if name in c else next(n for n in c if n in OWN)
 
 
 def oracle(c: Candidates) -> str:
@@ -55,19 +46,21 @@ def oracle(c: Candidates) -> str:
 
 
 RULES: dict[str, Rule] = {
-    "federated or fallback (validation)": by_validation(("federated", "fallback")),
-    "+ interpolated (validation)": by_validation(("federated", "interpolated", "fallback")),
-    "interpolated or fallback (validation)": by_validation(("interpolated", "fallback")),
-    "federated, margin 0.01": with_margin(0.01),
-    "federated, margin 0.02": with_margin(0.02),
-    "always interpolated": always("interpolated"),
-    "always federated": always("federated"),
-    "best on test (oracle)": oracle,
+    "federated or own (the default until now)": by_validation(("federated", "own")),
+    "federated, interpolated or own": by_validation(("federated", "interpolated", "own")),
+    "interpolated or own": by_validation(("interpolated", "own")),
+    **{f"federated or own, margin {m}": by_validation(("federated", "own"), m) for m in (0.005, 0.01, 0.02)},
+    **{f"federated, interpolated or own, margin {m}": by_validation(("federated", "interpolated", "own"), m)
+       for m in (0.005, 0.01, 0.02)},
+    "always the federated": always("federated"),
+    "always the interpolated": always("interpolated"),
+    "always its own": lambda c: next(n for n in c if n in OWN),
+    "best on test (oracle, for scale)": oracle,
 }
 
 
 def rule_scores(results: dict[str, Any], method: str, rule: Rule) -> dict[tuple[str, str], list[float]]:
-    """(site, task) -> the test score the rule serves, per seed."""
+    """(site, task) -> the test score the rule serves, per seed (in the order of the runs)."""
     out: dict[tuple[str, str], list[float]] = {}
     for run in results["runs"]:
         for site, tasks in run["candidates"][method].items():
@@ -82,16 +75,20 @@ def rule_scores(results: dict[str, Any], method: str, rule: Rule) -> dict[tuple[
 
 def evaluate(results: dict[str, Any], method: str) -> dict[str, dict[str, Any]]:
     rows = {(r["site"], r["task"]): r for r in results["test_summary"]["rows"]}
+    own = rule_scores(results, method, RULES["always its own"])  # what each site serves without joining
     out = {}
     for name, rule in RULES.items():
-        served = {k: statistics.fmean(v) for k, v in rule_scores(results, method, rule).items()}
+        per_seed = rule_scores(results, method, rule)
+        served = {k: statistics.fmean(v) for k, v in per_seed.items()}
         gaps = {k: served[k] - rows[k]["best_alone"][0] for k in served}
+        over_own = [s - o for k in per_seed for s, o in zip(per_seed[k], own[k])]
         pays = [k for k in served if rows[k]["pooling_pays"]]
         recovered = [gaps[k] / (rows[k]["central"][0] - rows[k]["best_alone"][0]) for k in pays]
         out[name] = {"gaps": gaps, "mean_gain": statistics.fmean(gaps.values()),
                      "below": sum(g < -0.005 for g in gaps.values()), "worst": min(gaps.values()),
                      "gain_where_pays": statistics.fmean([gaps[k] for k in pays]) if pays else None,
-                     "min_recovered": min(recovered) if recovered else None, "site_tasks": len(gaps)}
+                     "min_recovered": min(recovered) if recovered else None, "site_tasks": len(gaps),
+                     "over_own": over_own}
     return out
 
 
@@ -99,8 +96,9 @@ def markdown(per_run: dict[str, dict[str, dict[str, Any]]]) -> str:
     """One row per rule: over every scenario, then the scenario means."""
     scenarios = list(per_run)
     lines = ["| rule | site-tasks > 0.005 below best alone | worst gap | mean gain | gain where pooling pays "
-             "| min % of centralized gain | " + " | ".join(f"{s} mean gain" for s in scenarios) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(scenarios)]
+             "| min % of centralized gain | mean gain over its own model (paired) | "
+             + " | ".join(f"{s} mean gain" for s in scenarios) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(scenarios)]
     for rule in RULES:
         gaps = [g for s in scenarios for g in per_run[s][rule]["gaps"].values()]
         pays = [per_run[s][rule]["gain_where_pays"] for s in scenarios if per_run[s][rule]["gain_where_pays"] is not None]
@@ -110,7 +108,8 @@ def markdown(per_run: dict[str, dict[str, dict[str, Any]]]) -> str:
         pays_cell = f"{statistics.fmean(pays):+.3f}" if pays else "n/a"
         rec_cell = f"{min(recovered):.0%}" if recovered else "n/a"
         lines.append(f"| {rule} | {sum(g < -0.005 for g in gaps)} of {total} | {min(gaps):+.3f} "
-                     f"| {statistics.fmean(gaps):+.3f} | {pays_cell} | {rec_cell} | "
+                     f"| {statistics.fmean(gaps):+.3f} | {pays_cell} | {rec_cell} "
+                     f"| {statistics.fmean([g for s in scenarios for g in per_run[s][rule]['over_own']]):+.3f} | "
                      + " | ".join(f"{per_run[s][rule]['mean_gain']:+.3f}" for s in scenarios) + " |")
     return "\n".join(lines)
 

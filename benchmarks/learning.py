@@ -45,6 +45,7 @@ from wordnet_tasks import wordnet_task_sites
 from fedtl.client.local_training import load_site_data, prepare_tasks
 from fedtl.client.predict import SiteModel, TaskInputs
 from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
+from fedtl.client.site_choice import OWN
 from fedtl.client.trainer import LocalTrainer, PreparedTask, TrainerOptions
 from fedtl.client.worker import SiteWorker
 from fedtl.harness.grid import worker_grid
@@ -339,12 +340,24 @@ def summarize(results: list[dict[str, Any]], methods: list[str]) -> dict[str, An
             "every_site_at_least_best_local": all(r[f"{m}_gain"][0] >= 0 for r in rows),
             "mean_gain": statistics.fmean(r[f"{m}_gain"][0] for r in rows),
             "min_recovered": min((r[f"{m}_recovered"] for r in rows if r[f"{m}_recovered"] is not None), default=None),
+            "mean_gain_over_own": (statistics.fmean(r[f"{m}_over_own"][0] for r in rows)
+                                   if all(f"{m}_over_own" in r for r in rows) else None),
         }
     return {"rows": rows, "targets": targets}
 
 
 POOLING_PAYS = 0.02  # centralized beats the best local model by this on test: the issue-28 scenarios' bar
 TOLERANCE = 0.005  # a served model this close below the best local one counts as matching it
+
+
+def own_model_test(run: dict[str, Any], method: str, site: str, task: str) -> float | None:
+    """The test score of what the site would serve without joining (its fine-tuned-alone or probe
+    fallback, trained inside this very run), where the run recorded the site's candidates."""
+    candidates = run.get("candidates", {}).get(method, {}).get(site, {})
+    for name in OWN:
+        if task in candidates.get(name, {}):
+            return candidates[name][task]["test"]
+    return None
 
 
 def summarize_test(results: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
@@ -369,6 +382,9 @@ def summarize_test(results: list[dict[str, Any]], methods: list[str]) -> dict[st
             for m in methods:
                 row[f"{m}_gain"] = mean_sd([f - b for f, b in zip(arms[m], best_alone)])
                 row[f"{m}_recovered"] = row[f"{m}_gain"][0] / central_gain if row["pooling_pays"] else None
+                own = [own_model_test(r, m, site, task) for r in results]
+                if None not in own:  # the site's own model, trained in the same run: joining's paired gain
+                    row[f"{m}_over_own"] = mean_sd([f - o for f, o in zip(arms[m], own)])
             rows.append(row)
     targets = {}
     for m in methods:
@@ -378,6 +394,8 @@ def summarize_test(results: list[dict[str, Any]], methods: list[str]) -> dict[st
             "mean_gain": statistics.fmean(r[f"{m}_gain"][0] for r in rows),
             "mean_gain_where_pooling_pays": statistics.fmean(paying) if paying else None,
             "min_recovered": min((r[f"{m}_recovered"] for r in rows if r[f"{m}_recovered"] is not None), default=None),
+            "mean_gain_over_own": (statistics.fmean(r[f"{m}_over_own"][0] for r in rows)
+                                   if all(f"{m}_over_own" in r for r in rows) else None),
         }
     seconds = {arm: mean_sd([r["seconds"][arm] for r in results]) for arm in first["seconds"]}
     return {"rows": rows, "targets": targets, "seconds": seconds}
@@ -400,21 +418,26 @@ def test_markdown(summary: dict[str, Any], methods: list[str]) -> str:
     for r in summary["rows"]:
         lines.append("| " + " | ".join([r["site"], r["task"], r["metric"]] + [cell(r[a]) for a in arms]) + " |")
     lines += ["", f"Served model minus the best a site has alone (max of sklearn and local), on test; in brackets "
-              f"the share of the centralized gain, where centralized beats that by at least {POOLING_PAYS}.", ""]
+              f"the share of the centralized gain, where centralized beats that by at least {POOLING_PAYS}; "
+              "then (runs that recorded the sites' candidates) minus the site's own fallback trained in the same "
+              "run, seed by seed: what joining itself added.", ""]
     head = ["site", "task"] + methods
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
         cells = [f"{r[f'{m}_gain'][0]:+.3f} ± {r[f'{m}_gain'][1]:.3f}"
-                 + (f" [{r[f'{m}_recovered']:.0%}]" if r[f"{m}_recovered"] is not None else "") for m in methods]
+                 + (f" [{r[f'{m}_recovered']:.0%}]" if r[f"{m}_recovered"] is not None else "")
+                 + (f"; over its own {r[f'{m}_over_own'][0]:+.3f}" if f"{m}_over_own" in r else "") for m in methods]
         lines.append("| " + " | ".join([r["site"], r["task"]] + cells) + " |")
     lines += ["", f"| method | every site >= best alone - {TOLERANCE} | mean gain | mean gain where pooling pays | "
-              "min share of centralized gain | wall seconds |", "|---|---|---|---|---|---|"]
+              "min share of centralized gain | mean gain over its own model | wall seconds |",
+              "|---|---|---|---|---|---|---|"]
     for m in methods:
         t = summary["targets"][m]
         paying = "-" if t["mean_gain_where_pooling_pays"] is None else f"{t['mean_gain_where_pooling_pays']:+.3f}"
         rec = "-" if t["min_recovered"] is None else f"{t['min_recovered']:.0%}"
+        own = "-" if t.get("mean_gain_over_own") is None else f"{t['mean_gain_over_own']:+.3f}"
         lines.append(f"| {m} | {'yes' if t['every_site_at_least_best_alone'] else 'no'} | {t['mean_gain']:+.3f} | "
-                     f"{paying} | {rec} | {secs(summary['seconds'][m])} |")
+                     f"{paying} | {rec} | {own} | {secs(summary['seconds'][m])} |")
     alone = ", ".join(f"{arm} {secs(summary['seconds'][arm])}" for arm in ("local", "central", "sklearn"))
     lines += ["", f"Wall seconds of the other arms (all sites): {alone}."]
     return "\n".join(lines) + "\n"

@@ -34,6 +34,7 @@ from fedtl.client.loss_weighting import LossWeighting
 from fedtl.client.prefix_cache import PrefixCache, frozen_prefix_layers
 from fedtl.client.privacy_ledger import LEDGER, PrivacyLedger
 from fedtl.client.resources import resource_figures, start_round
+from fedtl.client.site_choice import choose
 from fedtl.client.site_tracking import SiteRoundRecord, SiteTracker
 from fedtl.client.trainer import (
     LocalTrainer,
@@ -592,9 +593,8 @@ class SiteWorker:
 
         def best(task: PreparedTask) -> str:
             metric = task.spec.primary_metric
-            scored = [(scores[task.name][metric], -i, name)
-                      for i, (name, (_, scores)) in enumerate(candidates.items()) if task.name in scores]
-            return max(scored)[2]
+            return choose({name: scores[task.name][metric] for name, (_, scores) in candidates.items()
+                           if task.name in scores}, self.config.training.serve_margin)
 
         chosen = {t.name: best(t) for t in self.tasks}
         parts = [dict(part, tasks=[t.name for t in self.tasks if chosen[t.name] == name])
