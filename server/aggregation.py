@@ -127,18 +127,20 @@ def sketch_cosine(sketches: Mapping[str, np.ndarray]) -> dict[str, dict[str, flo
 @dataclass(frozen=True)
 class Extrapolation:
     """FedExP (Jhunjhunwala et al., ICLR 2023): the server steps past the sites' mean update by
-    max(1, sum_i p_i ||d_i||^2 / (2 ||mean d||^2)) (p_i: example weights). About 1 where the
-    updates agree; where they are close to orthogonal (sites with different tasks) their mean
-    hands each one a fraction of its own step, and the step grows to K/2 for K sites. Capped at
-    ``max_step``: a mean near zero (updates that cancel) would ask for an unbounded one."""
+    max(1, scale x sum_i p_i ||d_i||^2 / ||mean d||^2) (p_i: example weights; the paper's scale
+    is 1/2). About 1 where the updates agree; where they are close to orthogonal (sites with
+    different tasks) their mean hands each one a fraction of its own step, and the step grows to
+    scale x K for K sites. Capped at ``max_step``: a mean near zero (updates that cancel) would
+    ask for an unbounded one."""
 
     max_step: float
+    scale: float = 0.5
 
     def step(self, spread: float, mean_square: float) -> float:
         """The step for ``spread`` (sum_i p_i ||d_i||^2) and ``mean_square`` (||mean d||^2)."""
         if not mean_square > 0 or not np.isfinite(spread):
             return 1.0
-        return float(min(self.max_step, max(1.0, spread / (2.0 * mean_square))))
+        return float(min(self.max_step, max(1.0, self.scale * spread / mean_square)))
 
 
 def squared_norm(arrays: Mapping[str, np.ndarray]) -> float:

@@ -72,7 +72,7 @@ def extrapolation(fed: FederationConfig) -> Extrapolation | None:
     worth stepping along (the step would scale the noise with it)."""
     if fed.strategy.name != "fedexp" or fed.privacy.enabled:
         return None
-    return Extrapolation(fed.strategy.max_server_step)
+    return Extrapolation(fed.strategy.max_server_step, fed.strategy.fedexp_scale)
 
 
 def build_strategy(fed: FederationConfig) -> Strategy:

@@ -46,6 +46,9 @@ class StrategyConfig(BaseModel):
     max_server_step: float = Field(default=2.0, ge=1, le=100, description="fedexp: cap on the step it chooses "
                                    "each round (a mean update near zero would ask for an unbounded one); with "
                                    "privacy on, fedexp takes the plain mean (the sites' noise is no signal)")
+    fedexp_scale: float = Field(default=0.5, gt=0, le=1, description="fedexp: the step is this times "
+                                "sum_i p_i ||d_i||^2 / ||mean d||^2, at least 1: 0.5 (the paper's) steps K/2 for K "
+                                "orthogonal updates, 1 steps K (their sum: each site's task its whole step)")
 
     @model_validator(mode="after")
     def _options_of_this_strategy(self) -> StrategyConfig:
@@ -63,7 +66,7 @@ STRATEGY_OPTIONS: dict[str, tuple[str, ...]] = {  # each strategy setting, and t
     "trim_beta": ("trimmed_mean",),
     "server_learning_rate": ("fedavg", "fedavgm"),
     "server_momentum": ("fedavgm",),
-    "max_server_step": ("fedexp",),
+    **dict.fromkeys(("max_server_step", "fedexp_scale"), ("fedexp",)),
 }
 
 

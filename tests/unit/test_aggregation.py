@@ -175,16 +175,18 @@ def _disjoint(rng, sites: int) -> list[dict[str, np.ndarray]]:
     return parts
 
 
-@pytest.mark.parametrize("sites, agree, expected", [(4, False, 2.0), (3, False, 1.5), (8, False, 3.0),
-                                                    (4, True, 1.0)],
-                         ids=["4-orthogonal", "3-orthogonal", "8-orthogonal-capped", "4-identical"])
-def test_fedexp_steps_past_the_mean_as_far_as_the_updates_are_orthogonal(sites, agree, expected):
-    """fedexp: step max(1, mean ||d_i||^2 / (2 ||mean d||^2)), capped (max_server_step: 3 here): K/2 for K
-    orthogonal updates of equal norm, 1 for updates that agree; logged as the round's server_step."""
+@pytest.mark.parametrize("sites, agree, scale, expected", [
+    (4, False, 0.5, 2.0), (3, False, 0.5, 1.5), (8, False, 0.5, 3.0), (4, True, 0.5, 1.0),
+    (2, False, 1.0, 2.0), (4, True, 1.0, 1.0)],
+    ids=["4-orthogonal", "3-orthogonal", "8-orthogonal-capped", "4-identical", "2-orthogonal-sum", "4-identical-sum"])
+def test_fedexp_steps_past_the_mean_as_far_as_the_updates_are_orthogonal(sites, agree, scale, expected):
+    """fedexp: step max(1, scale x mean ||d_i||^2 / ||mean d||^2), capped (max_server_step: 3 here): K/2 for K
+    orthogonal updates of equal norm (scale 1/2, the paper's) or K (scale 1: their sum), 1 for updates that
+    agree; logged as the round's server_step."""
     rng = np.random.default_rng(3)
     global_arrays = _arrays(rng)
     updates = [_arrays(rng, 0.01)] * sites if agree else _disjoint(rng, sites)
-    got, metrics = _aggregated({"name": "fedexp", "max_server_step": 3.0}, global_arrays,
+    got, metrics = _aggregated({"name": "fedexp", "max_server_step": 3.0, "fedexp_scale": scale}, global_arrays,
                                [(u, 20) for u in updates])
     assert metrics["server_step"] == pytest.approx(expected, rel=1e-4)
     for name in SHAPES:
