@@ -2,8 +2,9 @@
 sites' candidates (site_model.json's ``candidates``: validation and test scores of every model a
 site weighed at its last choice).
 
-A site chooses, task by task, among the federation's model, its own fallback (fine-tuned alone or
-the probe) and, with ``training.interpolate``, the mean of the two encoders. The choice reads
+A site chooses, task by task, between the federation's model and its own fallback (fine-tuned
+alone or the probe); runs made at commit 57d558f with ``training.interpolate`` (since removed)
+also recorded the mean of the two encoders. The choice reads
 validation only, so any rule over the recorded validation scores is what a site running that
 rule would have served, and its test score is the candidate's: several rules compare side by side
 on the same seeds, splits and trained models.
@@ -76,8 +77,11 @@ def rule_scores(results: dict[str, Any], method: str, rule: Rule) -> dict[tuple[
 def evaluate(results: dict[str, Any], method: str) -> dict[str, dict[str, Any]]:
     rows = {(r["site"], r["task"]): r for r in results["test_summary"]["rows"]}
     own = rule_scores(results, method, RULES["always its own"])  # what each site serves without joining
+    recorded = {c for run in results["runs"] for site in run["candidates"][method].values() for c in site}
     out = {}
     for name, rule in RULES.items():
+        if "interpolated" in name and "interpolated" not in recorded:  # a run without training.interpolate
+            continue
         per_seed = rule_scores(results, method, rule)
         served = {k: statistics.fmean(v) for k, v in per_seed.items()}
         gaps = {k: served[k] - rows[k]["best_alone"][0] for k in served}
@@ -100,6 +104,8 @@ def markdown(per_run: dict[str, dict[str, dict[str, Any]]]) -> str:
              + " | ".join(f"{s} mean gain" for s in scenarios) + " |",
              "|---|---|---|---|---|---|---|" + "---|" * len(scenarios)]
     for rule in RULES:
+        if not all(rule in per_run[s] for s in scenarios):
+            continue
         gaps = [g for s in scenarios for g in per_run[s][rule]["gaps"].values()]
         pays = [per_run[s][rule]["gain_where_pays"] for s in scenarios if per_run[s][rule]["gain_where_pays"] is not None]
         recovered = [per_run[s][rule]["min_recovered"] for s in scenarios

@@ -1,10 +1,9 @@
 """Which model a site serves for a task, from its candidates' validation scores.
 
-One function, read by the site worker and by benchmarks/choice.py, so a rule measured on recorded
-candidates is the rule sites run. A joined model (the federation's, or the mean of it and the
-site's own) must validate better than the site's own model by ``margin`` to be served: on a few
-hundred validation rows, smaller differences are noise, and a site that joins should not pay for
-them (benchmarks/README.md, "Choosing what a site serves").
+One function, read by the site worker and by benchmarks/choice.py, so a rule replayed there on
+recorded candidates is the rule sites run. Sites serve the best on validation (``margin`` 0):
+margins a joined model must clear, and serving the mean of the federation's and the site's own
+encoder, were measured and gained nothing (benchmarks/README.md, "What a site serves").
 """
 
 from __future__ import annotations

@@ -116,7 +116,6 @@ class SiteWorker:
         self.baseline_store = HeadStore(self.root / "baseline")  # the local-only baseline's heads ...
         self.baseline_tensors = self.root / "baseline" / "encoder.safetensors"  # ... and, fine-tuned, its tensors
         self.baseline_tuned_path = self.root / "baseline" / "tuned_tasks.json"  # the tasks served over those
-        self.interpolated_root = self.root / "interpolated"  # training.interpolate: the mean of both encoders
         self.device = resolve_device(config.device)
         self.autocast = resolve_precision(self.device, config.precision)
         self.datas = load_site_data(config)
@@ -351,10 +350,9 @@ class SiteWorker:
         return {t.name: metrics[t.name] for t in self.tasks}, heads
 
     def _keep_baseline_tensors(self, tasks: list[str], tensors: dict[str, np.ndarray]) -> None:
-        """The fine-tuned baseline's tensors (kept even where no task is served over them: the
-        interpolated candidate reads them) and the tasks served over them."""
+        """The fine-tuned baseline's tensors and the tasks served over them (none: no tensors kept)."""
         self.baseline_tuned_path.parent.mkdir(parents=True, exist_ok=True)
-        if tensors:
+        if tasks:
             write_bytes_atomic(self.baseline_tensors, save_arrays(tensors))
         else:
             self.baseline_tensors.unlink(missing_ok=True)
@@ -456,9 +454,9 @@ class SiteWorker:
         if r.config.personalization == "ditto":
             lam = r.config.ditto_lambda if r.config.ditto_lambda is not None else 0.0
             r.served = r.personal = self.ditto.round(self.tasks, r.training, set(names), r.global_arrays, lam)
-        interpolated = self._interpolated(r, params) if self._interpolates(r) else None
-        r.site_entry = self._choose_site_model(r.served.final, r.config.server_round, r.personal is not None,
-                                               interpolated)
+        r.site_entry = self._choose_site_model(r.served.final, r.config.server_round, r.personal is not None)
+        # the last round refits them where the site serves its own model too: site_model.json's candidates
+        # then hold the federation's model as it would be served (benchmarks/choice.py scores them)
         last = bool(r.config.num_rounds) and r.config.server_round >= r.config.num_rounds
         if (r.site_model != "baseline" or last) and r.personal is None and r.training.serve_all_rows:
             r.seconds["serve_fit"] = r.trainer.fit_heads_on_all_rows()
@@ -525,41 +523,8 @@ class SiteWorker:
         report[ReportKey.SITE_MODEL] = r.site_model
         return RecordDict({ARRAYS: to_record(r.wire), METRICS: metrics, REPORT: report})
 
-    def _interpolates(self, r: SiteRound) -> bool:
-        """Whether this round weighs the interpolated candidate: asked for, the last round (or a
-        federation without a set end), the shared path served, and fine-tuned baseline tensors to mix."""
-        last = not r.config.num_rounds or r.config.server_round >= r.config.num_rounds
-        return (r.training.interpolate and last and r.personal is None and self.adapters is None
-                and self.baseline_tensors.exists())
-
-    def _interpolated(self, r: SiteRound, params: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
-        """The mean of the federation's encoder tensors (this round's kept model) and the site's own
-        fine-tuned ones, with heads fitted on its frozen features (refit on every row for serving);
-        kept under ``interpolated/``; returns its validation metrics."""
-        from safetensors.numpy import load_file
-
-        t0 = time.perf_counter()
-        own = load_file(self.baseline_tensors)
-        names = sorted(r.global_arrays)
-        mean = {n: 0.5 * (params[n].detach().float().cpu().numpy() + own[n]) for n in names}
-        encoder = copy.deepcopy(self.encoder)
-        with torch.no_grad():
-            mine = dict(encoder.named_parameters())
-            for n, value in mean.items():
-                mine[n].copy_(torch.from_numpy(value))
-        probe = r.training.model_copy(update={"encoder_epochs": 0})
-        result, heads = self._fit_copies(probe, r.frozen, serve=True, encoder=encoder)
-        store = HeadStore(self.interpolated_root / "heads")
-        for task in heads:
-            store.save(task.spec, task.head.state_dict(), {"metrics": result.metrics["probe"][task.name],
-                                                           "mode": "interpolated", "encoder": self.encoder_spec})
-        write_bytes_atomic(self.interpolated_root / "encoder.safetensors", save_arrays(mean))
-        r.seconds["interpolate"] = time.perf_counter() - t0
-        return result.metrics["probe"]
-
     def _choose_site_model(self, federated: dict[str, dict[str, float]], round_: int,
-                           personal: bool = False,
-                           interpolated: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+                           personal: bool = False) -> dict[str, Any]:
         """The model this site should serve, task by task: the federated one, unless the local-only
         baseline validates better on that task (a site's tasks may gain from joining unequally).
 
@@ -577,12 +542,6 @@ class SiteWorker:
                            "encoder": f"{self.encoder_spec} with encoder_tensors over it",
                            "lora": dataclasses.asdict(self.adapters) if self.adapters is not None else None},
                           federated)}
-        if interpolated is not None:
-            candidates["interpolated"] = (
-                {"model": "interpolated", "heads": str(self.interpolated_root / "heads"),
-                 "encoder_tensors": str(self.interpolated_root / "encoder.safetensors"),
-                 "encoder": f"{self.encoder_spec} with the mean of the federation's and its own fine-tuned "
-                            "tensors over it", "lora": None}, interpolated)
         if self.baseline is not None:  # over its fine-tuned tensors, then over the pretrained encoder
             baseline_part = {"model": "baseline", "heads": str(self.baseline_store.root), "lora": None}
             candidates["baseline-tuned"] = (dict(baseline_part, encoder_tensors=str(self.baseline_tensors),
@@ -594,7 +553,7 @@ class SiteWorker:
         def best(task: PreparedTask) -> str:
             metric = task.spec.primary_metric
             return choose({name: scores[task.name][metric] for name, (_, scores) in candidates.items()
-                           if task.name in scores}, self.config.training.serve_margin)
+                           if task.name in scores})
 
         chosen = {t.name: best(t) for t in self.tasks}
         parts = [dict(part, tasks=[t.name for t in self.tasks if chosen[t.name] == name])

@@ -177,13 +177,6 @@ class TrainingConfig(BaseModel):
         "validates worse on: the encoder fine-tuned alone on the federation's whole step budget in round 1 (finetuned, the "
         "default: what the site would train without joining, at the cost of one local run), or heads on the "
         "pretrained encoder (probe: cheaper; benchmarks/README.md)")
-    serve_margin: float = Field(
-        default=0.0, ge=0.0, description="serve a joined model (the federation's, or interpolate's) for a task only "
-        "where it validates better than the site's own by more than this (client/site_choice.py)")
-    interpolate: bool = Field(
-        default=False, description="in the federation's last round, also weigh for each task the mean of the "
-        "federation's encoder tensors and the site's own fine-tuned ones (baseline: finetuned; heads refit on "
-        "its features), and serve it where it validates best (model soups / FedSoup; benchmarks/README.md)")
     head_fit: Literal["converged", "sgd"] = Field(
         default="converged", description="heads on frozen features: fitted to convergence (ridge by GCV for "
                                          "regression, L-BFGS logistic regression with a cross-validated penalty "

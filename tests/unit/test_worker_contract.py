@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from flwr.app import RecordDict
@@ -160,6 +158,10 @@ def test_a_finetuned_baseline_is_trained_alone_on_the_federations_budget_and_ser
     assert entry["model"] == "mixed"
     assert {p["model"]: p["tasks"] for p in entry["parts"]} == {"federated": [probe_task], "baseline": [tuned_task]}
     assert entry["metrics"] == {tuned_task: worker.baseline[tuned_task], probe_task: mixed[probe_task]}
+    # every candidate it weighed, with its validation metrics, for a task it could serve it to
+    assert {name: sorted(c["metrics"]) for name, c in entry["candidates"].items()} == {
+        "federated": sorted([tuned_task, probe_task]), "baseline-tuned": [tuned_task], "baseline": [probe_task]}
+    assert entry["candidates"]["baseline-tuned"]["metrics"][tuned_task] == worker.baseline[tuned_task]
     served = SiteModel.load(cfg)
     encoders = {t.config.name: dict(t.encoder.named_parameters()) for t in served.tasks}
     federated = load_file(worker.root / "encoder.safetensors")
@@ -172,43 +174,11 @@ def test_a_finetuned_baseline_is_trained_alone_on_the_federations_budget_and_ser
     assert SiteModel.from_folder(folder).predict(texts) == served.predict(texts)
 
 
-def test_interpolate_weighs_the_mean_of_the_federations_and_the_sites_own_tensors_in_the_last_round(tmp_path):
-    """training.interpolate: in the federation's last round (not before) the site also weighs the mean
-    of its round's encoder tensors and its own fine-tuned ones, heads refit on its features; every
-    candidate is listed with its validation metrics, and a task it validates best on is served it."""
-    from safetensors.numpy import load_file
 
-    from fedtl.client.predict import SiteModel
-    from tests.conftest import make_site
+def test_a_site_serves_the_best_on_validation_ties_to_the_first_listed_and_a_margin_favours_its_own():
+    from fedtl.client.site_choice import choose
 
-    cfg = load_site_config(make_site(tmp_path / "site", name="clinic", types=("classification", "regression"),
-                                     n=80, head_epochs=5))
-    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"baseline": "finetuned",
-                                                                            "interpolate": True})})
-    worker = SiteWorker(cfg, "tiny")
-    names = exchanged_names(worker.param_names, UpdateMode.parse("last:1"))
-    params = dict(worker.encoder.named_parameters())
-
-    def train(round_: int) -> None:
-        arrays = {n: params[n].detach().numpy().copy() for n in names}
-        config = RoundConfig(update_mode="last:1", encoder="tiny", server_round=round_, num_rounds=2, max_steps=2)
-        worker.handle("train", RecordDict({ARRAYS: to_record(arrays), CONFIG: config.to_record()}), Timing())
-
-    train(1)
-    assert not worker.interpolated_root.exists()  # round 1 of 2: not weighed yet
-    train(2)
-    weighed = json.loads((worker.root / "site_model.json").read_text())["candidates"]["interpolated"]["metrics"]
-    assert set(weighed) == {t.name for t in worker.tasks}  # the last round's own choice weighed it
-    entry = worker._choose_site_model({t.name: {t.spec.primary_metric: -1e9} for t in worker.tasks}, 2,
-                                      interpolated={t.name: {t.spec.primary_metric: 1e9} for t in worker.tasks})
-    federated, tuned = load_file(worker.root / "encoder.safetensors"), load_file(worker.baseline_tensors)
-    mean = load_file(worker.interpolated_root / "encoder.safetensors")
-    assert sorted(mean) == sorted(names) and any(not np.array_equal(federated[n], tuned[n]) for n in names)
-    assert all(np.allclose(mean[n], 0.5 * (federated[n] + tuned[n])) for n in names)
-    assert entry["model"] == "interpolated"
-    assert [p["tasks"] for p in entry["parts"]] == [[t.name for t in worker.tasks]]
-    assert set(entry["candidates"]) >= {"federated", "interpolated", "baseline-tuned", "baseline"}
-    served = SiteModel.load(cfg)
-    for task in served.tasks:
-        encoder = dict(task.encoder.named_parameters())
-        assert all(np.allclose(encoder[n].detach().numpy(), mean[n]) for n in names)
+    assert choose({"federated": 0.70, "baseline": 0.72}) == "baseline"
+    assert choose({"federated": 0.72, "baseline": 0.72}) == "federated"  # ties: the first listed
+    assert choose({"federated": 0.73, "baseline-tuned": 0.72}, margin=0.02) == "baseline-tuned"
+    assert choose({"federated": 0.75, "baseline-tuned": 0.72}, margin=0.02) == "federated"
