@@ -47,7 +47,7 @@ def oracle(c: Candidates) -> str:
 
 
 RULES: dict[str, Rule] = {
-    "federated or own (the default until now)": by_validation(("federated", "own")),
+    "federated or own (the default)": by_validation(("federated", "own")),
     "federated, interpolated or own": by_validation(("federated", "interpolated", "own")),
     "interpolated or own": by_validation(("interpolated", "own")),
     **{f"federated or own, margin {m}": by_validation(("federated", "own"), m) for m in (0.005, 0.01, 0.02)},
@@ -132,7 +132,7 @@ def main() -> None:
         results = json.loads((folder / "results.json").read_text())
         if not all("candidates" in run for run in results["runs"]):
             raise SystemExit(f"{folder}: no candidates recorded (a learning.py run before they were)")
-        per_run[folder.name.removeprefix("learning-test-")] = evaluate(results, args.method)
+        per_run[folder.name.removeprefix("learning-test-").removesuffix("-interpolate")] = evaluate(results, args.method)
     table = markdown(per_run)
     print(table)
     if args.out:
