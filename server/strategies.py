@@ -59,11 +59,14 @@ def strategy_class(fed: FederationConfig) -> type[Strategy]:
 
 
 def update_rule(strategy: StrategyConfig) -> tuple[str, float, float]:
-    """What a strategy does with the sites' updates, as (rule, server step, momentum): fedavg with a
-    server step is FedAvgM without momentum (``strategy_class``), so the two compare as one rule."""
+    """What a strategy does with the sites' updates, as the rule and its two numbers: the mean with
+    a server step and momentum (fedavg with a server step is FedAvgM without momentum,
+    ``strategy_class``, so the two compare as one rule), or fedexp with its cap and scale."""
     if strategy.name in ("fedavg", "fedavgm"):
         return "mean", strategy.server_learning_rate, strategy.server_momentum if strategy.name == "fedavgm" else 0.0
-    return strategy.name, strategy.max_server_step if strategy.name == "fedexp" else 0.0, 0.0
+    if strategy.name == "fedexp":
+        return "fedexp", strategy.max_server_step, strategy.fedexp_scale
+    return strategy.name, 0.0, 0.0
 
 
 def extrapolation(fed: FederationConfig) -> Extrapolation | None:

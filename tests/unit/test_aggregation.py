@@ -211,3 +211,15 @@ def test_fedexp_takes_the_plain_mean_when_the_updates_carry_privacy_noise():
     assert extrapolation(FederationConfig()) == Extrapolation(2.0)
     assert extrapolation(FederationConfig(privacy={"enabled": True})) is None
     assert extrapolation(FederationConfig(strategy={"name": "fedavg"})) is None
+
+
+def test_strategies_that_do_the_same_with_the_updates_compare_as_one_rule():
+    """guidance.py finds the default column by the rule a run's strategy applied: fedavg with a server
+    step is FedAvgM without momentum; fedexp differs by its cap and its scale."""
+    from fedtl.server.strategies import update_rule
+    from fedtl.shared.federation_config import StrategyConfig
+
+    assert update_rule(StrategyConfig(name="fedavg", server_learning_rate=2.0)) == update_rule(
+        StrategyConfig(name="fedavgm", server_learning_rate=2.0, server_momentum=0.0))
+    assert update_rule(StrategyConfig(name="fedavg")) != update_rule(StrategyConfig(name="fedavgm"))
+    assert update_rule(StrategyConfig(name="fedexp")) != update_rule(StrategyConfig(name="fedexp", fedexp_scale=1.0))
