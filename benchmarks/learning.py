@@ -340,8 +340,6 @@ def summarize(results: list[dict[str, Any]], methods: list[str]) -> dict[str, An
             "every_site_at_least_best_local": all(r[f"{m}_gain"][0] >= 0 for r in rows),
             "mean_gain": statistics.fmean(r[f"{m}_gain"][0] for r in rows),
             "min_recovered": min((r[f"{m}_recovered"] for r in rows if r[f"{m}_recovered"] is not None), default=None),
-            "mean_gain_over_own": (statistics.fmean(r[f"{m}_over_own"][0] for r in rows)
-                                   if all(f"{m}_over_own" in r for r in rows) else None),
         }
     return {"rows": rows, "targets": targets}
 
